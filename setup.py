@@ -25,6 +25,8 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     "test": ["pytest==9.2.0", "hypothesis==6.170.15", "torch==2.13.0"],
     "bench": ["faiss-cpu==1.15.1", "torch==2.13.0"],
+    "gpu": ["jax[cuda12]==0.10.2"],
+    "tpu": ["jax[tpu]==0.10.2"],
 }
 
 setuptools.setup(
