@@ -1,0 +1,70 @@
+"""`AgentConfig`: the environment, the method (AtomMem or a baseline) and its ablations, in one frozen dataclass."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from atommem_jax.agent import protocol
+
+Method = Literal["atommem", "memagent", "rag", "full_context"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+  """Defaults are the released full-size settings; tests and the tiny default shrink them.
+
+  method: "atommem"; "memagent" (one overwritten memory, always advance); "rag" (top-K chunks retrieved for the
+    question, answered once); "full_context" (the document cut to `context_tokens`, answered once).
+  query_limit_action: what a Read beyond `query_limit` in a row does: "give_up" the current question (the released
+    behaviour) or "force_forward" to the next chunk (in the answer phase there is no chunk, so it also gives up).
+  use_scratchpad / use_storage / allow_update / allow_delete: ablations; disabled ops become counted invalid no-ops.
+  max_ops_per_turn: ops beyond this many in one response are counted invalid (the op arrays have a fixed width).
+  template_dir: a directory of prompt files replacing ours ("" = the packaged templates).
+  """
+
+  method: Method = "atommem"
+  chunk_tokens: int = 4000
+  overlap_tokens: int = 100
+  max_chunks: int = 40
+  top_k: int = 6
+  max_steps: int = 40
+  query_limit: int = 3
+  query_limit_action: Literal["give_up", "force_forward"] = "give_up"
+  use_scratchpad: bool = True
+  use_storage: bool = True
+  allow_update: bool = True
+  allow_delete: bool = True
+  max_ops_per_turn: int = 16
+  max_response_tokens: int = 4096
+  context_tokens: int = 32768
+  template_dir: str = ""
+
+  def __post_init__(self):
+    if self.chunk_tokens < 1 or not 0 <= self.overlap_tokens < self.chunk_tokens:
+      raise ValueError(f"AgentConfig: need chunk_tokens >= 1 and 0 <= overlap_tokens < chunk_tokens, got "
+                       f"chunk_tokens={self.chunk_tokens}, overlap_tokens={self.overlap_tokens}")
+    for name in ("max_chunks", "top_k", "max_steps", "query_limit", "max_ops_per_turn", "max_response_tokens",
+                 "context_tokens"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"AgentConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+  @property
+  def disabled_kinds(self) -> tuple[int, ...]:
+    """Op kinds an ablation (or a baseline) turns into counted invalid no-ops."""
+    if self.method != "atommem":
+      return (protocol.UPDATE_QUERY, protocol.ADD_MEMORY, protocol.MODIFY_MEMORY, protocol.DELETE_MEMORY)
+    disabled = []
+    if not self.use_scratchpad:
+      disabled.append(protocol.UPDATE_MEMORY)
+    if not self.use_storage:
+      disabled += [protocol.UPDATE_QUERY, protocol.ADD_MEMORY, protocol.MODIFY_MEMORY, protocol.DELETE_MEMORY]
+    if not self.allow_update:
+      disabled.append(protocol.MODIFY_MEMORY)
+    if not self.allow_delete:
+      disabled.append(protocol.DELETE_MEMORY)
+    return tuple(sorted(set(disabled)))
+
+  @property
+  def reads_document(self) -> bool:
+    """RAG and full context skip the reading phase and answer each question once."""
+    return self.method in ("atommem", "memagent")

@@ -1,0 +1,240 @@
+"""The AtomMem text protocol: parsing a response into ops, and rendering observations from template files.
+
+Response grammar (what `parse_response` accepts)
+-------------------------------------------------
+A response is free text with protocol tags. Tags are exact, lower-case and paired:
+
+  op            := '<' NAME '>' BODY '</' NAME '>'
+  NAME          := update_memory | update_query | add_memory | modify_memory | delete_memory | final_answer
+  update_memory := BODY                                  scratchpad := strip(BODY)
+  update_query  := BODY                                  query := strip(BODY)             (a Read)
+  add_memory    := BODY                                  new storage entry strip(BODY)    (a Create)
+  modify_memory := ws* 'Memory' ws+ INT ws* ':' TEXT    entry shown as Memory INT := strip(TEXT)   (an Update)
+  delete_memory := ws* 'Memory' ws+ INT ws*             entry shown as Memory INT is removed       (a Delete)
+  final_answer  := ... '\\boxed{' BALANCED '}' ...       answer := strip(BALANCED) of the first \\boxed{}
+
+Scanning rules, applied left to right:
+- `<think>...</think>` blocks are reasoning and are removed first; an unclosed `<think>` runs to the end of the
+  response (the model ran out of tokens while thinking), so nothing after it is parsed.
+- Text outside tags is ignored.
+- An opening protocol tag whose next protocol tag is not its own closing tag (unclosed, or another tag opened
+  inside it: nesting) is one invalid op; scanning resumes at that next tag, so the inner tag can still be valid.
+- A stray closing protocol tag is one invalid op.
+- A paired tag `<x>...</x>` whose name is not a protocol tag (and not `think`) is one invalid op ("unknown tag");
+  unpaired unknown `<x>` is plain text.
+- An empty (whitespace-only) body, a `Memory i` that does not parse, an `i` outside 1..shown (the number of entries
+  shown in this turn's observation), a target already deleted earlier in the same response, a `\\boxed{}` that is
+  missing, unbalanced or empty: each makes that op invalid.
+
+Op type names (used in trajectories and by `python -m atommem_jax.replay`): `update_memory, update_query, add_memory,
+modify_memory, delete_memory, final_answer, invalid`. A part that does not parse is type `invalid`. A well-formed op
+that the run refuses (an op disabled by an ablation, a Read beyond the query limit, an op after the episode ended)
+keeps its own type and is reported with `valid: false`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import pathlib
+import re
+import string
+from typing import Any, Sequence
+
+# Op kinds as small ints: the environment and the jitted rollout carry these, the host carries the names.
+INVALID = 0
+UPDATE_MEMORY = 1  # scratchpad write
+UPDATE_QUERY = 2  # Read
+ADD_MEMORY = 3  # Create
+MODIFY_MEMORY = 4  # Update
+DELETE_MEMORY = 5  # Delete
+FINAL_ANSWER = 6
+
+KIND_NAMES = ("invalid", "update_memory", "update_query", "add_memory", "modify_memory", "delete_memory",
+              "final_answer")
+TAG_KINDS = {name: kind for kind, name in enumerate(KIND_NAMES) if kind != INVALID}
+
+_PROTOCOL_TAG_RE = re.compile(r"<(/?)(" + "|".join(TAG_KINDS) + r")>")
+_THINK_RE = re.compile(r"<think>.*?(</think>|\Z)", re.DOTALL)
+_UNKNOWN_PAIR_RE = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>.*?</\1>", re.DOTALL)
+_MODIFY_RE = re.compile(r"\s*Memory\s+(\d+)\s*:(.*)\Z", re.DOTALL)
+_DELETE_RE = re.compile(r"\s*Memory\s+(\d+)\s*\Z")
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+  """One parsed op. `target` is the 1-based "Memory i" for modify/delete (0 otherwise)."""
+
+  kind: int
+  text: str = ""
+  target: int = 0
+  valid: bool = True
+  reason: str = ""
+
+  @property
+  def name(self) -> str:
+    return KIND_NAMES[self.kind]
+
+  def refused(self, reason: str) -> "Op":
+    return dataclasses.replace(self, valid=False, reason=reason)
+
+
+def _invalid(reason: str, text: str = "") -> Op:
+  return Op(kind=INVALID, text=text, valid=False, reason=reason)
+
+
+def extract_boxed(text: str) -> str | None:
+  """The content of the first `\\boxed{...}` with balanced braces, or None if absent or unbalanced."""
+  start = text.find("\\boxed{")
+  if start < 0:
+    return None
+  depth, begin = 1, start + len("\\boxed{")
+  for pos in range(begin, len(text)):
+    if text[pos] == "{":
+      depth += 1
+    elif text[pos] == "}":
+      depth -= 1
+      if depth == 0:
+        return text[begin:pos]
+  return None
+
+
+def _parse_body(kind: int, body: str, num_shown: int, deleted: set[int]) -> Op:
+  if not body.strip():
+    return _invalid(f"empty <{KIND_NAMES[kind]}>")
+  if kind in (UPDATE_MEMORY, UPDATE_QUERY, ADD_MEMORY):
+    return Op(kind=kind, text=body.strip())
+  if kind == FINAL_ANSWER:
+    answer = extract_boxed(body)
+    if answer is None:
+      return _invalid("final_answer without a balanced \\boxed{}", body)
+    if not answer.strip():
+      return _invalid("empty \\boxed{}", body)
+    return Op(kind=kind, text=answer.strip())
+  match = (_MODIFY_RE if kind == MODIFY_MEMORY else _DELETE_RE).match(body)
+  if match is None:
+    return _invalid(f"<{KIND_NAMES[kind]}> body is not 'Memory i{': TEXT' if kind == MODIFY_MEMORY else ''}'", body)
+  target = int(match.group(1))
+  if not 1 <= target <= num_shown:
+    return _invalid(f"Memory {target} is not among the {num_shown} shown entries", body)
+  if target in deleted:
+    return _invalid(f"Memory {target} was already deleted in this response", body)
+  if kind == DELETE_MEMORY:
+    deleted.add(target)
+    return Op(kind=kind, target=target)
+  text = match.group(2).strip()
+  if not text:
+    return _invalid(f"empty text for Memory {target}", body)
+  return Op(kind=kind, text=text, target=target)
+
+
+def parse_response(response: str, num_shown: int) -> list[Op]:
+  """Ops in the order written (see the module docstring for the grammar); never raises on any string."""
+  text = _THINK_RE.sub(" ", response)
+  ops: list[tuple[int, Op]] = []  # (position, op) so unknown-tag ops interleave in order
+  deleted: set[int] = set()
+  tags = list(_PROTOCOL_TAG_RE.finditer(text))
+  i = 0
+  while i < len(tags):
+    tag = tags[i]
+    closing, name = tag.group(1) == "/", tag.group(2)
+    if closing:
+      ops.append((tag.start(), _invalid(f"stray </{name}>")))
+      i += 1
+      continue
+    following = tags[i + 1] if i + 1 < len(tags) else None
+    if following is None or following.group(1) != "/" or following.group(2) != name:
+      ops.append((tag.start(), _invalid(f"<{name}> is not closed before the next tag")))
+      i += 1
+      continue
+    ops.append((tag.start(), _parse_body(TAG_KINDS[name], text[tag.end():following.start()], num_shown, deleted)))
+    i += 2
+  # Unknown paired tags are found in the text with protocol ops blanked out, so `<x>` inside a body is body text.
+  blanked = list(text)
+  for tag_a, tag_b in _protocol_spans(tags):
+    blanked[tag_a:tag_b] = " " * (tag_b - tag_a)
+  for match in _UNKNOWN_PAIR_RE.finditer("".join(blanked)):
+    if match.group(1) != "think":
+      ops.append((match.start(), _invalid(f"unknown tag <{match.group(1)}>")))
+  return [op for _, op in sorted(ops, key=lambda pair: pair[0])]
+
+
+def _protocol_spans(tags: Sequence[re.Match]) -> list[tuple[int, int]]:
+  """Character spans covered by paired protocol ops (and by lone protocol tags)."""
+  spans, i = [], 0
+  while i < len(tags):
+    tag = tags[i]
+    following = tags[i + 1] if i + 1 < len(tags) else None
+    if (tag.group(1) == "" and following is not None and following.group(1) == "/"
+        and following.group(2) == tag.group(2)):
+      spans.append((tag.start(), following.end()))
+      i += 2
+    else:
+      spans.append((tag.start(), tag.end()))
+      i += 1
+  return spans
+
+
+def disable_ops(ops: Sequence[Op], disabled_kinds: Sequence[int]) -> list[Op]:
+  """Ablations: ops of a disabled kind become counted invalid no-ops that keep their type name."""
+  return [op.refused(f"{op.name} is disabled") if op.valid and op.kind in disabled_kinds else op for op in ops]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Observations
+# ----------------------------------------------------------------------------------------------------------------
+
+TEMPLATE_NAMES = ("system", "baseline_system", "read", "answer", "memagent_read", "memagent_answer", "rag_answer",
+                  "full_context_answer")
+
+
+@dataclasses.dataclass(frozen=True)
+class Templates:
+  """Prompt wording, one `string.Template` file per view (`${name}` placeholders), from a directory."""
+
+  texts: dict[str, str]
+  directory: str
+
+  @classmethod
+  def load(cls, directory: str | None = None) -> "Templates":
+    """Our packaged templates, or a user's directory holding the same file names (`NAME.txt`)."""
+    root = pathlib.Path(directory) if directory else pathlib.Path(str(importlib.resources.files(__package__)
+                                                                      / "templates"))
+    texts = {}
+    for name in TEMPLATE_NAMES:
+      path = root / f"{name}.txt"
+      if not path.is_file():
+        raise FileNotFoundError(f"template directory {root} has no {name}.txt (needs {list(TEMPLATE_NAMES)})")
+      texts[name] = path.read_text(encoding="utf-8")
+    return cls(texts=texts, directory=str(root))
+
+  def render(self, name: str, **fields: Any) -> str:
+    try:
+      return string.Template(self.texts[name]).substitute(fields)
+    except (KeyError, ValueError) as err:
+      raise ValueError(f"template {self.directory}/{name}.txt: placeholder {err} is not one of {sorted(fields)}") \
+          from err
+
+
+NO_MEMORY = "(no memory)"
+
+
+def render_entries(entries: Sequence[str]) -> str:
+  """Retrieved entries as the agent sees them: `Memory 1: ...` lines, or the fixed no-memory marker."""
+  if not entries:
+    return NO_MEMORY
+  return "\n".join(f"Memory {i}: {entry}" for i, entry in enumerate(entries, start=1))
+
+
+def render_questions(questions: Sequence[str], current: int) -> str:
+  """Every question numbered, the one an answer would go to marked."""
+  lines = []
+  for i, question in enumerate(questions):
+    marker = "  <- current" if i == current else ""
+    lines.append(f"Question {i + 1}: {question}{marker}")
+  return "\n".join(lines)
+
+
+def chat_prompt(tokenizer: Any, system: str, user: str) -> str:
+  """System + user message through the tokenizer's own chat template, ending with the assistant turn opener."""
+  messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+  return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
