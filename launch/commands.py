@@ -1,4 +1,4 @@
-"""What the launch scripts share: the pinned jax version, the entry-point command line, and a runner that can print.
+"""What the launch scripts share: the entry-point command line, override checking, and a runner that can print.
 
 A launch is a list of argv lists. `execute` either prints them shell-quoted (dry run) or runs them one after another,
 stopping at the first failure with the command that failed, so a half-set-up pod is never mistaken for a ready one.
@@ -6,7 +6,6 @@ stopping at the first failure with the command that failed, so a half-set-up pod
 from __future__ import annotations
 
 import pathlib
-import re
 import shlex
 import subprocess
 import sys
@@ -19,18 +18,6 @@ ENTRY_MODULES = ("train", "evaluate")
 # `jax.distributed.initialize()` (which discovers coordinator, process count and id from the TPU metadata server)
 # before touching any device.
 DISTRIBUTED_ENV_VAR = "ATOMMEM_DISTRIBUTED"
-
-
-def pinned_jax_version(setup_py: pathlib.Path = REPO_ROOT / "setup.py") -> str:
-  """The `jax==X` pin of setup.py, so accelerator installs match the version the code was verified with."""
-  try:
-    text = setup_py.read_text()
-  except OSError as e:
-    raise SystemExit(f"cannot read {setup_py} to find the pinned jax version: {e}") from e
-  match = re.search(r'"jax==([^"]+)"', text)
-  if match is None:
-    raise SystemExit(f"{setup_py} has no \"jax==VERSION\" pin in install_requires")
-  return match.group(1)
 
 
 def split_overrides(extra: Sequence[str]) -> list[str]:

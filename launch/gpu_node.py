@@ -1,4 +1,4 @@
-"""One GPU node: install the code with `jax[cuda12]`, then run train or evaluate on its GPUs.
+"""One GPU node: install the code with `.[gpu]` (jax[cuda12]), then run train or evaluate on its GPUs.
 
   python -m launch.gpu_node setup [--host user@node] [--venv .venv-gpu] [--dry_run]
   python -m launch.gpu_node run --module evaluate --config experiments/eval_hotpot.py:tiny \
@@ -20,22 +20,22 @@ REMOTE_DIR = "atommem_jax"  # relative to the remote home directory
 RSYNC_EXCLUDES = (".git", ".venv*", "__pycache__", "*.egg-info")
 
 
-def _install_steps(python: str, venv: str, repo: str, jax_version: str) -> list[list[str]]:
+def _install_steps(python: str, venv: str, repo: str) -> list[list[str]]:
   return [
       [python, "-m", "venv", venv],
       [f"{venv}/bin/pip", "install", "-q", "-U", "pip"],
-      [f"{venv}/bin/pip", "install", "-q", "-e", repo, f"jax[cuda12]=={jax_version}"],
+      # The `gpu` extra of setup.py pins jax[cuda12] to the version the code was verified with.
+      [f"{venv}/bin/pip", "install", "-q", "-e", f"{repo}[gpu]"],
       [f"{venv}/bin/python", "-c", "import jax; print(jax.devices())"],
   ]
 
 
 def setup_commands(args: argparse.Namespace) -> list[list[str]]:
-  jax_version = commands.pinned_jax_version()
   if not args.host:
-    return _install_steps(args.python, args.venv, str(args.repo), jax_version)
+    return _install_steps(args.python, args.venv, str(args.repo))
   rsync = ["rsync", "-az", "--delete", *(f"--exclude={pattern}" for pattern in RSYNC_EXCLUDES),
            f"{str(args.repo).rstrip('/')}/", f"{args.host}:{REMOTE_DIR}/"]
-  remote = " && ".join(commands.render(step) for step in _install_steps(args.python, args.venv, ".", jax_version))
+  remote = " && ".join(commands.render(step) for step in _install_steps(args.python, args.venv, "."))
   return [rsync, ["ssh", args.host, f"cd {REMOTE_DIR} && {remote}"]]
 
 

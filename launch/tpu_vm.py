@@ -12,8 +12,8 @@ process count and process id from the TPU metadata server. Every host must see t
 path (Orbax and the metrics writer handle it) unless the slice has a single host.
 
 `setup` ships `git archive HEAD` of this repository (committed code only: what runs is a recorded commit), installs
-Python 3.11 (the base image has 3.10; setup.py needs >= 3.11) into a venv on each worker, and `pip install -e .` with
-`jax[tpu]` at the version setup.py pins.
+Python 3.11 (the base image has 3.10; setup.py needs >= 3.11) into a venv on each worker, and `pip install -e .[tpu]`
+(setup.py's extra pinning `jax[tpu]`).
 """
 from __future__ import annotations
 
@@ -51,7 +51,6 @@ def ssh_all(args: argparse.Namespace, remote_command: str) -> list[str]:
 
 def setup_commands(args: argparse.Namespace) -> list[list[str]]:
   local_archive = f"/tmp/{args.name}-{ARCHIVE_NAME}"
-  jax_version = commands.pinned_jax_version()
   install = " && ".join([
       "set -e",
       "sudo apt-get update -q",
@@ -60,8 +59,10 @@ def setup_commands(args: argparse.Namespace) -> list[list[str]]:
       f"rm -rf ~/{REMOTE_DIR}",
       f"mkdir -p ~/{REMOTE_DIR}",
       f"tar -xzf ~/{ARCHIVE_NAME} -C ~/{REMOTE_DIR}",
+      f"cd ~/{REMOTE_DIR}",
       f"{REMOTE_VENV}/bin/pip install -q -U pip",
-      f"{REMOTE_VENV}/bin/pip install -q -e ~/{REMOTE_DIR} 'jax[tpu]=={jax_version}'",
+      # The `tpu` extra of setup.py pins jax[tpu] (and so libtpu) to the version the code was verified with.
+      f"{REMOTE_VENV}/bin/pip install -q -e '.[tpu]'",
       f"{REMOTE_VENV}/bin/python -c 'import jax; print(jax.process_index(), jax.local_device_count())'",
   ])
   return [

@@ -32,8 +32,8 @@ def test_tpu_setup_ships_code_and_installs_pinned_jax_tpu_on_every_worker(capsys
   ssh_argv = shlex.split(ssh)
   assert ssh_argv[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "atom-pod"] and "--worker=all" in ssh_argv
   remote = next(a for a in ssh_argv if a.startswith("--command=")).removeprefix("--command=")
-  jax_pin = re.search(r'"jax==([^"]+)"', (commands.REPO_ROOT / "setup.py").read_text()).group(1)
-  assert f"pip install -q -e ~/atommem_jax 'jax[tpu]=={jax_pin}'" in remote
+  assert "cd ~/atommem_jax && ~/venv/bin/pip install -q -U pip && ~/venv/bin/pip install -q -e '.[tpu]'" in remote
+  assert re.search(r'"tpu": \["jax\[tpu\]==', (commands.REPO_ROOT / "setup.py").read_text())
   assert "python3.11 -m venv" in remote
 
 
@@ -68,11 +68,11 @@ def test_unknown_flag_is_refused_not_dropped():
 
 def test_gpu_node_setup_local_and_remote(capsys):
   lines = dry_run(gpu_node.main, ["setup"], capsys)
-  jax_pin = commands.pinned_jax_version()
-  assert any(f"'jax[cuda12]=={jax_pin}'" in line and "pip install" in line and " -e " in line for line in lines)
+  assert shlex.split(lines[2]) == [".venv-gpu/bin/pip", "install", "-q", "-e", f"{commands.REPO_ROOT}[gpu]"]
+  assert re.search(r'"gpu": \["jax\[cuda12\]==', (commands.REPO_ROOT / "setup.py").read_text())
   rsync, ssh = dry_run(gpu_node.main, ["setup", "--host", "me@gpu7"], capsys)
   assert rsync.startswith("rsync ") and rsync.endswith("me@gpu7:atommem_jax/") and "--exclude=.git" in rsync
-  assert ssh.startswith("ssh me@gpu7 ") and "jax[cuda12]" in ssh
+  assert ssh.startswith("ssh me@gpu7 ") and "pip install -q -e '.[gpu]'" in ssh
 
 
 def test_gpu_node_run_evaluate(capsys):
