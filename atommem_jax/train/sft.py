@@ -1,0 +1,76 @@
+"""Supervised fine-tuning on (prompt, completion) JSON lines: next-token loss on the completion only.
+
+Each line is `{"prompt": str, "completion": str}`; the prompt is the exact text the model is shown (already
+chat-formatted by whoever wrote the file), the completion is what it should generate, followed by end-of-sequence.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from atommem_jax.train import batching
+
+
+def read_sft_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
+  """Reads the JSONL file; a malformed line is an error naming the file and line."""
+  pairs = []
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+      if not isinstance(record, dict):
+        raise ValueError(f"{path}:{line_no}: expected an object with 'prompt' and 'completion'")
+      for key in ("prompt", "completion"):
+        if not isinstance(record.get(key), str):
+          raise ValueError(f"{path}:{line_no}: key {key!r} is missing or not a string")
+      if not record["completion"]:
+        raise ValueError(f"{path}:{line_no}: empty completion")
+      pairs.append((record["prompt"], record["completion"]))
+  if not pairs:
+    raise ValueError(f"{path}: no (prompt, completion) pairs")
+  return pairs
+
+
+def write_sft_pairs(path: str | os.PathLike, pairs: Sequence[tuple[str, str]]) -> None:
+  """Writes pairs as JSONL atomically (a reader never sees a half-written file)."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for prompt, completion in pairs:
+      f.write(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False) + "\n")
+  os.replace(tmp, path)
+
+
+def tokenize_pairs(pairs: Sequence[tuple[str, str]], tokenizer: Any) -> tuple[list[list[int]], list[list[int]]]:
+  """Token ids of each prompt, and of each completion followed by the tokenizer's end-of-sequence token."""
+  eos = tokenizer.eos_token_id
+  if eos is None:
+    raise ValueError("the tokenizer has no eos_token_id; SFT completions must end with one")
+  prompts, completions = [], []
+  for prompt, completion in pairs:
+    prompts.append(list(tokenizer.encode(prompt, add_special_tokens=False)))
+    completions.append(list(tokenizer.encode(completion, add_special_tokens=False)) + [eos])
+  return prompts, completions
+
+
+def sft_loss(logits_NxTxV: jax.Array, tokens_NxT: jax.Array, loss_mask_NxT: jax.Array,
+             num_tokens: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Mean negative log-likelihood of the completion tokens (`loss_mask`), normalised by `num_tokens`.
+
+  Masked positions are removed with `where`, not multiplied by zero, so their logits get an exactly-zero gradient.
+  """
+  logprobs_NxT = batching.token_logprobs(logits_NxTxV, tokens_NxT)
+  nll_NxT = jnp.where(loss_mask_NxT, -logprobs_NxT, 0.0)
+  if num_tokens is None:
+    num_tokens = loss_mask_NxT.sum()
+  loss = nll_NxT.sum() / jnp.maximum(num_tokens, 1)
+  predicted_NxT = jnp.pad(jnp.argmax(logits_NxTxV[:, :-1], axis=-1), ((0, 0), (1, 0)))
+  accuracy = jnp.where(loss_mask_NxT, predicted_NxT == tokens_NxT, False).sum() / jnp.maximum(num_tokens, 1)
+  return loss, {"loss": loss, "token_accuracy": accuracy}
