@@ -72,7 +72,8 @@ def test_gpu_node_setup_local_and_remote(capsys):
   assert re.search(r'"gpu": \["jax\[cuda12\]==', (commands.REPO_ROOT / "setup.py").read_text())
   rsync, ssh = dry_run(gpu_node.main, ["setup", "--host", "me@gpu7"], capsys)
   assert rsync.startswith("rsync ") and rsync.endswith("me@gpu7:atommem_jax/") and "--exclude=.git" in rsync
-  assert ssh.startswith("ssh me@gpu7 ") and "pip install -q -e '.[gpu]'" in ssh
+  ssh_argv = shlex.split(ssh)
+  assert ssh_argv[:2] == ["ssh", "me@gpu7"] and "pip install -q -e '.[gpu]'" in ssh_argv[2]
 
 
 def test_gpu_node_run_evaluate(capsys):
