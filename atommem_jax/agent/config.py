@@ -18,7 +18,8 @@ class AgentConfig:
   query_limit_action: what a Read beyond `query_limit` in a row does: "give_up" the current question (the released
     behaviour) or "force_forward" to the next chunk (in the answer phase there is no chunk, so it also gives up).
   use_scratchpad / use_storage / allow_update / allow_delete: ablations; disabled ops become counted invalid no-ops.
-  max_ops_per_turn: ops beyond this many in one response are counted invalid (the op arrays have a fixed width).
+  The retrieval width K and the op width O are the memory's (`MemoryConfig.top_k`, `.max_ops_per_turn`); RAG shows
+  K chunks.
   template_dir: a directory of prompt files replacing ours ("" = the packaged templates).
   """
 
@@ -26,7 +27,6 @@ class AgentConfig:
   chunk_tokens: int = 4000
   overlap_tokens: int = 100
   max_chunks: int = 40
-  top_k: int = 6
   max_steps: int = 40
   query_limit: int = 3
   query_limit_action: Literal["give_up", "force_forward"] = "give_up"
@@ -34,7 +34,6 @@ class AgentConfig:
   use_storage: bool = True
   allow_update: bool = True
   allow_delete: bool = True
-  max_ops_per_turn: int = 16
   max_response_tokens: int = 4096
   context_tokens: int = 32768
   template_dir: str = ""
@@ -43,8 +42,7 @@ class AgentConfig:
     if self.chunk_tokens < 1 or not 0 <= self.overlap_tokens < self.chunk_tokens:
       raise ValueError(f"AgentConfig: need chunk_tokens >= 1 and 0 <= overlap_tokens < chunk_tokens, got "
                        f"chunk_tokens={self.chunk_tokens}, overlap_tokens={self.overlap_tokens}")
-    for name in ("max_chunks", "top_k", "max_steps", "query_limit", "max_ops_per_turn", "max_response_tokens",
-                 "context_tokens"):
+    for name in ("max_chunks", "max_steps", "query_limit", "max_response_tokens", "context_tokens"):
       if getattr(self, name) < 1:
         raise ValueError(f"AgentConfig.{name} must be >= 1, got {getattr(self, name)}")
 
