@@ -1,0 +1,216 @@
+"""The Qwen3 decoder as a Flax NNX module whose forward pass is a scan of one pure layer function.
+
+Tensor names carry their shape: B batch, T new tokens, S key slots (T without a cache, the cache length with one),
+D model width, N query heads, K kv heads, G = N / K query heads per kv head, H head dim, F MLP width, V vocab,
+L layers. Parameters are stacked on a leading `layers` axis so the layer stack compiles once, whatever L is.
+
+Numerics follow transformers' Qwen3: RMSNorm in fp32 (scaled by its weight in the activation dtype), q/k RMSNorm per
+head before rotate-half RoPE, grouped-query attention with an fp32 softmax, SwiGLU MLP, tied or untied LM head.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from atommem_jax import sharding as sharding_lib
+from atommem_jax.model.config import Qwen3Config
+from atommem_jax.model.kv_cache import KVCache
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# Per-layer parameter -> logical axes (without the leading "layers" axis). The checkpoint code reads this table.
+LAYER_PARAM_AXES: dict[str, tuple[str, ...]] = {
+    "attn_norm": ("norm",),
+    "q_proj": ("embed", "heads", "head_dim"),
+    "k_proj": ("embed", "kv_heads", "head_dim"),
+    "v_proj": ("embed", "kv_heads", "head_dim"),
+    "q_norm": ("head_dim",),
+    "k_norm": ("head_dim",),
+    "o_proj": ("heads", "head_dim", "embed"),
+    "mlp_norm": ("norm",),
+    "gate_proj": ("embed", "mlp"),
+    "up_proj": ("embed", "mlp"),
+    "down_proj": ("mlp", "embed"),
+}
+_NORMS = ("attn_norm", "q_norm", "k_norm", "mlp_norm")
+
+
+def layer_param_shapes(config: Qwen3Config) -> dict[str, tuple[int, ...]]:
+  d, n, k, h, f = (config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim,
+                   config.intermediate_size)
+  return {
+      "attn_norm": (d,), "q_proj": (d, n, h), "k_proj": (d, k, h), "v_proj": (d, k, h), "q_norm": (h,),
+      "k_norm": (h,), "o_proj": (n, h, d), "mlp_norm": (d,), "gate_proj": (d, f), "up_proj": (d, f),
+      "down_proj": (f, d),
+  }
+
+
+def _param(value: jax.Array, axes: tuple[str, ...]) -> nnx.Param:
+  # The names are logical; `partitioning.param_shardings` maps them to mesh axes through the one table, so NNX must
+  # not try to shard eagerly with them as if they were mesh axes.
+  return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+class DecoderLayers(nnx.Module):
+  """All L decoder layers, each parameter stacked as (L, ...)."""
+
+  def __init__(self, config: Qwen3Config, *, rngs: nnx.Rngs):
+    param_dtype = _DTYPES[config.param_dtype]
+    init = nnx.initializers.normal(stddev=0.02)
+    for name, shape in layer_param_shapes(config).items():
+      full_shape = (config.num_layers, *shape)
+      value = (jnp.ones(full_shape, param_dtype) if name in _NORMS else init(rngs.params(), full_shape, param_dtype))
+      setattr(self, name, _param(value, ("layers", *LAYER_PARAM_AXES[name])))
+
+  def arrays(self) -> dict[str, jax.Array]:
+    return {name: getattr(self, name)[...] for name in LAYER_PARAM_AXES}
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+  x_f32 = x.astype(jnp.float32)
+  normed = x_f32 * jax.lax.rsqrt(jnp.mean(jnp.square(x_f32), axis=-1, keepdims=True) + eps)
+  return weight.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def rope_sin_cos(positions_BxT: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  angles_BxTxHh = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+  return jnp.sin(angles_BxTxHh), jnp.cos(angles_BxTxHh)
+
+
+def apply_rope(x_BxTxNxH: jax.Array, sin_BxTxHh: jax.Array, cos_BxTxHh: jax.Array) -> jax.Array:
+  x = x_BxTxNxH.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  x1, x2 = x[..., :half], x[..., half:]
+  sin, cos = sin_BxTxHh[:, :, None, :], cos_BxTxHh[:, :, None, :]
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x_BxTxNxH.dtype)
+
+
+def attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array, visible_BxTxS: jax.Array,
+              rules: sharding_lib.ShardingRules) -> jax.Array:
+  b, t, n, h = q_BxTxNxH.shape
+  k = k_BxSxKxH.shape[2]
+  q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, k, n // k, h)
+  scores_BxKxGxTxS = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH,
+                                preferred_element_type=jnp.float32) * (h ** -0.5)
+  # A finite fill keeps fully masked rows (queries on left padding) free of NaNs; their output is never used.
+  scores_BxKxGxTxS = jnp.where(visible_BxTxS[:, None, None], scores_BxKxGxTxS, jnp.finfo(jnp.float32).min)
+  probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxSxKxH.dtype)
+  out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxH)
+  return sharding_lib.constrain(out_BxTxKxGxH.reshape(b, t, n, h), ("batch", "length", "act_heads", None), rules)
+
+
+def decoder_layer(config: Qwen3Config, rules: sharding_lib.ShardingRules, p: dict[str, jax.Array],
+                  x_BxTxD: jax.Array, sin_BxTxHh: jax.Array, cos_BxTxHh: jax.Array, visible_BxTxS: jax.Array,
+                  kv: tuple[jax.Array, jax.Array] | None, index: jax.Array | None):
+  """One pre-norm decoder layer; with `kv` (this layer's cache) the new keys/values are written at `index`."""
+  dtype, eps = x_BxTxD.dtype, config.rms_norm_eps
+  p = {name: w.astype(dtype) for name, w in p.items()}
+  with jax.named_scope("attention"):
+    h_BxTxD = rms_norm(x_BxTxD, p["attn_norm"], eps)
+    q_BxTxNxH = jnp.einsum("btd,dnh->btnh", h_BxTxD, p["q_proj"])
+    k_BxTxKxH = jnp.einsum("btd,dkh->btkh", h_BxTxD, p["k_proj"])
+    v_BxTxKxH = jnp.einsum("btd,dkh->btkh", h_BxTxD, p["v_proj"])
+    q_BxTxNxH = sharding_lib.constrain(q_BxTxNxH, ("batch", "length", "act_heads", None), rules)
+    k_BxTxKxH = sharding_lib.constrain(k_BxTxKxH, ("batch", "length", "act_kv_heads", None), rules)
+    v_BxTxKxH = sharding_lib.constrain(v_BxTxKxH, ("batch", "length", "act_kv_heads", None), rules)
+    q_BxTxNxH = apply_rope(rms_norm(q_BxTxNxH, p["q_norm"], eps), sin_BxTxHh, cos_BxTxHh)
+    k_BxTxKxH = apply_rope(rms_norm(k_BxTxKxH, p["k_norm"], eps), sin_BxTxHh, cos_BxTxHh)
+    if kv is None:
+      keys_BxSxKxH, values_BxSxKxH, new_kv = k_BxTxKxH, v_BxTxKxH, None
+    else:
+      cache_k, cache_v = kv
+      start = (0, index, 0, 0)
+      keys_BxSxKxH = jax.lax.dynamic_update_slice(cache_k, k_BxTxKxH.astype(cache_k.dtype), start)
+      values_BxSxKxH = jax.lax.dynamic_update_slice(cache_v, v_BxTxKxH.astype(cache_v.dtype), start)
+      new_kv = (keys_BxSxKxH, values_BxSxKxH)
+      keys_BxSxKxH, values_BxSxKxH = keys_BxSxKxH.astype(dtype), values_BxSxKxH.astype(dtype)
+    out_BxTxNxH = attention(q_BxTxNxH, keys_BxSxKxH, values_BxSxKxH, visible_BxTxS, rules)
+    x_BxTxD = x_BxTxD + jnp.einsum("btnh,nhd->btd", out_BxTxNxH, p["o_proj"])
+    x_BxTxD = sharding_lib.constrain(x_BxTxD, ("batch", "length", "act_embed"), rules)
+  with jax.named_scope("mlp"):
+    h_BxTxD = rms_norm(x_BxTxD, p["mlp_norm"], eps)
+    gate_BxTxF = jnp.einsum("btd,df->btf", h_BxTxD, p["gate_proj"])
+    up_BxTxF = jnp.einsum("btd,df->btf", h_BxTxD, p["up_proj"])
+    act_BxTxF = sharding_lib.constrain(jax.nn.silu(gate_BxTxF) * up_BxTxF, ("batch", "length", "act_mlp"), rules)
+    x_BxTxD = x_BxTxD + jnp.einsum("btf,fd->btd", act_BxTxF, p["down_proj"])
+    x_BxTxD = sharding_lib.constrain(x_BxTxD, ("batch", "length", "act_embed"), rules)
+  return x_BxTxD, new_kv
+
+
+class Qwen3(nnx.Module):
+  """`logits_BxTxV, cache = model(tokens_BxT, positions_BxT, mask_BxT, cache=None)`; logits are float32.
+
+  Without a cache, token t attends to real tokens at t' <= t. With a cache, the T new tokens go to slots
+  [cache.index, cache.index + T) and attend to every real slot at or before their own; the returned cache has
+  `index + T`.
+  """
+
+  def __init__(self, config: Qwen3Config, *, rngs: nnx.Rngs,
+               rules: sharding_lib.ShardingRules = sharding_lib.DEFAULT_RULES):
+    self.config = config
+    self.rules = rules
+    param_dtype = _DTYPES[config.param_dtype]
+    init = nnx.initializers.normal(stddev=0.02)
+    self.embed = _param(init(rngs.params(), (config.vocab_size, config.hidden_size), param_dtype),
+                        ("vocab", "embed"))
+    self.layers = DecoderLayers(config, rngs=rngs)
+    self.final_norm = _param(jnp.ones((config.hidden_size,), param_dtype), ("norm",))
+    if not config.tie_word_embeddings:
+      self.lm_head = _param(init(rngs.params(), (config.vocab_size, config.hidden_size), param_dtype),
+                            ("vocab", "embed"))
+
+  def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, mask_BxT: jax.Array,
+               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    h_BxTxD, cache = self._decode(tokens_BxT, positions_BxT, mask_BxT, cache)
+    return self.logits(h_BxTxD), cache
+
+  def hidden_states(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
+    """Final-RMSNormed hidden states `h_BxTxD` in the activation dtype (no cache)."""
+    return self._decode(tokens_BxT, positions_BxT, mask_BxT, None)[0]
+
+  def logits(self, h_BxTxD: jax.Array) -> jax.Array:
+    """The LM head alone, so a loss can apply it to chunks of hidden states; float32 logits."""
+    head_VxD = (self.embed if self.config.tie_word_embeddings else self.lm_head)[...]
+    with jax.named_scope("lm_head"):
+      logits_BxTxV = jnp.einsum("btd,vd->btv", h_BxTxD, head_VxD.astype(h_BxTxD.dtype),
+                                preferred_element_type=jnp.float32)
+      return sharding_lib.constrain(logits_BxTxV, ("batch", "length", "act_vocab"), self.rules)
+
+  def _decode(self, tokens_BxT, positions_BxT, mask_BxT, cache):
+    config, rules = self.config, self.rules
+    dtype = _DTYPES[config.dtype]
+    mask_BxT = mask_BxT.astype(jnp.bool_)
+    with jax.named_scope("embed"):
+      x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dtype)
+      x_BxTxD = sharding_lib.constrain(x_BxTxD, ("batch", "length", "act_embed"), rules)
+    sin_BxTxHh, cos_BxTxHh = rope_sin_cos(positions_BxT, config.head_dim, config.rope_theta)
+    t = tokens_BxT.shape[1]
+    if cache is None:
+      causal_TxS = jnp.tril(jnp.ones((t, t), jnp.bool_))
+      visible_BxTxS = causal_TxS[None] & mask_BxT[:, None, :]
+      index, kv_xs = None, None
+    else:
+      index = cache.index
+      mask_BxS = jax.lax.dynamic_update_slice(cache.mask_BxS, mask_BxT, (0, index))
+      slot_S = jnp.arange(cache.max_len)
+      causal_TxS = slot_S[None, :] <= (index + jnp.arange(t))[:, None]
+      visible_BxTxS = causal_TxS[None] & mask_BxS[:, None, :]
+      kv_xs = (cache.k_LxBxSxKxH, cache.v_LxBxSxKxH)
+
+    def body(x_BxTxD, xs):
+      layer_params, kv = xs
+      return decoder_layer(config, rules, layer_params, x_BxTxD, sin_BxTxHh, cos_BxTxHh, visible_BxTxS, kv, index)
+
+    if config.remat:
+      # Per-layer rematerialisation: only the residual stream between layers is kept for the backward pass.
+      body = jax.checkpoint(body, prevent_cse=False)
+    with jax.named_scope("layers"):
+      x_BxTxD, new_kv = jax.lax.scan(body, x_BxTxD, (self.layers.arrays(), kv_xs))
+    with jax.named_scope("final_norm"):
+      h_BxTxD = rms_norm(x_BxTxD, self.final_norm[...], config.rms_norm_eps)
+    if cache is not None:
+      cache = KVCache(k_LxBxSxKxH=new_kv[0], v_LxBxSxKxH=new_kv[1], mask_BxS=mask_BxS, index=index + t)
+    return h_BxTxD, cache
