@@ -1,0 +1,192 @@
+"""Figures from a run's `metrics.jsonl` and from evaluation results, as PNG files (matplotlib, no display needed).
+
+Training curves: reward, EM, loss, every `op_rate/*` key, mean storage size; and the paper's training-dynamics figure:
+the frequency of Read, Create, Update and Delete over optimizer steps. Evaluation: EM against the number of
+documents, one line per (method, dataset).
+
+Figures are built on `matplotlib.figure.Figure` directly (never pyplot), so there is no global figure state and no GUI
+backend; each PNG is written to a temporary name and renamed, so a failed plot leaves no half-written file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+from typing import Any, Iterable, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+OP_RATE_PREFIX = "op_rate/"
+# The paper's training-dynamics figure: atomic storage operations in this order, with these names.
+DYNAMICS_OPS = (("read", "Read"), ("create", "Create"), ("update", "Update"), ("delete", "Delete"))
+
+
+class MetricsError(ValueError):
+  """A metrics file that is missing, empty, malformed, or holds nothing to plot."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CurveSpec:
+  """One PNG: the metric keys drawn as lines on shared axes."""
+
+  filename: str
+  title: str
+  ylabel: str
+  keys: tuple[str, ...]
+  band_key: str | None = None  # drawn as +-1 band around keys[0] (e.g. reward std)
+
+
+TRAINING_CURVES = (
+    CurveSpec("reward.png", "Reward (boxed EM, mean over the batch)", "reward", ("reward_mean",), "reward_std"),
+    CurveSpec("em.png", "Exact match", "EM", ("em", "eval/em")),
+    CurveSpec("loss.png", "Loss", "loss", ("loss",)),
+    CurveSpec("storage.png", "Storage size (entries, mean over trajectories)", "entries", ("storage_size",)),
+)
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+  """Rows of a JSONL metrics file, sorted by `step`; a step logged twice keeps its last row."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise MetricsError(f"metrics file {path} does not exist (expected the trainer's metrics.jsonl)")
+  by_step: dict[int, dict[str, Any]] = {}
+  with path.open() as f:
+    for line_number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise MetricsError(f"{path}:{line_number}: not valid JSON ({e.msg})") from e
+      if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+        raise MetricsError(f"{path}:{line_number}: expected a JSON object with an integer 'step'")
+      by_step[row["step"]] = row
+  if not by_step:
+    raise MetricsError(f"metrics file {path} is empty: no optimizer step has been logged yet")
+  return [by_step[step] for step in sorted(by_step)]
+
+
+def series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], list[float]]:
+  """(steps, values) of one metric over the rows that hold a finite number for it."""
+  steps, values = [], []
+  for row in rows:
+    value = row.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+      steps.append(row["step"])
+      values.append(float(value))
+  return steps, values
+
+
+def smooth(values: Sequence[float], weight: float) -> list[float]:
+  """TensorBoard-style exponential moving average, debiased so the first points are not pulled towards 0."""
+  if not 0.0 <= weight < 1.0:
+    raise ValueError(f"smoothing weight must be in [0, 1), got {weight}")
+  out, average = [], 0.0
+  for i, value in enumerate(values, start=1):
+    average = weight * average + (1.0 - weight) * value
+    out.append(average / (1.0 - weight**i) if weight else value)
+  return out
+
+
+def save_png(fig: Figure, path: pathlib.Path) -> pathlib.Path:
+  tmp = path.with_name(f".{path.name}.tmp")
+  try:
+    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+  return path
+
+
+def _line_figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
+  fig = Figure(figsize=(6.4, 4.0))
+  ax = fig.add_subplot()
+  ax.set_title(title)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  return fig, ax
+
+
+def plot_curve(rows: Sequence[Mapping[str, Any]], spec: CurveSpec, out_dir: pathlib.Path,
+               smoothing: float = 0.0) -> pathlib.Path | None:
+  """Writes `spec` as a PNG, or returns None when no row holds any of its keys."""
+  drawn = [(key, *series(rows, key)) for key in spec.keys]
+  drawn = [(key, steps, values) for key, steps, values in drawn if steps]
+  if not drawn:
+    return None
+  fig, ax = _line_figure(spec.title, "step", spec.ylabel)
+  for key, steps, values in drawn:
+    ax.plot(steps, smooth(values, smoothing), label=key, linewidth=1.5)
+  if spec.band_key:
+    key, steps, values = drawn[0]
+    band_steps, band = series(rows, spec.band_key)
+    if band_steps == steps:
+      values, band = smooth(values, smoothing), smooth(band, smoothing)
+      ax.fill_between(steps, [v - b for v, b in zip(values, band)], [v + b for v, b in zip(values, band)],
+                      alpha=0.2, label=f"± {spec.band_key}")
+  ax.legend(loc="best", fontsize="small")
+  return save_png(fig, out_dir / spec.filename)
+
+
+def plot_op_rates(rows: Sequence[Mapping[str, Any]], out_dir: pathlib.Path, smoothing: float = 0.0):
+  keys = sorted({key for row in rows for key in row if key.startswith(OP_RATE_PREFIX)})
+  spec = CurveSpec("op_rates.png", "Memory operations per turn", "ops per turn", tuple(keys))
+  return plot_curve(rows, spec, out_dir, smoothing) if keys else None
+
+
+def plot_training_dynamics(rows: Sequence[Mapping[str, Any]], out_dir: pathlib.Path,
+                           smoothing: float = 0.0) -> pathlib.Path | None:
+  """The paper's figure: how often the policy Reads, Creates, Updates and Deletes as training goes on."""
+  drawn = [(label, *series(rows, OP_RATE_PREFIX + op)) for op, label in DYNAMICS_OPS]
+  if not any(steps for _, steps, _ in drawn):
+    return None
+  fig, ax = _line_figure("Training dynamics: memory-operation frequency", "training step", "frequency (per turn)")
+  for (label, steps, values), marker in zip(drawn, "osD^"):
+    if steps:
+      ax.plot(steps, smooth(values, smoothing), label=label, marker=marker, markevery=max(1, len(steps) // 12),
+              markersize=4, linewidth=1.5)
+  ax.legend(loc="best")
+  return save_png(fig, out_dir / "training_dynamics.png")
+
+
+def write_training_plots(metrics_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+                         smoothing: float = 0.0) -> list[pathlib.Path]:
+  """Every training figure the metrics support; an error if the file holds nothing plottable."""
+  rows = read_metrics(metrics_path)
+  smooth([], smoothing)  # validates the weight before anything is written
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  written = [plot_curve(rows, spec, out_dir, smoothing) for spec in TRAINING_CURVES]
+  written += [plot_op_rates(rows, out_dir, smoothing), plot_training_dynamics(rows, out_dir, smoothing)]
+  written = [path for path in written if path is not None]
+  if not written:
+    known = sorted({key for row in rows for key in row})
+    raise MetricsError(f"{metrics_path}: no plottable metric (looked for reward_mean, em, loss, op_rate/*); "
+                       f"the rows hold {known}")
+  return written
+
+
+def plot_em_vs_documents(summary_rows: Iterable[Mapping[str, Any]], out_dir: str | os.PathLike[str],
+                         metric: str = "em") -> pathlib.Path:
+  """`metric` against the number of documents, one line per (variant, dataset); rows as in results.json."""
+  lines: dict[tuple[str, str], list[tuple[int, float]]] = {}
+  for row in summary_rows:
+    lines.setdefault((row["variant"], row["dataset"]), []).append((int(row["num_docs"]), float(row[metric])))
+  if not lines:
+    raise MetricsError("no evaluation rows to plot")
+  fig, ax = _line_figure(f"{metric.upper()} vs number of documents", "documents in context", metric.upper())
+  ax.set_xscale("log", base=2)
+  for (variant, dataset), points in sorted(lines.items()):
+    points.sort()
+    ax.plot([n for n, _ in points], [v for _, v in points], marker="o", label=f"{variant} / {dataset}")
+  ax.legend(loc="best", fontsize="small")
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  return save_png(fig, out_dir / f"{metric}_vs_documents.png")

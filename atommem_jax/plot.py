@@ -1,0 +1,37 @@
+"""Training curves of a run as PNG files.
+
+  python -m atommem_jax.plot --workdir DIR [--out DIR/plots] [--smoothing 0.6]
+
+Reads `DIR/metrics.jsonl` (one JSON object per optimizer step, as the trainer writes it) and writes reward, EM, loss,
+memory-op rate and storage curves, plus `training_dynamics.png`: Read / Create / Update / Delete frequency over
+training steps (the paper's training-dynamics figure).
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Sequence
+
+from absl import app, flags
+
+from atommem_jax.eval import plots
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory holding metrics.jsonl", required=True)
+_OUT = flags.DEFINE_string("out", None, "where the PNGs go (default: WORKDIR/plots)")
+_SMOOTHING = flags.DEFINE_float("smoothing", 0.0, "exponential-moving-average weight in [0, 1)")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  workdir = pathlib.Path(_WORKDIR.value)
+  out_dir = pathlib.Path(_OUT.value) if _OUT.value else workdir / "plots"
+  try:
+    written = plots.write_training_plots(workdir / "metrics.jsonl", out_dir, smoothing=_SMOOTHING.value)
+  except (plots.MetricsError, ValueError) as e:
+    raise SystemExit(f"error: {e}") from None
+  for path in written:
+    print(path)
+
+
+if __name__ == "__main__":
+  app.run(main)
