@@ -1,0 +1,168 @@
+"""`Sampler`: the object rollouts and evaluation call many times, with prompts of any length.
+
+It splits the model once (graphdef static, params an argument, so the trainer can pass new params without a
+recompile), pads prompts to a length bucket and the batch to a batch bucket (one compilation per bucket pair and
+sample count), runs the jitted prefill and the jitted decode loop (which donates the cache), and applies the exact
+stop-string cut on the host.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from atommem_jax import sharding
+from atommem_jax.model import KVCache, param_shardings
+from atommem_jax.sampling import batching
+from atommem_jax.sampling import decode as decode_lib
+from atommem_jax.sampling import stop as stop_lib
+from atommem_jax.sampling.config import SamplerConfig, StopReason
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleOutput:
+  """Host copies of one `generate` call. Rows are prompt-major: row `p * num_samples + g` is sample g of prompt p.
+
+  `tokens_RxN` are generated ids only, padded with pad_id after `lengths_R`; a final EOS is included (and counted in
+  the length) because the policy produced it. `logprobs_RxN` is log pi(token) under the model's own distribution
+  (temperature 1, no top-k/top-p): GRPO's pi_old. `sampling_logprobs_RxN` is under the distribution actually sampled
+  (0 for greedy). `texts` (with a tokenizer) are the decoded rows without the EOS, cut just after the first stop
+  string.
+  """
+
+  tokens_RxN: np.ndarray
+  logprobs_RxN: np.ndarray
+  sampling_logprobs_RxN: np.ndarray
+  lengths_R: np.ndarray
+  stop_reasons_R: np.ndarray
+  num_samples: int
+  texts: list[str] | None = None
+
+  def token_ids(self, row: int, *, include_eos: bool = True) -> list[int]:
+    length = int(self.lengths_R[row])
+    if not include_eos and self.stop_reasons_R[row] == StopReason.EOS:
+      length -= 1
+    return self.tokens_RxN[row, :length].tolist()
+
+
+class Sampler:
+  """Batched generation with logprobs; see `SampleOutput` for what comes back.
+
+  Args:
+    model: the NNX Qwen3 (its params are copied out once; pass `params=` to `generate` to use newer ones).
+    config: the sampling settings.
+    tokenizer: an HF tokenizer; needed for stop strings and texts.
+    mesh: a (data, fsdp, tensor) mesh; rows shard over data x fsdp, heads over tensor.
+  """
+
+  def __init__(self, model: nnx.Module, config: SamplerConfig, *, tokenizer: Any = None, mesh: Mesh | None = None,
+               rules: sharding.ShardingRules = sharding.DEFAULT_RULES):
+    self.config = config
+    self.tokenizer = tokenizer
+    self.mesh = mesh
+    self.rules = rules
+    self.graphdef, self.params = nnx.split(model)
+    self.vocab_size = int(model.config.vocab_size)
+    if config.stop_strings and tokenizer is None:
+      raise ValueError(f"stop strings {config.stop_strings} need a tokenizer to be matched")
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
+    self.stop_table_SxW = stop_lib.stop_sequences_table(config.stop_strings, encode)
+    self.eos_ids_E = np.asarray(config.eos_ids or (-1,), np.int32)  # -1 matches no token
+    self._batch_shards = 1
+    if mesh is not None:
+      spec = rules.spec(("batch",))[0]
+      self._batch_shards = int(np.prod([mesh.shape[a] for a in ((spec,) if isinstance(spec, str) else spec or ())]))
+      self.params = jax.device_put(self.params, param_shardings(self.params, mesh, rules))
+    self._jitted: dict[int, tuple[Callable, Callable]] = {}
+    self.trace_count = 0  # incremented each time prefill or decode is traced: the number of compilations
+
+  def _functions(self, num_samples: int) -> tuple[Callable, Callable]:
+    if num_samples in self._jitted:
+      return self._jitted[num_samples]
+
+    def counted(fn):
+      @functools.wraps(fn)
+      def wrapper(*args):
+        self.trace_count += 1
+        return fn(*args)
+      return wrapper
+
+    prefill = counted(functools.partial(decode_lib.prefill, self.graphdef, config=self.config,
+                                        num_samples=num_samples))
+    decode = counted(functools.partial(decode_lib.decode, self.graphdef, config=self.config,
+                                       num_samples=num_samples))
+    if self.mesh is None:
+      jitted = (jax.jit(prefill), jax.jit(decode, donate_argnums=1))
+    else:
+      named = lambda *axes: self.rules.named(self.mesh, axes)
+      params = param_shardings(self.params, self.mesh, self.rules)
+      cache = KVCache.shardings(self.mesh, self.rules)
+      rows, replicated = named("batch"), named()
+      jitted = (
+          jax.jit(prefill, in_shardings=(params, named("batch", None), named("batch", None)), out_shardings=cache),
+          jax.jit(decode, donate_argnums=1,
+                  in_shardings=(params, cache, rows, rows, rows, rows, replicated, replicated, replicated),
+                  out_shardings=(decode_lib.DecodeResult(named("batch", None), named("batch", None),
+                                                         named("batch", None), rows, rows), cache)))
+    self._jitted[num_samples] = jitted
+    return jitted
+
+  def generate(self, prompt_ids: Sequence[Sequence[int]], *, num_samples: int = 1, seed: int = 0,
+               row_ids: Sequence[int] | None = None, params: nnx.State | None = None) -> SampleOutput:
+    """Samples `num_samples` continuations of every prompt.
+
+    `row_ids` (one per prompt, default 0..P-1) seed each prompt's randomness: a prompt with the same row id and seed
+    gets the same samples in any batch.
+    """
+    if num_samples < 1:
+      raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    padded = batching.left_pad(prompt_ids, length_buckets=self.config.prompt_buckets,
+                               batch_buckets=self.config.batch_buckets, batch_multiple_of=self._batch_shards,
+                               pad_id=self.config.pad_id, vocab_size=self.vocab_size)
+    batch = padded.tokens_BxP.shape[0]
+    if row_ids is None:
+      row_ids = range(padded.num_prompts)
+    if len(row_ids) != padded.num_prompts:
+      raise ValueError(f"row_ids has {len(row_ids)} entries for {padded.num_prompts} prompts")
+    row_ids_B = np.zeros((batch,), np.int32)
+    row_ids_B[:padded.num_prompts] = row_ids
+    prefill, decode = self._functions(num_samples)
+    params = self.params if params is None else params
+    with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+      cache = prefill(params, padded.tokens_BxP, padded.mask_BxP)
+      result, _ = decode(params, cache, padded.tokens_BxP[:, -1], padded.lengths_B, padded.active_B, row_ids_B,
+                      jax.random.key(seed), self.eos_ids_E, self.stop_table_SxW)
+    result = jax.device_get(result)
+    rows = padded.num_prompts * num_samples
+    output = SampleOutput(
+        tokens_RxN=np.array(result.tokens_RxN[:rows]), logprobs_RxN=np.array(result.logprobs_RxN[:rows]),
+        sampling_logprobs_RxN=np.array(result.sampling_logprobs_RxN[:rows]),
+        lengths_R=np.array(result.lengths_R[:rows]), stop_reasons_R=np.array(result.stop_reason_R[:rows]),
+        num_samples=num_samples)
+    return self._cut_on_host(output) if self.tokenizer is not None else output
+
+  def _cut_on_host(self, output: SampleOutput) -> SampleOutput:
+    """Decodes rows and cuts each exactly after its first stop string (dropping the tokens after it)."""
+    decode_text = lambda ids: self.tokenizer.decode(list(ids), skip_special_tokens=False)
+    texts = []
+    for row in range(output.tokens_RxN.shape[0]):
+      ids = output.token_ids(row, include_eos=False)
+      cut = stop_lib.cut_at_stop(ids, decode_text, self.config.stop_strings)
+      if cut is None:
+        texts.append(decode_text(ids))
+        continue
+      keep, text = cut
+      texts.append(text)
+      output.tokens_RxN[row, keep:] = self.config.pad_id
+      output.logprobs_RxN[row, keep:] = 0.0
+      output.sampling_logprobs_RxN[row, keep:] = 0.0
+      output.lengths_R[row] = keep
+      output.stop_reasons_R[row] = StopReason.STOP
+    return dataclasses.replace(output, texts=texts)
