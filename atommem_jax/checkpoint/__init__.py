@@ -1,1 +1,15 @@
-"""checkpoint"""
+"""Checkpoints: HF safetensors in and out, Orbax parameter save/restore; tokenizer files travel with both.
+
+Public API:
+  load_hf(path, *, mesh=None, rules=DEFAULT_RULES, dtype=None) -> (Qwen3Config, Qwen3)
+  export_hf(model, config, dst, tokenizer_src=None)
+  save_params(dir, model, config, *, tokenizer_src=None)
+  restore_params(dir, *, mesh=None, rules=DEFAULT_RULES, config=None) -> (Qwen3Config, Qwen3)
+  is_orbax_params_dir(dir), copy_tokenizer_files(src, dst), CheckpointError
+"""
+from atommem_jax.checkpoint.hf import CheckpointError, export_hf, load_hf
+from atommem_jax.checkpoint.orbax_params import is_orbax_params_dir, load_config, restore_params, save_params
+from atommem_jax.checkpoint.tokenizer_files import copy_tokenizer_files
+
+__all__ = ["CheckpointError", "export_hf", "load_hf", "is_orbax_params_dir", "load_config", "restore_params",
+           "save_params", "copy_tokenizer_files"]
