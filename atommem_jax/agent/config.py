@@ -34,7 +34,6 @@ class AgentConfig:
   use_storage: bool = True
   allow_update: bool = True
   allow_delete: bool = True
-  max_response_tokens: int = 4096
   context_tokens: int = 32768
   template_dir: str = ""
 
@@ -42,20 +41,23 @@ class AgentConfig:
     if self.chunk_tokens < 1 or not 0 <= self.overlap_tokens < self.chunk_tokens:
       raise ValueError(f"AgentConfig: need chunk_tokens >= 1 and 0 <= overlap_tokens < chunk_tokens, got "
                        f"chunk_tokens={self.chunk_tokens}, overlap_tokens={self.overlap_tokens}")
-    for name in ("max_chunks", "max_steps", "query_limit", "max_response_tokens", "context_tokens"):
+    for name in ("max_chunks", "max_steps", "query_limit", "context_tokens"):
       if getattr(self, name) < 1:
         raise ValueError(f"AgentConfig.{name} must be >= 1, got {getattr(self, name)}")
 
   @property
   def disabled_kinds(self) -> tuple[int, ...]:
     """Op kinds an ablation (or a baseline) turns into counted invalid no-ops."""
-    if self.method != "atommem":
-      return (protocol.UPDATE_QUERY, protocol.ADD_MEMORY, protocol.MODIFY_MEMORY, protocol.DELETE_MEMORY)
+    storage_ops = [protocol.UPDATE_QUERY, protocol.ADD_MEMORY, protocol.MODIFY_MEMORY, protocol.DELETE_MEMORY]
+    if self.method == "memagent":  # its one overwritten memory is the scratchpad
+      return tuple(storage_ops)
+    if self.method in ("rag", "full_context"):
+      return tuple([protocol.UPDATE_MEMORY] + storage_ops)
     disabled = []
     if not self.use_scratchpad:
       disabled.append(protocol.UPDATE_MEMORY)
     if not self.use_storage:
-      disabled += [protocol.UPDATE_QUERY, protocol.ADD_MEMORY, protocol.MODIFY_MEMORY, protocol.DELETE_MEMORY]
+      disabled += storage_ops
     if not self.allow_update:
       disabled.append(protocol.MODIFY_MEMORY)
     if not self.allow_delete:

@@ -11,7 +11,7 @@ A response is free text with protocol tags. Tags are exact, lower-case and paire
   add_memory    := BODY                                  new storage entry strip(BODY)    (a Create)
   modify_memory := ws* 'Memory' ws+ INT ws* ':' TEXT    entry shown as Memory INT := strip(TEXT)   (an Update)
   delete_memory := ws* 'Memory' ws+ INT ws*             entry shown as Memory INT is removed       (a Delete)
-  final_answer  := ... '\\boxed{' BALANCED '}' ...       answer := strip(BALANCED) of the first \\boxed{}
+  final_answer  := ... '\\boxed{' BALANCED '}' ...       answer := strip(BALANCED) of the last balanced \\boxed{}
 
 Scanning rules, applied left to right:
 - `<think>...</think>` blocks are reasoning and are removed first; an unclosed `<think>` runs to the end of the
@@ -24,7 +24,8 @@ Scanning rules, applied left to right:
   unpaired unknown `<x>` is plain text.
 - An empty (whitespace-only) body, a `Memory i` that does not parse, an `i` outside 1..shown (the number of entries
   shown in this turn's observation), a target already deleted earlier in the same response, a `\\boxed{}` that is
-  missing, unbalanced or empty: each makes that op invalid.
+  missing, unbalanced or empty: each makes that op invalid. (The answer is the last balanced box, as the reward
+  reads it: `metrics.boxed.last_boxed`.)
 
 Op type names (used in trajectories and by `python -m atommem_jax.replay`): `update_memory, update_query, add_memory,
 modify_memory, delete_memory, final_answer, invalid`. A part that does not parse is type `invalid`. A well-formed op
@@ -39,6 +40,8 @@ import pathlib
 import re
 import string
 from typing import Any, Sequence
+
+from atommem_jax.metrics.boxed import last_boxed
 
 # Op kinds as small ints: the environment and the jitted rollout carry these, the host carries the names.
 INVALID = 0
@@ -82,29 +85,13 @@ def _invalid(reason: str, text: str = "") -> Op:
   return Op(kind=INVALID, text=text, valid=False, reason=reason)
 
 
-def extract_boxed(text: str) -> str | None:
-  """The content of the first `\\boxed{...}` with balanced braces, or None if absent or unbalanced."""
-  start = text.find("\\boxed{")
-  if start < 0:
-    return None
-  depth, begin = 1, start + len("\\boxed{")
-  for pos in range(begin, len(text)):
-    if text[pos] == "{":
-      depth += 1
-    elif text[pos] == "}":
-      depth -= 1
-      if depth == 0:
-        return text[begin:pos]
-  return None
-
-
 def _parse_body(kind: int, body: str, num_shown: int, deleted: set[int]) -> Op:
   if not body.strip():
     return _invalid(f"empty <{KIND_NAMES[kind]}>")
   if kind in (UPDATE_MEMORY, UPDATE_QUERY, ADD_MEMORY):
     return Op(kind=kind, text=body.strip())
   if kind == FINAL_ANSWER:
-    answer = extract_boxed(body)
+    answer = last_boxed(body)
     if answer is None:
       return _invalid("final_answer without a balanced \\boxed{}", body)
     if not answer.strip():
@@ -127,9 +114,14 @@ def _parse_body(kind: int, body: str, num_shown: int, deleted: set[int]) -> Op:
   return Op(kind=kind, text=text, target=target)
 
 
+def strip_think(response: str) -> str:
+  """The response without its `<think>` blocks (an unclosed one runs to the end)."""
+  return _THINK_RE.sub(" ", response)
+
+
 def parse_response(response: str, num_shown: int) -> list[Op]:
   """Ops in the order written (see the module docstring for the grammar); never raises on any string."""
-  text = _THINK_RE.sub(" ", response)
+  text = strip_think(response)
   ops: list[tuple[int, Op]] = []  # (position, op) so unknown-tag ops interleave in order
   deleted: set[int] = set()
   tags = list(_PROTOCOL_TAG_RE.finditer(text))
