@@ -1,0 +1,143 @@
+"""The tiny default tokenizer: a byte-level BPE trained on the synthetic task and the agent protocol's text.
+
+  python -m atommem_jax.data.tokenizer                    # regenerates atommem_jax/assets/tiny_tokenizer/
+  python -m atommem_jax.data.tokenizer --output /tmp/tok   # somewhere else
+
+The result loads with `transformers.AutoTokenizer.from_pretrained(dir)` (or `load_tiny_tokenizer()`), has at most
+`VOCAB_SIZE` = 2048 ids (the tiny model preset's vocabulary), and:
+- `<|endoftext|>` (pad, id 0), `<|im_start|>` (id 1), `<|im_end|>` (eos, id 2) as special tokens;
+- each protocol tag (`<add_memory>`, `</final_answer>`, `<think>`, ...) as one added, non-special token, so it
+  encodes to a single id and survives `decode(..., skip_special_tokens=True)`;
+- Qwen's pre-tokenisation (every digit its own token, letters in runs, punctuation apart), so years and `\\boxed{`
+  `}` split at sensible places;
+- a Qwen-style chat template (`<|im_start|>role\\ncontent<|im_end|>\\n`, `add_generation_prompt` opens the
+  assistant turn).
+Training is deterministic: the same code regenerates byte-identical files.
+"""
+from __future__ import annotations
+
+import importlib.resources
+import os
+import random
+from typing import Iterator, Sequence
+
+VOCAB_SIZE = 2048
+PAD_TOKEN = "<|endoftext|>"
+IM_START = "<|im_start|>"
+EOS_TOKEN = "<|im_end|>"
+SPECIAL_TOKENS = (PAD_TOKEN, IM_START, EOS_TOKEN)
+PROTOCOL_TAGS = tuple(f"<{close}{name}>" for name in ("update_memory", "update_query", "add_memory", "modify_memory",
+                                                      "delete_memory", "final_answer", "think")
+                      for close in ("", "/"))
+# Qwen2/3's split: contractions, letter runs (with one leading non-letter), single digits, punctuation runs,
+# newlines, spaces.
+QWEN_SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                      r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+CHAT_TEMPLATE = ("{%- for message in messages %}"
+                 "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+                 "{%- endfor %}"
+                 "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+
+# Wording an observation or a response is likely to use, so the BPE learns it as few pieces.
+PROTOCOL_TEXT = """\
+You are a reading agent with a memory. The document is too long to read at once, so you read it chunk by chunk.
+Your memory has a scratchpad, which you always see, and a storage of entries, which you see through retrieval:
+the entries most similar to your current query are shown as Memory 1, Memory 2, and so on.
+Manage the memory with these operations, as many as you need in one turn:
+rewrite the scratchpad, change the query, add a new memory entry, modify a shown entry, delete a shown entry,
+and give the final answer to the current question in a box.
+Keep facts that may help answer the questions; delete entries that are wrong or no longer needed.
+If you add or modify memory, or give no operation, you move on to the next chunk.
+Questions:
+Question 1:
+Current question:
+Scratchpad:
+Query:
+Retrieved memory:
+No memory.
+(empty)
+Chunk 1 of 3:
+Current chunk:
+The document has ended. Answer the question using your memory.
+Answer with a single word or number.
+Let me think step by step. The question asks for the country. I need the founder first, then the birth city.
+I should store this fact. The answer is in memory. This chunk is not relevant. I will search for it.
+"""
+
+
+def _render_memory(facts: Sequence[str]) -> str:
+  return "\n".join(f"Memory {i + 1}: {fact}" for i, fact in enumerate(facts)) if facts else "No memory."
+
+
+def training_corpus(seed: int = 0) -> Iterator[str]:
+  """Synthetic documents, questions and protocol-shaped turns (tags left out: they are added tokens)."""
+  # Imported here so `load_tiny_tokenizer` does not pay for the generator.
+  from atommem_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  task = synthetic.generate(synthetic.SyntheticConfig(seed=seed, num_documents=3000, num_questions=1500))
+  rng = random.Random(seed)
+  for _ in range(20):
+    yield PROTOCOL_TEXT
+  for i, doc in enumerate(task.documents):
+    yield f"Document {i + 1}:\n{doc.title}\n{doc.text}"
+  for question in task.questions:
+    facts = list(question.record.supporting_facts)
+    shown = rng.sample(facts, rng.randint(0, len(facts)))
+    answer = question.record.answers[0]
+    yield (f"Question: {question.record.question}\nScratchpad: Looking for {answer}.\nQuery: "
+           f"{question.record.question}\n{_render_memory(shown)}\n")
+    yield f"I need {facts[0]} Then {facts[-1]}\n{facts[0]}\nMemory {len(shown) + 1}: {facts[-1]}\n"
+    yield f"The answer is \\boxed{{{answer}}}\n\\boxed{{{answer}}}"
+
+
+def train_tiny_tokenizer(output_dir: str, seed: int = 0) -> None:
+  """Trains the tokenizer and saves it (tokenizer.json, tokenizer_config.json, ...) into `output_dir`."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from tokenizers import decoders, models, pre_tokenizers, trainers  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  tokenizer = tokenizers.Tokenizer(models.BPE())
+  tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(tokenizers.Regex(QWEN_SPLIT_PATTERN), behavior="isolated"),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+  ])
+  tokenizer.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE - len(PROTOCOL_TAGS), min_frequency=2,
+                                special_tokens=list(SPECIAL_TOKENS),
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+  tokenizer.train_from_iterator(training_corpus(seed), trainer=trainer)
+  tokenizer.add_tokens([tokenizers.AddedToken(tag, special=False, normalized=False) for tag in PROTOCOL_TAGS])
+  if tokenizer.get_vocab_size() > VOCAB_SIZE:
+    raise AssertionError(f"tokenizer has {tokenizer.get_vocab_size()} ids, more than {VOCAB_SIZE}")
+  wrapped = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tokenizer, pad_token=PAD_TOKEN, eos_token=EOS_TOKEN, bos_token=None, unk_token=None,
+      additional_special_tokens=[IM_START], chat_template=CHAT_TEMPLATE, clean_up_tokenization_spaces=False,
+      model_max_length=1 << 20)
+  os.makedirs(output_dir, exist_ok=True)
+  wrapped.save_pretrained(output_dir)
+
+
+def tiny_tokenizer_dir() -> str:
+  return str(importlib.resources.files("atommem_jax") / "assets" / "tiny_tokenizer")
+
+
+def load_tiny_tokenizer(path: str | None = None):
+  """The committed tiny tokenizer (or the one saved at `path`) as a transformers tokenizer."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  path = path or tiny_tokenizer_dir()
+  if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+    raise FileNotFoundError(f"{path}: no tokenizer.json; regenerate with `python -m atommem_jax.data.tokenizer`")
+  return transformers.AutoTokenizer.from_pretrained(path)
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  output = flags.FLAGS.output or tiny_tokenizer_dir()
+  train_tiny_tokenizer(output)
+  print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("output", None, "Where to save; the package's assets/tiny_tokenizer by default.")
+  app.run(main)
