@@ -87,7 +87,8 @@ class Turn:
   phase: str  # "read" | "answer"
   chunk_index: int
   question_index: int
-  observation: str  # the user message (the prompt is the system + user chat text)
+  observation: str  # the user message
+  prompt: str  # the system + user message through the chat template: the exact text the model was given
   prompt_ids: list[int]
   retrieved: list[str]
   response: str
@@ -119,9 +120,11 @@ class Trajectory:
   storage: list[str]  # in creation order
 
   def to_json(self) -> dict[str, Any]:
+    """For people: every turn's observation, response and parsed ops; token ids and the repeated system prompt
+    are left out."""
     row = dataclasses.asdict(self)
     for turn_row in row["turns"]:
-      for key in ("prompt_ids", "response_ids", "response_logprobs"):
+      for key in ("prompt", "prompt_ids", "response_ids", "response_logprobs"):
         turn_row.pop(key)
     return row
 
@@ -197,8 +200,12 @@ def _fit_width(ops: list[protocol.Op], width: int) -> list[protocol.Op]:
 
 def rollout(episodes: Sequence[Episode], policy: TextPolicy | SamplerPolicy, *, tokenizer: Any,
             embed_fn: transitions.EmbedFn, config: RolloutConfig,
-            templates: protocol.Templates | None = None) -> list[Trajectory]:
-  """Runs every episode G times to the end (or the step cap); see the module docstring."""
+            templates: protocol.Templates | None = None, max_turns: int | None = None) -> list[Trajectory]:
+  """Runs every episode G times to the end (or the step cap); see the module docstring.
+
+  `max_turns` stops the loop early (a replayed transcript that runs out of responses); trajectories then end
+  with `done=False`.
+  """
   agent, memory_config = config.agent, config.memory
   templates = templates or protocol.Templates.load(agent.template_dir or None)
   g = config.num_samples
@@ -219,7 +226,7 @@ def rollout(episodes: Sequence[Episode], policy: TextPolicy | SamplerPolicy, *, 
                              reward=0.0, done=False, turns=[], scratchpad="", query="", storage=[])
                   for r, ep in enumerate(row_episodes)]
   width = memory_config.max_ops_per_turn
-  for turn_index in range(agent.max_steps):
+  for turn_index in range(min(agent.max_steps, agent.max_steps if max_turns is None else max_turns)):
     env_host, memory_host = jax.device_get((env, memory))
     rows = [r for r in range(num_rows) if not env_host.done_B[r]]
     if not rows:
@@ -266,7 +273,7 @@ def rollout(episodes: Sequence[Episode], policy: TextPolicy | SamplerPolicy, *, 
       trajectories[r].turns.append(Turn(
           step=turn_index, phase="answer" if env_host.answer_phase_B[r] else "read",
           chunk_index=int(env_host.chunk_index_B[r]), question_index=int(env_host.question_index_B[r]),
-          observation=observations[r], prompt_ids=ids, retrieved=shown[r], response=response.text,
+          observation=observations[r], prompt=prompt, prompt_ids=ids, retrieved=shown[r], response=response.text,
           response_ids=response.ids, response_logprobs=response.logprobs,
           ops=[{"type": op.name, "text": op.text, "target": op.target, "valid": op.valid, "reason": op.reason}
                for op in ops],

@@ -1,0 +1,98 @@
+"""A scripted policy for the synthetic task that uses the AtomMem ops well, and SFT pairs from its trajectories.
+
+The oracle reads our packaged templates' observations (it finds the chunk after the `Chunk i of n:` line, the
+`Memory i:` lines and the scratchpad section), knows which sentences of the world are facts, and:
+- while reading: `<add_memory>`s each supporting fact of the listed questions that appears in the chunk and is not
+  already shown, with a short scratchpad note (a Create: the environment moves on); with nothing to store it writes
+  a plain-text note and no tag (no valid tag: the environment moves on);
+- answering: takes the supporting facts it can see (shown entries and its scratchpad); when all are visible it
+  answers from them; otherwise it keeps the visible ones in its scratchpad (a memory op, which also resets the
+  query counter) and `<update_query>`s the first missing fact, so retrieval brings it into view.
+The answer is derived from the facts in view (the last hop's object, or the earlier-born of two people), never read
+from the gold answer.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+from atommem_jax.agent import rollout as rollout_lib
+from atommem_jax.data.synthetic import Fact, SyntheticQuestion
+
+_CHUNK_RE = re.compile(r"^Chunk (\d+) of \d+:\n", re.MULTILINE)
+_MEMORY_LINE_RE = re.compile(r"^Memory \d+: (.*)$", re.MULTILINE)
+_SCRATCHPAD_RE = re.compile(r"Scratchpad:\n(.*?)\n\nQuery:", re.DOTALL)
+
+
+class OraclePolicy:
+  """`policy(observations) -> responses` for episodes built from these synthetic questions."""
+
+  def __init__(self, questions: Sequence[SyntheticQuestion]):
+    self.questions = {q.record.question: q for q in questions}
+
+  def __call__(self, observations: list[str]) -> list[str]:
+    return [self.respond(o) for o in observations]
+
+  def _questions_in(self, text: str) -> list[SyntheticQuestion]:
+    found = [q for text_q, q in self.questions.items() if text_q in text]
+    if not found:
+      raise ValueError(f"the oracle knows none of the questions in this observation:\n{text[:500]}")
+    return found
+
+  def respond(self, observation: str) -> str:
+    chunk = _CHUNK_RE.search(observation)
+    shown = _MEMORY_LINE_RE.findall(observation)
+    scratchpad_match = _SCRATCHPAD_RE.search(observation)
+    scratchpad = scratchpad_match.group(1) if scratchpad_match else ""
+    if chunk is not None:
+      return self._read(observation[chunk.end():], int(chunk.group(1)), observation[:chunk.start()], shown)
+    # The answer view states the current question first (the query line further down may quote another one).
+    question = min(self._questions_in(observation),
+                   key=lambda q: (observation.find(q.record.question), -len(q.record.question)))
+    return self._answer(question, shown, scratchpad)
+
+  def _read(self, chunk_text: str, chunk_number: int, header: str, shown: Sequence[str]) -> str:
+    facts = []
+    for question in self._questions_in(header):
+      for fact in question.facts:
+        if fact.sentence in chunk_text and fact.sentence not in shown and fact not in facts:
+          facts.append(fact)
+    if not facts:
+      return f"Chunk {chunk_number} holds nothing for the questions; moving on."
+    adds = "".join(f"<add_memory>{fact.sentence}</add_memory>" for fact in facts)
+    subjects = ", ".join(dict.fromkeys(fact.subject for fact in facts))
+    return f"Chunk {chunk_number} has facts about {subjects}.{adds}<update_memory>Stored facts from chunk " \
+           f"{chunk_number} about {subjects}.</update_memory>"
+
+  def _answer(self, question: SyntheticQuestion, shown: Sequence[str], scratchpad: str) -> str:
+    visible = [f for f in question.facts if any(f.sentence in entry for entry in shown) or f.sentence in scratchpad]
+    missing = [f for f in question.facts if f not in visible]
+    if not missing:
+      return f"All the facts are in view.<final_answer>\\boxed{{{_derive(question.kind, visible)}}}" \
+             f"</final_answer>"
+    keep = " ".join(f.sentence for f in visible) or "Looking for the facts."
+    return f"<update_memory>{keep}</update_memory><update_query>{missing[0].sentence}</update_query>"
+
+
+def _derive(kind: str, facts: Sequence[Fact]) -> str:
+  if kind == "earlier":
+    return min(facts, key=lambda f: int(f.object)).subject
+  return facts[-1].object
+
+
+def oracle_sft_pairs(trajectories: Sequence[rollout_lib.Trajectory], tokenizer: Any, *, min_reward: float = 0.5,
+                     append_eos: bool = False) -> list[dict[str, str]]:
+  """Every turn of every trajectory with reward >= `min_reward` as {"prompt", "completion"}.
+
+  The prompt is the chat-formatted observation exactly as the model saw it. The completion is the response;
+  `train.sft.tokenize_pairs` appends the end-of-sequence id itself, so the eos text is added only with
+  `append_eos=True` (for consumers that tokenise the completion as it stands).
+  """
+  pairs = []
+  eos = tokenizer.eos_token if append_eos else ""
+  for trajectory in trajectories:
+    if trajectory.reward < min_reward:
+      continue
+    for turn in trajectory.turns:
+      pairs.append({"prompt": turn.prompt, "completion": turn.response + eos})
+  return pairs
