@@ -1,0 +1,137 @@
+"""`EvalConfig`: what an evaluation run reads (checkpoint, datasets x document counts, variants) and how it decodes.
+
+Built from an experiment file's ConfigDict by `eval_config_from_dict`. Two fields are maps keyed by name, so a
+command line can reach into them (`--config.datasets.hotpotqa.num_docs=(200,)`,
+`--config.variants.no_update.agent.allow_update=False`):
+- `datasets`: name -> `DatasetSpec` (the name is also the reader unless `format` says otherwise);
+- `variants`: name -> overrides of `agent` and `memory` (a baseline is a variant with `agent.method`, an ablation one
+  with a switch off, "any K" one with `memory.top_k`); every variant runs on every dataset and N.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, Mapping
+
+from atommem_jax import configlib
+from atommem_jax.agent.config import AgentConfig
+from atommem_jax.memory.config import MemoryConfig
+from atommem_jax.sampling.config import SamplerConfig
+
+DATASET_FORMATS = ("hotpotqa", "2wiki", "musique", "synthetic")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """One dataset, evaluated at each document count in `num_docs`.
+
+  path: the native file (unused for `synthetic`). max_examples: the first examples only (0 = all).
+  synthetic_num_questions / synthetic_num_documents: the synthetic world's size (0 documents = max(2N, 64)).
+  """
+
+  format: str = ""
+  path: str = ""
+  num_docs: tuple[int, ...] = (200,)
+  max_examples: int = 0
+  single_question_fraction: float = 1.0
+  min_bundle_size: int = 2
+  max_bundle_size: int = 10
+  synthetic_num_questions: int = 64
+  synthetic_num_documents: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantSpec:
+  """Overrides applied on top of the run's `agent` / `memory` config for one column of the results table."""
+
+  agent: dict = dataclasses.field(default_factory=dict)
+  memory: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSpec:
+  """Mesh axis sizes; 0 on one axis means "every device the others leave" (so one config fits 1 or 8 devices)."""
+
+  data: int = 0
+  fsdp: int = 1
+  tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """An evaluation run.
+
+  checkpoint: an Orbax parameter dir (`save_params` / `convert` output) or a trainer workdir / its checkpoints dir
+    (the latest step is used).
+  expected_model: a model preset name the checkpoint must match (architecture fields); "" accepts any.
+  tokenizer: "" = the tokenizer files saved with the checkpoint; "tiny" = the packaged tiny tokenizer; else a dir.
+  embedder: "hashing" (weight-free) or a Qwen3-Embedding checkpoint dir (HF or Orbax).
+  batch_size: episodes per rollout batch.
+  """
+
+  checkpoint: str
+  datasets: dict[str, DatasetSpec]
+  variants: dict[str, VariantSpec]
+  expected_model: str = ""
+  tokenizer: str = ""
+  embedder: str = "hashing"
+  seed: int = 0
+  batch_size: int = 8
+  mesh: MeshSpec = MeshSpec()
+  agent: AgentConfig = AgentConfig()
+  memory: MemoryConfig = MemoryConfig()
+  sampler: SamplerConfig = SamplerConfig(greedy=True)
+
+  def __post_init__(self):
+    if not self.checkpoint:
+      raise configlib.ConfigError("EvalConfig.checkpoint is empty: pass --config.checkpoint=DIR")
+    if not self.embedder:
+      raise configlib.ConfigError("EvalConfig.embedder is empty: pass --config.embedder=DIR (a Qwen3-Embedding "
+                                  "checkpoint, HF or Orbax) or 'hashing' (weight-free)")
+    if not self.datasets:
+      raise configlib.ConfigError("EvalConfig.datasets is empty: nothing to evaluate")
+    if not self.variants:
+      raise configlib.ConfigError("EvalConfig.variants is empty: give at least one (e.g. atommem={})")
+    if not self.sampler.greedy:
+      raise configlib.ConfigError("EvalConfig.sampler.greedy must be True: evaluation decodes greedily")
+    if self.batch_size < 1:
+      raise configlib.ConfigError(f"EvalConfig.batch_size must be >= 1, got {self.batch_size}")
+    for name, spec in self.datasets.items():
+      if dataset_format(name, spec) not in DATASET_FORMATS:
+        raise configlib.ConfigError(f"EvalConfig.datasets.{name}: format {dataset_format(name, spec)!r} is not one "
+                                    f"of {DATASET_FORMATS}")
+      if not spec.num_docs or any(n < 1 for n in spec.num_docs):
+        raise configlib.ConfigError(f"EvalConfig.datasets.{name}.num_docs must be positive, got {spec.num_docs}")
+      if dataset_format(name, spec) != "synthetic" and not spec.path:
+        raise configlib.ConfigError(f"EvalConfig.datasets.{name}.path is empty: give the native {name} file")
+
+  def variant_configs(self) -> dict[str, tuple[AgentConfig, MemoryConfig]]:
+    """Each variant's agent and memory config: the run's, with the variant's overrides (unknown keys refused)."""
+    out = {}
+    for name, variant in self.variants.items():
+      agent = configlib.from_dict(AgentConfig, {**configlib.to_dict(self.agent), **variant.agent},
+                                  where=f"variants.{name}.agent")
+      memory = configlib.from_dict(MemoryConfig, {**configlib.to_dict(self.memory), **variant.memory},
+                                   where=f"variants.{name}.memory")
+      out[name] = (agent, memory)
+    return out
+
+
+def dataset_format(name: str, spec: DatasetSpec) -> str:
+  return spec.format or name
+
+
+def _named_map(cls: type, mapping: Any, where: str) -> dict[str, Any]:
+  mapping = dict(configlib._as_mapping(mapping) or {})  # pylint: disable=protected-access
+  return {name: configlib.from_dict(cls, value or {}, where=f"{where}.{name}") for name, value in mapping.items()}
+
+
+def eval_config_from_dict(config: Mapping[str, Any] | Any) -> EvalConfig:
+  """The ConfigDict boundary: unknown keys anywhere (datasets and variants included) are a `ConfigError`."""
+  raw = dict(configlib._as_mapping(config) or {})  # pylint: disable=protected-access
+  datasets = _named_map(DatasetSpec, raw.pop("datasets", {}), "EvalConfig.datasets")
+  variants = _named_map(VariantSpec, raw.pop("variants", {}), "EvalConfig.variants")
+  # Evaluation is greedy; an experiment file that leaves `sampler.greedy` out gets it, one that sets False is refused.
+  raw["sampler"] = {"greedy": True, **dict(configlib._as_mapping(raw.get("sampler", {})) or {})}  # pylint: disable=protected-access
+  config = configlib.from_dict(EvalConfig, {**raw, "datasets": datasets, "variants": variants})
+  config.variant_configs()  # validates every variant's overrides now, before anything runs
+  return config

@@ -1,0 +1,138 @@
+"""Episode results -> per-(variant, dataset, N) summary rows -> results.json and the markdown tables of results.md.
+
+Scores are question-level means (an episode that bundles several questions contributes each of them), as the paper
+reports them: SQuAD EM / F1 / sub-EM on the boxed answer and the boxed-EM reward. Memory behaviour is per episode:
+accepted ops of each type, refused or malformed ops (`invalid`), agent steps, and the storage size at the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any, Iterable, Mapping, Sequence
+
+from atommem_jax.agent import protocol
+from atommem_jax.metrics import scores as scores_lib
+
+SCORE_KEYS = ("em", "f1", "sub_em", "boxed_em")
+# Accepted ops of each protocol kind, in the paper's vocabulary; refused or malformed ops are counted as `invalid`.
+OP_KEYS = tuple(name for name in protocol.KIND_NAMES if name != "invalid") + ("invalid",)
+OP_LABELS = {"update_memory": "scratchpad", "update_query": "read", "add_memory": "create",
+             "modify_memory": "update", "delete_memory": "delete", "final_answer": "answer", "invalid": "invalid"}
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeResult:
+  """One greedy episode: what was asked, what the agent answered, and how it used its memory."""
+
+  variant: str
+  dataset: str
+  num_docs: int
+  example_id: str
+  questions: tuple[str, ...]
+  answers: tuple[tuple[str, ...], ...]
+  predictions: tuple[str, ...]  # the final-answer text per question ("" when never answered)
+  op_counts: Mapping[str, int]  # keys: OP_KEYS
+  steps: int
+  storage_size: int  # entries in storage when the episode ended
+  done: bool  # the environment ended the episode (last question answered or given up, or the step cap)
+
+  def __post_init__(self):
+    if len(self.predictions) != len(self.questions) or len(self.answers) != len(self.questions):
+      raise ValueError(f"episode {self.example_id!r}: {len(self.questions)} questions, {len(self.answers)} answer "
+                       f"lists, {len(self.predictions)} predictions")
+    unknown = sorted(set(self.op_counts) - set(OP_KEYS))
+    if unknown:
+      raise ValueError(f"episode {self.example_id!r}: unknown op kinds {unknown}; known: {OP_KEYS}")
+
+  def question_scores(self) -> list[scores_lib.AnswerScores]:
+    return [scores_lib.score_answer(p, a) for p, a in zip(self.predictions, self.answers)]
+
+
+def summarize(episodes: Sequence[EpisodeResult]) -> list[dict[str, Any]]:
+  """One row per (variant, dataset, num_docs), in first-seen order of the groups."""
+  groups: dict[tuple[str, str, int], list[EpisodeResult]] = {}
+  for episode in episodes:
+    groups.setdefault((episode.variant, episode.dataset, episode.num_docs), []).append(episode)
+  rows = []
+  for (variant, dataset, num_docs), group in groups.items():
+    question_scores = [s for episode in group for s in episode.question_scores()]
+    mean = scores_lib.mean_scores(question_scores)
+    n = len(group)
+    row: dict[str, Any] = {"variant": variant, "dataset": dataset, "num_docs": num_docs, "episodes": n,
+                           "questions": len(question_scores)}
+    row.update({key: getattr(mean, key) for key in SCORE_KEYS})
+    row.update({f"ops/{key}": sum(e.op_counts.get(key, 0) for e in group) / n for key in OP_KEYS})
+    row["steps_per_episode"] = sum(e.steps for e in group) / n
+    row["storage_size"] = sum(e.storage_size for e in group) / n
+    row["answered_fraction"] = sum(p != "" for e in group for p in e.predictions) / len(question_scores)
+    row["done_fraction"] = sum(e.done for e in group) / n
+    rows.append(row)
+  return rows
+
+
+def _cell(value: float, percent: bool) -> str:
+  return f"{100 * value:.1f}" if percent else f"{value:.2f}"
+
+
+def score_table(rows: Sequence[Mapping[str, Any]], metric: str) -> str:
+  """Variants as rows, dataset@N as columns: the paper's layout, so baselines and ablations sit side by side."""
+  variants = list(dict.fromkeys(row["variant"] for row in rows))
+  columns = list(dict.fromkeys((row["dataset"], row["num_docs"]) for row in rows))
+  cells = {(row["variant"], row["dataset"], row["num_docs"]): row[metric] for row in rows}
+  lines = ["| variant | " + " | ".join(f"{d} @{n}" for d, n in columns) + " |",
+           "|---|" + "---:|" * len(columns)]
+  for variant in variants:
+    values = [cells.get((variant, d, n)) for d, n in columns]
+    lines.append(f"| {variant} | " + " | ".join("–" if v is None else _cell(v, True) for v in values) + " |")
+  return "\n".join(lines)
+
+
+def memory_table(rows: Sequence[Mapping[str, Any]]) -> str:
+  keys = [f"ops/{key}" for key in OP_KEYS]
+  header = ["variant", "dataset", "docs", *(OP_LABELS[k.split("/")[1]] for k in keys), "steps", "storage",
+            "answered"]
+  lines = ["| " + " | ".join(header) + " |", "|---|---|---:|" + "---:|" * (len(header) - 3)]
+  for row in rows:
+    values = [_cell(row[k], False) for k in (*keys, "steps_per_episode", "storage_size")]
+    lines.append(f"| {row['variant']} | {row['dataset']} | {row['num_docs']} | " + " | ".join(values) +
+                 f" | {_cell(row['answered_fraction'], True)}% |")
+  return "\n".join(lines)
+
+
+def markdown_report(rows: Sequence[Mapping[str, Any]], *, checkpoint: str) -> str:
+  parts = [f"# Evaluation\n\nCheckpoint: `{checkpoint}`. Greedy decoding; scores in % over questions.\n"]
+  for metric, title in (("em", "Exact match (EM)"), ("f1", "F1"), ("sub_em", "Sub-EM"), ("boxed_em", "Boxed EM")):
+    parts.append(f"## {title}\n\n{score_table(rows, metric)}\n")
+  parts.append("## Memory operations per episode\n\nAccepted ops of each kind (invalid: refused or malformed), agent "
+               "steps, storage entries at the end, and the share of questions that got an answer.\n\n"
+               f"{memory_table(rows)}\n")
+  return "\n".join(parts)
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def write_results(out_dir: str | os.PathLike[str], summary: Sequence[Mapping[str, Any]],
+                  trajectories: Iterable[Mapping[str, Any]], *, checkpoint: str,
+                  config: Mapping[str, Any]) -> dict[str, pathlib.Path]:
+  """Writes trajectories.jsonl, results.json and results.md, each atomically (temporary name, then rename)."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  paths = {name: out_dir / name for name in ("trajectories.jsonl", "results.json", "results.md")}
+  _atomic_write(paths["trajectories.jsonl"],
+                "".join(json.dumps(t, ensure_ascii=False, sort_keys=True) + "\n" for t in trajectories))
+  _atomic_write(paths["results.json"], json.dumps(
+      {"checkpoint": checkpoint, "config": config, "summary": list(summary)}, indent=2, sort_keys=True) + "\n")
+  _atomic_write(paths["results.md"], markdown_report(summary, checkpoint=checkpoint))
+  return paths

@@ -1,0 +1,164 @@
+"""Evaluation: restore a checkpoint onto this run's mesh, run greedy episodes for every variant x dataset x N, and
+write `trajectories.jsonl`, `results.json` and `results.md`.
+
+Everything that can be wrong with the inputs is checked before the output directory is touched: the checkpoint
+exists and its architecture matches `expected_model`, the tokenizer fits the model's vocabulary, the embedder's width
+is the memory's, every dataset file reads and every example builds at every N. A bad input is one `EvalError`
+(or the `ConfigError` / `CheckpointError` / `DataFormatError` of the layer that found it) and nothing is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from atommem_jax import configlib
+from atommem_jax import sharding as sharding_lib
+from atommem_jax.agent import rollout as rollout_lib
+from atommem_jax.data import build as data_build
+from atommem_jax.data import long_context
+from atommem_jax.eval import checkpoints
+from atommem_jax.eval import results as results_lib
+from atommem_jax.eval.config import EvalConfig, MeshSpec, dataset_format
+from atommem_jax.memory import embedders
+from atommem_jax.model import get_preset
+from atommem_jax.sampling.config import SamplerConfig
+from atommem_jax.sampling.sampler import Sampler
+
+EvalError = checkpoints.EvalError
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One (dataset, N) cell: the long-context examples every variant answers."""
+
+  dataset: str
+  num_docs: int
+  examples: tuple[long_context.LongContextExample, ...]
+
+
+def resolve_mesh(spec: MeshSpec, devices: Sequence[jax.Device]) -> jax.sharding.Mesh:
+  sizes = {"data": spec.data, "fsdp": spec.fsdp, "tensor": spec.tensor}
+  free = [axis for axis, size in sizes.items() if size == 0]
+  if len(free) > 1 or any(size < 0 for size in sizes.values()):
+    raise EvalError(f"mesh {sizes}: at most one axis may be 0 (= the remaining devices), none negative")
+  fixed = int(np.prod([size for size in sizes.values() if size]))
+  if free:
+    if len(devices) % fixed:
+      raise EvalError(f"mesh {sizes}: {len(devices)} devices do not divide by the fixed axes' product {fixed}")
+    sizes[free[0]] = len(devices) // fixed
+  try:
+    return sharding_lib.make_mesh(sharding_lib.MeshConfig(**sizes), devices)
+  except ValueError as e:
+    raise EvalError(str(e)) from None
+
+
+def prepare_tasks(config: EvalConfig) -> list[Task]:
+  """Reads every dataset and builds its examples at every N (the builder's errors name the file/row/example)."""
+  tasks = []
+  for name, spec in config.datasets.items():
+    for num_docs in spec.num_docs:
+      corpus = data_build.load_corpus(dataset_format(name, spec), spec.path, seed=config.seed, num_docs=num_docs,
+                                      synthetic_num_questions=spec.synthetic_num_questions,
+                                      synthetic_num_documents=spec.synthetic_num_documents)
+      built = long_context.build_examples(corpus, long_context.LongContextConfig(
+          num_docs=num_docs, seed=config.seed, single_question_fraction=spec.single_question_fraction,
+          min_bundle_size=spec.min_bundle_size, max_bundle_size=spec.max_bundle_size))
+      if spec.max_examples:
+        built = built[:spec.max_examples]
+      if not built:
+        raise EvalError(f"dataset {name} at {num_docs} documents has no examples")
+      tasks.append(Task(dataset=name, num_docs=num_docs, examples=tuple(built)))
+  return tasks
+
+
+def make_embedder(config: EvalConfig, mesh: jax.sharding.Mesh, tokenizer: Any):
+  """The retrieval embedder: weight-free hashing, or a Qwen3-Embedding checkpoint (last-token pooling)."""
+  widths = {name: memory.embed_dim for name, (_, memory) in config.variant_configs().items()}
+  if config.embedder == "hashing":
+    return {dim: embedders.HashingEmbedder(dim) for dim in set(widths.values())}
+  model_config, model = checkpoints.restore_model(config.embedder, mesh, expected_model="", allow_hf=True)
+  wrong = {name: dim for name, dim in widths.items() if dim != model_config.hidden_size}
+  if wrong:
+    raise EvalError(f"embedder {config.embedder} has width {model_config.hidden_size}, but memory.embed_dim is "
+                    f"{wrong} (variant: width); set memory.embed_dim={model_config.hidden_size}")
+  embedder_tokenizer = checkpoints.load_tokenizer("", pathlib.Path(config.embedder))
+  eos = embedder_tokenizer.eos_token_id if embedder_tokenizer.eos_token_id is not None else tokenizer.eos_token_id
+  fn = embedders.Qwen3Embedder(model, embedders.Qwen3EmbedderConfig(
+      query_prefix_ids=tuple(embedder_tokenizer.encode(
+          "Instruct: Given a question, retrieve the notes that help answer it\nQuery:", add_special_tokens=False)),
+      suffix_ids=(eos,), pad_id=embedder_tokenizer.pad_token_id or 0))
+  return {model_config.hidden_size: fn}
+
+
+def episode_result(variant: str, task: Task, trajectory: rollout_lib.Trajectory) -> results_lib.EpisodeResult:
+  counts = {key: 0 for key in results_lib.OP_KEYS}
+  for turn in trajectory.turns:
+    for name, count in turn.op_counts.items():
+      counts[name] += count
+    counts["invalid"] += turn.invalid_ops
+  # Predictions carry the box the agent wrote, so boxed EM here is the reward the trainer optimised.
+  predictions = tuple("" if a is None else f"\\boxed{{{a}}}" for a in trajectory.answers)
+  return results_lib.EpisodeResult(
+      variant=variant, dataset=task.dataset, num_docs=task.num_docs, example_id=trajectory.episode_id,
+      questions=tuple(trajectory.questions), answers=tuple(tuple(a) for a in trajectory.gold_answers),
+      predictions=predictions, op_counts=counts, steps=len(trajectory.turns), storage_size=len(trajectory.storage),
+      done=trajectory.done)
+
+
+def _sampler_config(base: SamplerConfig, tokenizer: Any) -> SamplerConfig:
+  return dataclasses.replace(base, greedy=True, eos_ids=base.eos_ids or (tokenizer.eos_token_id,),
+                             pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else base.pad_id)
+
+
+def evaluate(config: EvalConfig, workdir: str | pathlib.Path, *, devices: Sequence[jax.Device] | None = None,
+             progress: bool = True) -> dict[str, pathlib.Path]:
+  """Runs the evaluation `config` describes and writes its three files under `workdir`; returns their paths."""
+  # ---- inputs, all checked before anything is written
+  devices = list(jax.devices() if devices is None else devices)
+  mesh = resolve_mesh(config.mesh, devices)
+  checkpoint_dir = checkpoints.resolve_checkpoint(config.checkpoint)
+  expected = get_preset(config.expected_model) if config.expected_model else None
+  model_config, model = checkpoints.restore_model(checkpoint_dir, mesh, expected_model=config.expected_model,
+                                                  expected=expected)
+  tokenizer = checkpoints.load_tokenizer(config.tokenizer, checkpoint_dir)
+  checkpoints.check_vocab(tokenizer, model_config, checkpoint_dir)
+  variants = config.variant_configs()
+  embed_fns = make_embedder(config, mesh, tokenizer)
+  tasks = prepare_tasks(config)
+
+  # ---- greedy episodes: every variant on every (dataset, N)
+  sampler = Sampler(model, _sampler_config(config.sampler, tokenizer), tokenizer=tokenizer, mesh=mesh)
+  policy = rollout_lib.SamplerPolicy(sampler, seed=config.seed)
+  episodes_out: list[results_lib.EpisodeResult] = []
+  trajectory_rows: list[dict[str, Any]] = []
+  is_main = jax.process_index() == 0
+  for variant, (agent, memory) in variants.items():
+    rollout_config = rollout_lib.RolloutConfig(agent=agent, memory=memory, num_samples=1, seed=config.seed)
+    for task in tasks:
+      episodes = [rollout_lib.Episode.from_example(e) for e in task.examples]
+      with tqdm(total=len(episodes), desc=f"{variant} {task.dataset}@{task.num_docs}", unit="episode",
+                disable=not (progress and is_main), file=sys.stderr) as bar:
+        for start in range(0, len(episodes), config.batch_size):
+          batch = episodes[start:start + config.batch_size]
+          trajectories = rollout_lib.rollout(batch, policy, tokenizer=tokenizer, embed_fn=embed_fns[memory.embed_dim],
+                                             config=rollout_config)
+          for trajectory in trajectories:
+            result = episode_result(variant, task, trajectory)
+            episodes_out.append(result)
+            row = {"variant": variant, "dataset": task.dataset, "num_docs": task.num_docs, **trajectory.to_json()}
+            row["scores"] = [s.as_dict() for s in result.question_scores()]
+            trajectory_rows.append(row)
+          bar.update(len(batch))
+
+  # ---- outputs (process 0 only: every process ran the same episodes)
+  summary = results_lib.summarize(episodes_out)
+  if not is_main:
+    return {}
+  return results_lib.write_results(workdir, summary, trajectory_rows, checkpoint=str(checkpoint_dir),
+                                   config=configlib.to_dict(config))

@@ -1,0 +1,64 @@
+r"""Evaluate a checkpoint on HotpotQA at 200 / 400 / 800 documents, greedy (the paper's long-context setting).
+
+  python -m atommem_jax.evaluate --config experiments/eval_hotpot.py \
+      --config.checkpoint=CKPT --config.datasets.hotpotqa.path=hotpot_dev_distractor_v1.json \
+      --config.embedder=QWEN3_EMBEDDING_0_6B --workdir OUT
+
+CKPT is an Orbax parameter dir (`python -m atommem_jax.convert --src HF_DIR --dst CKPT`) or a trainer workdir (its
+latest checkpoint); QWEN3_EMBEDDING_0_6B an HF or Orbax dir of the embedder (or `hashing`, weight-free, with
+`--config.memory.embed_dim=256`). 2WikiMultihopQA / MuSiQue: add `--config.datasets` entries or use
+`experiments/eval_ablations.py`, which runs the baselines and ablations side by side.
+
+The embedded default, on CPU with no downloads (the synthetic task, the checkpoint of
+`python -m atommem_jax.train --config experiments/grpo_hotpot.py:tiny --workdir RUN`):
+
+  python -m atommem_jax.evaluate --config experiments/eval_hotpot.py:tiny --config.checkpoint=RUN --workdir OUT
+"""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The released full-size settings (DESIGN.md "Released settings")."""
+  config = ml_collections.ConfigDict()
+  config.checkpoint = ""
+  config.expected_model = ""
+  config.tokenizer = ""
+  config.embedder = ""
+  config.seed = 0
+  config.batch_size = 8
+  config.mesh = dict(data=0, fsdp=1, tensor=1)
+  config.datasets = ml_collections.ConfigDict()
+  config.variants = ml_collections.ConfigDict({"atommem": {}})
+  config.agent = dict(method="atommem", chunk_tokens=4000, overlap_tokens=100, max_chunks=40, max_steps=40,
+                      query_limit=3, query_limit_action="give_up", context_tokens=32768)
+  config.memory = dict(capacity=256, entry_tokens=256, scratchpad_tokens=1024, query_tokens=128, embed_dim=1024,
+                       top_k=6, overflow="evict_oldest", retrieval="exact", max_ops_per_turn=16)
+  config.sampler = dict(greedy=True, max_new_tokens=4096, prompt_buckets=(4096, 8192, 12288, 16384, 24576, 32768, 40960))
+  return config
+
+
+def tiny_config() -> ml_collections.ConfigDict:
+  """The embedded default: the synthetic task, short chunks, a small memory; the tiny default run's settings."""
+  config = base_config()
+  config.expected_model = "tiny_default"
+  config.tokenizer = ""
+  config.embedder = "hashing"
+  config.batch_size = 8
+  config.datasets = ml_collections.ConfigDict({
+      "synthetic": dict(num_docs=(4, 8, 16), max_examples=16, synthetic_num_questions=16)})
+  config.agent.update(chunk_tokens=96, overlap_tokens=8, max_chunks=8, max_steps=14, context_tokens=1024)
+  config.memory.update(capacity=16, entry_tokens=32, scratchpad_tokens=48, query_tokens=32, embed_dim=64, top_k=4,
+                       max_ops_per_turn=4)
+  config.sampler.update(max_new_tokens=48, prompt_buckets=(768, 1024, 1536))
+  return config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  if arg == "tiny":
+    return tiny_config()
+  if arg:
+    raise ValueError(f"unknown config argument {arg!r}; use '' (HotpotQA, full size) or 'tiny'")
+  config = base_config()
+  config.datasets = ml_collections.ConfigDict({
+      "hotpotqa": dict(path="", num_docs=(200, 400, 800), max_examples=0)})
+  return config

@@ -1,0 +1,144 @@
+"""Evaluation from an Orbax checkpoint: deterministic, mesh-independent, and all-or-nothing on bad input."""
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import pytest
+from flax import nnx
+
+from atommem_jax import configlib
+from atommem_jax.checkpoint import save_params
+from atommem_jax.data.tokenizer import tiny_tokenizer_dir
+from atommem_jax.eval import config as eval_config
+from atommem_jax.eval import runner
+from atommem_jax.model import Qwen3, get_preset
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def experiment(name: str, arg: str):
+  spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory) -> pathlib.Path:
+  """A random tiny Qwen3 over the tiny tokenizer's 2048 ids, saved the way `convert` / the trainer save params."""
+  directory = tmp_path_factory.mktemp("ckpt") / "params"
+  model_config = get_preset("tiny").replace(vocab_size=2048)
+  save_params(directory, Qwen3(model_config, rngs=nnx.Rngs(3)), model_config, tokenizer_src=tiny_tokenizer_dir())
+  return directory
+
+
+def tiny_eval_config(checkpoint: pathlib.Path, **changes) -> eval_config.EvalConfig:
+  config = experiment("eval_hotpot", "tiny")
+  config.checkpoint = str(checkpoint)
+  config.expected_model = ""
+  config.datasets.synthetic.update(num_docs=(4,), max_examples=3)
+  config.batch_size = 4
+  config.agent.update(max_steps=3, chunk_tokens=64, overlap_tokens=4)
+  config.sampler.update(max_new_tokens=12, prompt_buckets=(1024,))
+  for key, value in changes.items():
+    config[key] = value
+  return eval_config.eval_config_from_dict(config)
+
+
+def outputs(workdir: pathlib.Path) -> tuple[list, str]:
+  summary = json.loads((workdir / "results.json").read_text())["summary"]
+  return summary, (workdir / "trajectories.jsonl").read_text()
+
+
+def test_same_results_twice_and_on_one_or_eight_devices(checkpoint_dir, tmp_path):
+  one_device = tiny_eval_config(checkpoint_dir)
+  runner.evaluate(one_device, tmp_path / "a", devices=jax.devices()[:1], progress=False)
+  runner.evaluate(one_device, tmp_path / "b", devices=jax.devices()[:1], progress=False)
+  sharded = tiny_eval_config(checkpoint_dir, mesh=dict(data=2, fsdp=2, tensor=2))
+  assert len(jax.devices()) == 8
+  runner.evaluate(sharded, tmp_path / "c", progress=False)
+
+  summary_a, trajectories_a = outputs(tmp_path / "a")
+  assert outputs(tmp_path / "b") == (summary_a, trajectories_a)
+  assert outputs(tmp_path / "c") == (summary_a, trajectories_a)
+
+  (row,) = summary_a
+  assert (row["variant"], row["dataset"], row["num_docs"], row["episodes"]) == ("atommem", "synthetic", 4, 3)
+  lines = [json.loads(line) for line in trajectories_a.splitlines()]
+  assert len(lines) == 3 and all(line["turns"] for line in lines)
+  assert all(len(line["turns"]) <= 3 for line in lines)  # the step cap
+  turns = [turn for line in lines for turn in line["turns"]]
+  assert row["ops/invalid"] == pytest.approx(sum(turn["invalid_ops"] for turn in turns) / 3)
+  assert row["steps_per_episode"] == pytest.approx(sum(len(line["turns"]) for line in lines) / 3)
+  markdown = (tmp_path / "a" / "results.md").read_text()
+  assert "| atommem |" in markdown and "synthetic @4" in markdown
+
+
+def _assert_error_writes_nothing(config, workdir: pathlib.Path, match: str):
+  with pytest.raises((runner.EvalError, configlib.ConfigError), match=match):
+    runner.evaluate(config, workdir, devices=jax.devices()[:1], progress=False)
+  assert not workdir.exists()
+
+
+def test_missing_checkpoint_is_one_clear_error_and_writes_nothing(tmp_path):
+  config = tiny_eval_config(tmp_path / "nowhere")
+  _assert_error_writes_nothing(config, tmp_path / "out", match=r"checkpoint .*nowhere does not exist")
+  (tmp_path / "empty").mkdir()
+  config = tiny_eval_config(tmp_path / "empty")
+  _assert_error_writes_nothing(config, tmp_path / "out", match=r"holds no model parameters")
+
+
+def test_incompatible_model_config_is_one_clear_error_and_writes_nothing(checkpoint_dir, tmp_path):
+  config = tiny_eval_config(checkpoint_dir, expected_model="tiny_default")
+  _assert_error_writes_nothing(config, tmp_path / "out", match=r"different architecture.*hidden_size")
+  small_vocab = tmp_path / "vocab512"
+  model_config = get_preset("tiny")  # vocab 512: cannot hold the tiny tokenizer's 2048 ids
+  save_params(small_vocab, Qwen3(model_config, rngs=nnx.Rngs(0)), model_config, tokenizer_src=tiny_tokenizer_dir())
+  _assert_error_writes_nothing(tiny_eval_config(small_vocab), tmp_path / "out", match=r"2048 tokens .* 512")
+
+
+def test_bad_dataset_is_found_before_anything_is_written(checkpoint_dir, tmp_path):
+  bad = tmp_path / "hotpot.json"
+  bad.write_text(json.dumps([{"_id": "x", "question": "q?"}]))
+  config = experiment("eval_hotpot", "")
+  config.checkpoint = str(checkpoint_dir)
+  config.embedder = "hashing"
+  config.memory.embed_dim = 64
+  config.datasets.hotpotqa.path = str(bad)
+  with pytest.raises(ValueError, match=r"hotpot\.json"):
+    runner.evaluate(eval_config.eval_config_from_dict(config), tmp_path / "out", devices=jax.devices()[:1],
+                    progress=False)
+  assert not (tmp_path / "out").exists()
+
+
+def test_config_boundary_refuses_unknown_keys_and_empty_required_fields(checkpoint_dir):
+  full = experiment("eval_hotpot", "")
+  full.checkpoint = str(checkpoint_dir)
+  with pytest.raises(configlib.ConfigError, match="embedder is empty"):
+    eval_config.eval_config_from_dict(full)
+  full.embedder = "hashing"
+  with pytest.raises(configlib.ConfigError, match=r"datasets.hotpotqa.path is empty"):
+    eval_config.eval_config_from_dict(full)
+  ablations = experiment("eval_ablations", "tiny")
+  ablations.checkpoint = str(checkpoint_dir)
+  variants = eval_config.eval_config_from_dict(ablations).variant_configs()
+  assert {"atommem", "no_update", "no_delete", "no_scratchpad", "no_storage", "memagent", "rag",
+          "full_context"} <= set(variants)
+  assert not variants["no_update"][0].allow_update and variants["rag"][0].method == "rag"
+  ablations.variants.no_update.agent.allow_updte = False
+  with pytest.raises(configlib.ConfigError, match=r"variants.no_update.agent: unknown config key\(s\) \['allow_updte'\]"):
+    eval_config.eval_config_from_dict(ablations)
+
+
+def test_cli_missing_checkpoint(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "atommem_jax.evaluate", "--config", "experiments/eval_hotpot.py:tiny",
+       f"--config.checkpoint={tmp_path / 'missing'}", "--workdir", str(tmp_path / "out")],
+      capture_output=True, text=True, cwd=REPO, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+  assert result.returncode == 1, result.stderr
+  assert f"error: checkpoint {tmp_path / 'missing'} does not exist" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "out").exists()
