@@ -83,7 +83,10 @@ class Sampler:
     self._jitted: dict[int, tuple[Callable, Callable]] = {}
     self.trace_count = 0  # incremented each time prefill or decode is traced: the number of compilations
 
-  def _functions(self, num_samples: int) -> tuple[Callable, Callable]:
+  def functions(self, num_samples: int) -> tuple[Callable, Callable]:
+    """The jitted `prefill(params, tokens_BxP, mask_BxP) -> cache` and `decode(params, cache, last_token_B,
+    prompt_lengths_B, active_B, row_ids_B, key, eos_ids_E, stop_table_SxW) -> (DecodeResult, cache)` for G samples
+    (decode donates its cache); built once per G."""
     if num_samples in self._jitted:
       return self._jitted[num_samples]
 
@@ -133,7 +136,7 @@ class Sampler:
       raise ValueError(f"row_ids has {len(row_ids)} entries for {padded.num_prompts} prompts")
     row_ids_B = np.zeros((batch,), np.int32)
     row_ids_B[:padded.num_prompts] = row_ids
-    prefill, decode = self._functions(num_samples)
+    prefill, decode = self.functions(num_samples)
     params = self.params if params is None else params
     with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
       cache = prefill(params, padded.tokens_BxP, padded.mask_BxP)
