@@ -156,9 +156,15 @@ def build_example(group: Sequence[QARecord], pool: Sequence[Paragraph], pool_ind
   # materialising the (possibly million-paragraph) candidate list.
   drawn = rng.sample(range(len(pool)), min(len(pool), num_distractors + len(excluded)))
   distractors = [pool[i] for i in drawn if i not in excluded][:num_distractors]
-  documents = gold + distractors
-  rng.shuffle(documents)
-  position = {doc: i + 1 for i, doc in enumerate(documents)}
+  unshuffled = gold + distractors
+  # Shuffling indices (not paragraphs) tells where each gold paragraph went without hashing all N documents.
+  order = list(range(len(unshuffled)))
+  rng.shuffle(order)
+  documents = [unshuffled[i] for i in order]
+  position = [0] * len(order)
+  for new, old in enumerate(order):
+    position[old] = new + 1
+  gold_slot = {p: i for i, p in enumerate(gold)}
   return LongContextExample(
       id=example_id,
       documents=tuple(documents),
@@ -166,7 +172,7 @@ def build_example(group: Sequence[QARecord], pool: Sequence[Paragraph], pool_ind
       question_ids=tuple(r.id for r in group),
       answers=tuple(r.answers for r in group),
       supporting_facts=tuple(r.supporting_facts for r in group),
-      gold_documents=tuple(tuple(sorted(position[p] for p in r.gold)) for r in group),
+      gold_documents=tuple(tuple(sorted(position[gold_slot[p]] for p in r.gold)) for r in group),
   )
 
 
