@@ -151,7 +151,8 @@ class Qwen3(nnx.Module):
   def __init__(self, config: Qwen3Config, *, rngs: nnx.Rngs,
                rules: sharding_lib.ShardingRules = sharding_lib.DEFAULT_RULES):
     self.config = config
-    self.rules = rules
+    # Stored as sorted items: the graph definition must stay hashable for `jax.jit(static_argnums=...)`.
+    self.rule_items = tuple(sorted(rules.rules.items()))
     param_dtype = _DTYPES[config.param_dtype]
     init = nnx.initializers.normal(stddev=0.02)
     self.embed = _param(init(rngs.params(), (config.vocab_size, config.hidden_size), param_dtype),
@@ -161,6 +162,10 @@ class Qwen3(nnx.Module):
     if not config.tie_word_embeddings:
       self.lm_head = _param(init(rngs.params(), (config.vocab_size, config.hidden_size), param_dtype),
                             ("vocab", "embed"))
+
+  @property
+  def rules(self) -> sharding_lib.ShardingRules:
+    return sharding_lib.ShardingRules(dict(self.rule_items))
 
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, mask_BxT: jax.Array,
                cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
