@@ -42,9 +42,9 @@ def test_epochs_are_reshuffled_permutations(examples):
   assert _ids(_take(iter(pipeline.rollout_dataset(examples, other)), 2)) != [tuple(stream[:5]), tuple(stream[5:10])]
 
 
-@pytest.mark.parametrize("num_threads", [0, 2])
-def test_resume_equals_uninterrupted_stream_across_epochs(examples, tok, num_threads):
-  config = pipeline.PipelineConfig(batch_size=3, seed=7, num_threads=num_threads)
+@pytest.mark.parametrize("num_threads,prefetch", [(0, 0), (2, 16)])  # the trainer's setting, and threaded
+def test_resume_equals_uninterrupted_stream_across_epochs(examples, tok, num_threads, prefetch):
+  config = pipeline.PipelineConfig(batch_size=3, seed=7, num_threads=num_threads, prefetch_buffer_size=prefetch)
   dataset = pipeline.rollout_dataset(examples, config, tok)
   reference = _take(iter(dataset), 12)  # 36 examples: 3.6 epochs of 10, batches straddle epoch ends
   for k in (2, 3, 7):  # batch 3 (examples 9-11) crosses the first epoch boundary

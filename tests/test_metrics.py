@@ -57,7 +57,8 @@ def official_metric_max_over_ground_truths(metric_fn, prediction, ground_truths)
 # --- end of the official logic ---
 
 _PIECES = ["a", "an", "the", "The", "A", "AN", "theater", "answer", "Paris", "paris", "U.S.", "New", "York", ",",
-           ".", "!", "'s", "-", "(", ")", " ", "  ", "\t", "\n", "é", "É", "Café", "“", "”", "–", "1875", "x", "ß", "İ"]
+           ".", "!", "'s", "-", "(", ")", " ", "  ", "\t", "\n", "é", "É", "Café", "“", "”", "–", "1875", "x", "ß",
+           "İ"]
 _TEXT = st.lists(st.sampled_from(_PIECES), max_size=8).map("".join)
 
 
