@@ -28,10 +28,16 @@ def experiment(name: str, arg: str):
 
 @pytest.fixture(scope="module")
 def checkpoint_dir(tmp_path_factory) -> pathlib.Path:
-  """A random tiny Qwen3 over the tiny tokenizer's 2048 ids, saved the way `convert` / the trainer save params."""
+  """A random tiny Qwen3 over the tiny tokenizer's 2048 ids, saved the way `convert` / the trainer save params.
+
+  The weights are scaled up so greedy decoding writes varied text (stray tags included) rather than one repeated
+  token, which would make "the same trajectories on every mesh" an empty statement.
+  """
   directory = tmp_path_factory.mktemp("ckpt") / "params"
   model_config = get_preset("tiny").replace(vocab_size=2048)
-  save_params(directory, Qwen3(model_config, rngs=nnx.Rngs(3)), model_config, tokenizer_src=tiny_tokenizer_dir())
+  model = Qwen3(model_config, rngs=nnx.Rngs(3))
+  nnx.update(model, jax.tree.map(lambda x: 3.0 * x, nnx.state(model, nnx.Param)))
+  save_params(directory, model, model_config, tokenizer_src=tiny_tokenizer_dir())
   return directory
 
 
@@ -70,6 +76,8 @@ def test_same_results_twice_and_on_one_or_eight_devices(checkpoint_dir, tmp_path
   lines = [json.loads(line) for line in trajectories_a.splitlines()]
   assert len(lines) == 3 and all(line["turns"] for line in lines)
   assert all(len(line["turns"]) <= 3 for line in lines)  # the step cap
+  responses = {turn["response"] for line in lines for turn in line["turns"]}
+  assert len(responses) >= 4 and all(len(r.strip()) > 5 for r in responses)  # varied text, not one repeated token
   turns = [turn for line in lines for turn in line["turns"]]
   assert row["ops/invalid"] == pytest.approx(sum(turn["invalid_ops"] for turn in turns) / 3)
   assert row["steps_per_episode"] == pytest.approx(sum(len(line["turns"]) for line in lines) / 3)
