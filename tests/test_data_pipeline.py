@@ -60,6 +60,7 @@ def test_resume_equals_uninterrupted_stream_across_epochs(examples, tok, num_thr
   batch = reference[0]
   assert batch.contexts[0] == batch.examples[0].context
   assert tok.decode(batch.context_ids[0]) == batch.contexts[0]
+  assert batch.context_ids[0].tolist() == tok(batch.contexts[0], add_special_tokens=False)["input_ids"]
   assert batch.context_ids[0].dtype == np.int32
 
 

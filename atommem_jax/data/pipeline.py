@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import grain
 import numpy as np
@@ -146,15 +146,26 @@ def _to_iter(dataset: grain.MapDataset, config: PipelineConfig) -> grain.IterDat
                                                    prefetch_buffer_size=config.prefetch_buffer_size))
 
 
+def _encoder(tokenizer: Any) -> Callable[[str], list[int]]:
+  """Text -> ids without special tokens, safe to call from several grain reader threads at once."""
+  backend = getattr(tokenizer, "backend_tokenizer", None)
+  if backend is not None:
+    # The Rust tokenizer encodes concurrently; the Python wrapper resets its padding / truncation state on every
+    # call, which fails ("Already borrowed") when two threads do it at once.
+    return lambda text: backend.encode(text, add_special_tokens=False).ids
+  return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def rollout_dataset(examples: Sequence[LongContextExample], config: PipelineConfig,
                     tokenizer: Any | None = None) -> grain.IterDataset:
   """Batches of long-context examples; with a tokenizer each batch also carries the tokenized contexts."""
 
+  encode = None if tokenizer is None else _encoder(tokenizer)
+
   def tokenize(example: LongContextExample) -> tuple[LongContextExample, np.ndarray | None]:
-    if tokenizer is None:
+    if encode is None:
       return example, None
-    ids = tokenizer(example.context, add_special_tokens=False)["input_ids"]
-    return example, np.asarray(ids, dtype=np.int32)
+    return example, np.asarray(encode(example.context), dtype=np.int32)
 
   def collate(items: Sequence[tuple[LongContextExample, np.ndarray | None]]) -> RolloutBatch:
     return RolloutBatch(examples=tuple(e for e, _ in items),
@@ -171,10 +182,11 @@ def sft_dataset(pairs: Sequence[SftPair], config: PipelineConfig, sft: SftConfig
   Prompts are left-padded and completions right-padded with the pad id; masks are True on real tokens.
   """
   pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+  encode = _encoder(tokenizer)
 
   def tokenize(pair: SftPair) -> tuple[np.ndarray, np.ndarray] | None:
-    prompt = tokenizer(pair.prompt, add_special_tokens=False)["input_ids"]
-    completion = tokenizer(pair.completion, add_special_tokens=False)["input_ids"]
+    prompt = encode(pair.prompt)
+    completion = encode(pair.completion)
     if sft.append_eos and (not completion or completion[-1] != eos_id):
       completion = completion + [eos_id]
     if len(prompt) > sft.max_prompt_tokens or len(completion) > sft.max_completion_tokens:
