@@ -96,7 +96,7 @@ def test_hop_counts_and_short_documents(task):
 def test_deterministic_any_size_and_builder_compatible(task):
   assert synthetic.generate(synthetic.SyntheticConfig(seed=11, num_documents=200, num_questions=150)) == task
   assert synthetic.generate(synthetic.SyntheticConfig(seed=12, num_documents=200, num_questions=150)) != task
-  for num_documents in (8, 33, 1000):
+  for num_documents in (8, 33, 1000, 5000):
     small = synthetic.generate(synthetic.SyntheticConfig(seed=0, num_documents=num_documents, num_questions=4))
     assert len(small.documents) == num_documents == len(set(small.documents))
   corpus = task.corpus()

@@ -32,7 +32,7 @@ from atommem_jax.data.records import Corpus, Paragraph, QARecord
 SYLLABLES = ("ka", "lo", "mi", "ra", "te", "su", "no", "vi", "da", "pe", "zu", "ri", "ba", "fo", "ne", "ti")
 QUESTION_KINDS = ("founder_city", "founder_year", "birth_country", "founder_country", "owner_country", "earlier")
 MIN_DOCUMENTS = 8
-MAX_DOCUMENTS = 3000  # names are 2-3 syllables: 16**2 + 16**3 of them, and countries need some too
+MAX_DOCUMENTS = 30000  # names are 2-4 syllables; beyond this the 16**3 + 16**4 names of large worlds run short
 YEARS = (1700, 2000)
 
 
@@ -97,7 +97,8 @@ class SyntheticTask:
 def _names(rng: random.Random, count: int) -> list[str]:
   names: set[str] = set()
   while len(names) < count:
-    length = rng.choice((2, 2, 3)) if count < 150 else rng.choice((2, 3, 3))
+    # Longer names only as the world grows, so small worlds keep short names (and a tiny model short tokens).
+    length = rng.choice((2, 2, 3) if count < 150 else (2, 3, 3) if count < 3500 else (3, 4, 4))
     names.add("".join(rng.choice(SYLLABLES) for _ in range(length)).capitalize())
   return sorted(names)  # sorted, then shuffled: independent of set iteration order
 
