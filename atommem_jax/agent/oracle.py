@@ -10,6 +10,10 @@ The oracle reads our packaged templates' observations (it finds the chunk after 
   query counter) and `<update_query>`s the first missing fact, so retrieval brings it into view.
 The answer is derived from the facts in view (the last hop's object, or the earlier-born of two people), never read
 from the gold answer.
+
+For the baselines (`method`), the same oracle plays the part the baseline allows: MemAgent rewrites its one memory
+with every relevant fact in view (its old notes and the chunk) and answers from its notes; RAG and full context
+answer from the facts in their passages, or box "unknown" when some are missing.
 """
 from __future__ import annotations
 
@@ -27,8 +31,9 @@ _SCRATCHPAD_RE = re.compile(r"Scratchpad:\n(.*?)\n\nQuery:", re.DOTALL)
 class OraclePolicy:
   """`policy(observations) -> responses` for episodes built from these synthetic questions."""
 
-  def __init__(self, questions: Sequence[SyntheticQuestion]):
+  def __init__(self, questions: Sequence[SyntheticQuestion], method: str = "atommem"):
     self.questions = {q.record.question: q for q in questions}
+    self.method = method
 
   def __call__(self, observations: list[str]) -> list[str]:
     return [self.respond(o) for o in observations]
@@ -44,11 +49,20 @@ class OraclePolicy:
     shown = _MEMORY_LINE_RE.findall(observation)
     scratchpad_match = _SCRATCHPAD_RE.search(observation)
     scratchpad = scratchpad_match.group(1) if scratchpad_match else ""
+    if chunk is not None and self.method == "memagent":
+      facts = [f for q in self._questions_in(observation[:chunk.start()]) for f in q.facts
+               if f.sentence in observation]
+      notes = " ".join(dict.fromkeys(f.sentence for f in facts)) or "No relevant facts yet."
+      return f"<update_memory>{notes}</update_memory>"
     if chunk is not None:
       return self._read(observation[chunk.end():], int(chunk.group(1)), observation[:chunk.start()], shown)
     # The answer view states the current question first (the query line further down may quote another one).
     question = min(self._questions_in(observation),
                    key=lambda q: (observation.find(q.record.question), -len(q.record.question)))
+    if self.method != "atommem":
+      visible = [f for f in question.facts if f.sentence in observation]
+      answer = _derive(question.kind, visible) if len(visible) == len(question.facts) else "unknown"
+      return f"<final_answer>\\boxed{{{answer}}}</final_answer>"
     return self._answer(question, shown, scratchpad)
 
   def _read(self, chunk_text: str, chunk_number: int, header: str, shown: Sequence[str]) -> str:

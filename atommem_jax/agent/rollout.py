@@ -179,6 +179,10 @@ def transition(memory: memory_state.MemoryState, env: env_lib.EnvState, ops: mem
   return memory, env, result
 
 
+# One compiled program instead of one dispatch per field.
+_init_memory = jax.jit(memory_state.init_memory, static_argnums=(0, 1))
+
+
 def _method_ops(ops: list[protocol.Op], response: str, phase: str, config: AgentConfig) -> list[protocol.Op]:
   """MemAgent reads by overwriting its one memory with the response's `<update_memory>` (or the whole response)."""
   if config.method != "memagent" or phase != "read":
@@ -200,11 +204,13 @@ def _fit_width(ops: list[protocol.Op], width: int) -> list[protocol.Op]:
 
 def rollout(episodes: Sequence[Episode], policy: TextPolicy | SamplerPolicy, *, tokenizer: Any,
             embed_fn: transitions.EmbedFn, config: RolloutConfig,
-            templates: protocol.Templates | None = None, max_turns: int | None = None) -> list[Trajectory]:
+            templates: protocol.Templates | None = None, max_turns: int | None = None,
+            after_turn: Callable[[memory_state.MemoryState, env_lib.EnvState], None] | None = None
+            ) -> list[Trajectory]:
   """Runs every episode G times to the end (or the step cap); see the module docstring.
 
   `max_turns` stops the loop early (a replayed transcript that runs out of responses); trajectories then end
-  with `done=False`.
+  with `done=False`. `after_turn(memory, env)` sees the host copies of the state after every turn (for checks).
   """
   agent, memory_config = config.agent, config.memory
   templates = templates or protocol.Templates.load(agent.template_dir or None)
@@ -214,7 +220,7 @@ def rollout(episodes: Sequence[Episode], policy: TextPolicy | SamplerPolicy, *, 
   row_docs = [docs[r // g] for r in range(len(row_episodes))]
   num_rows = len(row_episodes)
 
-  memory = memory_state.init_memory(memory_config, num_rows)
+  memory = _init_memory(memory_config, num_rows)
   if agent.method == "atommem":  # the first question is the first query, so the first retrievals are on topic
     memory = views.set_initial_query(memory, [ep.questions[0] for ep in row_episodes], tokenizer, embed_fn,
                                      memory_config)
@@ -257,6 +263,8 @@ def rollout(episodes: Sequence[Episode], policy: TextPolicy | SamplerPolicy, *, 
     memory, env, result = transition(memory, env, op_batch, kind_BxO, valid_BxO, params=params,
                                      memory_config=memory_config, embed_fn=embed_fn)
     result, memory_after = jax.device_get((result, memory))
+    if after_turn is not None:
+      after_turn(memory_after, jax.device_get(env))
 
     for r, response, prompt, ids in zip(rows, responses, prompts, prompt_ids):
       ops = [op if not op.valid or result.accepted_BxO[r, o] else

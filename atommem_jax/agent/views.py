@@ -6,8 +6,10 @@ The memory holds token ids; the host decodes the entries shown at the last retri
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 
 from atommem_jax.agent import env as env_lib
@@ -41,28 +43,38 @@ class EpisodeDocument:
     chunks = tuple(tokenizer.decode(c) for c in chunk_ids)
     rag, full = (), ""
     if config.method == "rag":
-      rag = tuple(_rag_passages(chunk_ids, chunks, episode.questions, tokenizer, embed_fn, top_k))
+      rag = tuple(_rag_passages(chunk_ids, chunks, episode.questions, tokenizer, embed_fn, config, top_k))
     if config.method == "full_context":
       full = tokenizer.decode(ids[:config.context_tokens])
     return cls(chunks=chunks, rag_passages=rag, full_context=full)
 
 
-def _padded(token_lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-  width = max(2, max(len(t) for t in token_lists))
-  tokens_NxT = np.zeros((len(token_lists), width), np.int32)
-  for i, t in enumerate(token_lists):
-    tokens_NxT[i, :len(t)] = t
-  return tokens_NxT, np.asarray([len(t) for t in token_lists], np.int32)
+def _embed(embed_fn: transitions.EmbedFn, token_lists: Sequence[Sequence[int]], width: int,
+           is_query: bool) -> np.ndarray:
+  """Embeddings of texts cut or padded to `width` tokens; rows padded to a power of two so shapes (and compiled
+  programs) repeat across episodes."""
+  rows = 1 << max(0, len(token_lists) - 1).bit_length()
+  tokens_NxT = np.zeros((rows, width), np.int32)
+  lengths_N = np.zeros((rows,), np.int32)
+  for i, ids in enumerate(token_lists):
+    ids = list(ids)[:width]
+    tokens_NxT[i, :len(ids)], lengths_N[i] = ids, len(ids)
+  return np.asarray(_jitted_embed(tokens_NxT, lengths_N, embed_fn, is_query))[:len(token_lists)]
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _jitted_embed(tokens_NxT, lengths_N, embed_fn, is_query):
+  return embed_fn(tokens_NxT, lengths_N, is_query)
 
 
 def _rag_passages(chunk_ids: list[list[int]], chunks: Sequence[str], questions: Sequence[str], tokenizer: Any,
-                  embed_fn: transitions.EmbedFn, top_k: int) -> list[str]:
+                  embed_fn: transitions.EmbedFn, config: AgentConfig, top_k: int) -> list[str]:
   """For each question, its top-K chunks by embedding similarity, shown in document order."""
   if not chunks:
     return ["(no passages)"] * len(questions)
   question_ids = [tokenizer.encode(q, add_special_tokens=False) for q in questions]
-  chunks_NxD = np.asarray(embed_fn(*_padded(chunk_ids), False))
-  questions_QxD = np.asarray(embed_fn(*_padded(question_ids), True))
+  chunks_NxD = _embed(embed_fn, chunk_ids, config.chunk_tokens, False)
+  questions_QxD = _embed(embed_fn, question_ids, max(64, max(len(q) for q in question_ids)), True)
   scores_QxN = questions_QxD @ chunks_NxD.T
   passages = []
   for scores_N in scores_QxN:
@@ -71,14 +83,23 @@ def _rag_passages(chunk_ids: list[list[int]], chunks: Sequence[str], questions: 
   return passages
 
 
+@functools.partial(jax.jit, static_argnames=("embed_fn", "config"))
+def _query_and_retrieve(memory: memory_state.MemoryState, tokens_BxQ: jax.Array, lengths_B: jax.Array,
+                        embed_fn: transitions.EmbedFn, config: MemoryConfig) -> memory_state.MemoryState:
+  memory = transitions.set_query(memory, tokens_BxQ, lengths_B, embed_fn, config=config)
+  memory, _, _ = transitions.retrieve(memory, config=config)
+  return memory
+
+
 def set_initial_query(memory: memory_state.MemoryState, queries: Sequence[str], tokenizer: Any,
                       embed_fn: transitions.EmbedFn, config: MemoryConfig) -> memory_state.MemoryState:
   """Every trajectory starts with its first question as the query (not one of the agent's Reads)."""
-  tokens_BxT, lengths_B = _padded([tokenizer.encode(q, add_special_tokens=False)[:config.query_tokens]
-                                   for q in queries])
-  memory = transitions.set_query(memory, tokens_BxT, lengths_B, embed_fn, config=config)
-  memory, _, _ = transitions.retrieve(memory, config=config)
-  return memory
+  tokens_BxQ = np.zeros((len(queries), config.query_tokens), np.int32)
+  lengths_B = np.zeros((len(queries),), np.int32)
+  for b, query in enumerate(queries):
+    ids = tokenizer.encode(query, add_special_tokens=False)[:config.query_tokens]
+    tokens_BxQ[b, :len(ids)], lengths_B[b] = ids, len(ids)
+  return _query_and_retrieve(memory, tokens_BxQ, lengths_B, embed_fn, config)
 
 
 def _text(tokenizer: Any, tokens: np.ndarray, length: int) -> str:
