@@ -122,7 +122,10 @@ def example_rng(seed: int, example_id: str) -> random.Random:
 
 
 def bundle_records(records: Sequence[QARecord], config: LongContextConfig) -> list[tuple[QARecord, ...]]:
-  """Groups records into single questions and bundles; with only singles, file order is kept."""
+  """Groups records into single questions and bundles; with only singles, file order is kept.
+
+  Bundles take records in a seeded random order; the last one is shorter when the records run out.
+  """
   if config.single_question_fraction >= 1.0:
     return [(r,) for r in records]
   rng = random.Random(config.seed)
