@@ -10,17 +10,11 @@ import pytest
 from atommem_jax.data import long_context, readers, synthetic
 from atommem_jax.data.long_context import LongContextConfig
 
-# The real HotpotQA sample lives outside the package: $ATOMMEM_HOTPOT_SAMPLE, the workspace's shared/ folder, or a
-# shared/ folder beside the checkout.
-_CANDIDATES = [os.environ.get("ATOMMEM_HOTPOT_SAMPLE", ""), "/work/shared/data/hotpotqa_dev_sample.json",
-               os.path.join(os.path.dirname(__file__), "..", "shared", "data", "hotpotqa_dev_sample.json")]
-HOTPOT_SAMPLE = next((p for p in _CANDIDATES if p and os.path.exists(p)), _CANDIDATES[1])
+HOTPOT_SAMPLE = os.path.join(os.path.dirname(__file__), "data", "hotpotqa_dev_sample.json")
 
 
 @pytest.fixture(scope="module")
 def hotpot():
-  if not os.path.exists(HOTPOT_SAMPLE):
-    pytest.skip("the shared HotpotQA sample is not present")
   return readers.read_hotpotqa(HOTPOT_SAMPLE)
 
 
