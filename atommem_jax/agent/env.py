@@ -17,7 +17,6 @@ saying whether each parsed and is enabled):
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Sequence
 
 import jax
@@ -54,21 +53,23 @@ class StepResult:
   advanced_B: jax.Array
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class EnvParams:
-  """The static part of the step (hashable, so it can be a jit static argument)."""
+  """The rules of the step as scalar arrays: an ordinary (traced) argument, so changing them never recompiles."""
 
-  query_limit: int
-  give_up_on_limit: bool
-  max_steps: int
-  always_advance: bool
-  one_turn_per_question: bool
+  query_limit: jax.Array
+  give_up_on_limit: jax.Array
+  max_steps: jax.Array
+  always_advance: jax.Array
+  one_turn_per_question: jax.Array
 
   @classmethod
   def from_config(cls, config: AgentConfig) -> "EnvParams":
-    return cls(query_limit=config.query_limit, give_up_on_limit=config.query_limit_action == "give_up",
-               max_steps=config.max_steps, always_advance=config.method == "memagent",
-               one_turn_per_question=not config.reads_document)
+    return cls(query_limit=np.int32(config.query_limit),
+               give_up_on_limit=np.bool_(config.query_limit_action == "give_up"),
+               max_steps=np.int32(config.max_steps), always_advance=np.bool_(config.method == "memagent"),
+               one_turn_per_question=np.bool_(not config.reads_document))
 
 
 def chunk_document(token_ids: Sequence[int], config: AgentConfig) -> list[list[int]]:
@@ -99,7 +100,7 @@ def init_env(num_chunks: Sequence[int], num_questions: Sequence[int]) -> EnvStat
 
 def env_step(state: EnvState, kind_BxO: jax.Array, valid_BxO: jax.Array,
              params: EnvParams) -> tuple[EnvState, StepResult]:
-  """One turn of every trajectory (see the module docstring); pure, jittable with `params` static."""
+  """One turn of every trajectory (see the module docstring); pure and jittable."""
   kind_OxB = jnp.asarray(kind_BxO, jnp.int32).T
   valid_OxB = jnp.asarray(valid_BxO, bool).T
   active_B = ~state.done_B
@@ -137,10 +138,10 @@ def env_step(state: EnvState, kind_BxO: jax.Array, valid_BxO: jax.Array,
   enters_answer_B = advance_B & (chunk_B >= state.num_chunks_B)
   answer_phase_B = state.answer_phase_B | enters_answer_B
   query_count_B = jnp.where(enters_answer_B, 0, query_count_B)
-  if params.one_turn_per_question:
-    moves_on_B = active_B & ~done_B & state.answer_phase_B & (question_B == state.question_index_B)
-    question_B = question_B + moves_on_B
-    done_B = done_B | (question_B >= state.num_questions_B)
+  moves_on_B = (params.one_turn_per_question & active_B & ~done_B & state.answer_phase_B &
+                (question_B == state.question_index_B))
+  question_B = question_B + moves_on_B
+  done_B = done_B | (question_B >= state.num_questions_B)
   step_B = state.step_B + active_B
   done_B = done_B | (step_B >= params.max_steps)
   new_state = EnvState(chunk_index_B=jnp.minimum(chunk_B, state.num_chunks_B), num_chunks_B=state.num_chunks_B,
@@ -151,7 +152,7 @@ def env_step(state: EnvState, kind_BxO: jax.Array, valid_BxO: jax.Array,
                                refused_read_BxO=refused_OxB.T, advanced_B=advance_B)
 
 
-@functools.partial(jax.jit, static_argnames="params")
+@jax.jit
 def env_step_jit(state: EnvState, kind_BxO: jax.Array, valid_BxO: jax.Array,
                  params: EnvParams) -> tuple[EnvState, StepResult]:
   return env_step(state, kind_BxO, valid_BxO, params)

@@ -166,7 +166,7 @@ def _text_responses(policy: TextPolicy, prompts: list[str], tokenizer: Any) -> l
   return out
 
 
-@functools.partial(jax.jit, static_argnames=("params", "memory_config", "embed_fn"))
+@functools.partial(jax.jit, static_argnames=("memory_config", "embed_fn"))
 def transition(memory: memory_state.MemoryState, env: env_lib.EnvState, ops: memory_ops.OpBatch,
                kind_BxO: jax.Array, valid_BxO: jax.Array, *, params: env_lib.EnvParams, memory_config: MemoryConfig,
                embed_fn: transitions.EmbedFn):
