@@ -128,6 +128,16 @@ def test_masked_decode_slots_are_invisible_to_later_tokens(tiny_model):
   assert np.abs(spliced[:, kept] - clean[:, :23])[mask[:, :23]].max() <= 1e-5
 
 
+def test_cache_overflow_is_refused_outside_jit(tiny_model):
+  config, model = tiny_model
+  tokens, positions, mask = (jnp.asarray(a) for a in left_padded_batch(config.vocab_size, length=6))
+  with pytest.raises(ValueError, match="do not fit"):
+    model(tokens, positions, mask, KVCache.init(config, 3, 4))
+  full_cache = KVCache.init(config, 3, 8).replace(index=jnp.int32(4))
+  with pytest.raises(ValueError, match="overflow: writing 6 tokens at slot 4 of a 8-slot cache"):
+    model(tokens, positions, mask, full_cache)
+
+
 def test_bfloat16_activations_track_float32_and_return_float32_logits(tiny_model):
   config, model = tiny_model
   graphdef, state = nnx.split(model)

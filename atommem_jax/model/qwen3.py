@@ -140,12 +140,22 @@ def decoder_layer(config: Qwen3Config, rules: sharding_lib.ShardingRules, p: dic
   return x_BxTxD, new_kv
 
 
+def _check_cache_room(cache: KVCache, new_tokens: int) -> None:
+  """Refuses writes past the last slot where it can: `dynamic_update_slice` would clamp them onto earlier slots."""
+  if new_tokens > cache.max_len:
+    raise ValueError(f"{new_tokens} new tokens do not fit a KV cache of {cache.max_len} slots")
+  if not isinstance(cache.index, jax.core.Tracer) and int(cache.index) + new_tokens > cache.max_len:
+    raise ValueError(f"KV cache overflow: writing {new_tokens} tokens at slot {int(cache.index)} of a "
+                     f"{cache.max_len}-slot cache")
+
+
 class Qwen3(nnx.Module):
   """`logits_BxTxV, cache = model(tokens_BxT, positions_BxT, mask_BxT, cache=None)`; logits are float32.
 
   Without a cache, token t attends to real tokens at t' <= t. With a cache, the T new tokens go to slots
   [cache.index, cache.index + T) and attend to every real slot at or before their own; the returned cache has
-  `index + T`.
+  `index + T`. Under jit the cache index is traced, so callers size the cache for every token they will write
+  (outside jit an overflow is an error).
   """
 
   def __init__(self, config: Qwen3Config, *, rngs: nnx.Rngs,
@@ -198,6 +208,7 @@ class Qwen3(nnx.Module):
       visible_BxTxS = causal_TxS[None] & mask_BxT[:, None, :]
       index, kv_xs = None, None
     else:
+      _check_cache_room(cache, t)
       index = cache.index
       mask_BxS = jax.lax.dynamic_update_slice(cache.mask_BxS, mask_BxT, (0, index))
       slot_S = jnp.arange(cache.max_len)
