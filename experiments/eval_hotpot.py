@@ -14,7 +14,18 @@ The embedded default, on CPU with no downloads (the synthetic task, the checkpoi
 
   python -m atommem_jax.evaluate --config experiments/eval_hotpot.py:tiny --config.checkpoint=RUN --workdir OUT
 """
+import importlib.util
+import pathlib
+
 import ml_collections
+
+
+def _train_base():
+  # Experiment files are loaded by path, not as a package: load the training settings the same way.
+  spec = importlib.util.spec_from_file_location("train_base", pathlib.Path(__file__).with_name("train_base.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -38,18 +49,22 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def tiny_config() -> ml_collections.ConfigDict:
-  """The embedded default: the synthetic task, short chunks, a small memory; the tiny default run's settings."""
+  """The embedded default: the synthetic task with the tiny default run's agent, memory and embedder settings."""
   config = base_config()
-  config.expected_model = "tiny_default"
+  train = _train_base().tiny()
+  config.expected_model = train.model.preset
   config.tokenizer = ""
-  config.embedder = "hashing"
+  config.embedder = train.embedder
+  config.agent = train.agent
+  config.memory = train.memory
   config.batch_size = 8
+  # The trainer's tiny task (birth-country questions, 4-document contexts), but a world of its own (seed 1):
+  # every entity, fact and question is new to the model; longer contexts test length generalisation.
   config.datasets = ml_collections.ConfigDict({
-      "synthetic": dict(num_docs=(4, 8, 16), max_examples=16, synthetic_num_questions=16)})
-  config.agent.update(chunk_tokens=96, overlap_tokens=8, max_chunks=8, max_steps=14, context_tokens=1024)
-  config.memory.update(capacity=16, entry_tokens=32, scratchpad_tokens=48, query_tokens=32, embed_dim=64, top_k=4,
-                       max_ops_per_turn=4)
-  config.sampler.update(max_new_tokens=48, prompt_buckets=(768, 1024, 1536))
+      "synthetic": dict(num_docs=(4, 8, 16), max_examples=16, seed=1, synthetic_num_questions=32,
+                        synthetic_num_documents=256, synthetic_question_kinds=("birth_country",))})
+  config.agent.context_tokens = 1024  # the full-context baseline's window, at the tiny model's scale
+  config.sampler.update(max_new_tokens=train.eval.max_new_tokens, prompt_buckets=(768, 1024, 1536))
   return config
 
 

@@ -25,18 +25,21 @@ class DatasetSpec:
   """One dataset, evaluated at each document count in `num_docs`.
 
   path: the native file (unused for `synthetic`). max_examples: the first examples only (0 = all).
-  synthetic_num_questions / synthetic_num_documents: the synthetic world's size (0 documents = max(2N, 64)).
+  seed: distractors, document order and bundling (and the synthetic world) derive from it.
+  synthetic_*: the synthetic world's size (0 documents = max(2N, 64)) and question kinds (() = all).
   """
 
   format: str = ""
   path: str = ""
   num_docs: tuple[int, ...] = (200,)
   max_examples: int = 0
+  seed: int = 0
   single_question_fraction: float = 1.0
   min_bundle_size: int = 2
   max_bundle_size: int = 10
   synthetic_num_questions: int = 64
   synthetic_num_documents: int = 0
+  synthetic_question_kinds: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,13 +20,12 @@ from tqdm import tqdm
 from atommem_jax import configlib
 from atommem_jax import sharding as sharding_lib
 from atommem_jax.agent import rollout as rollout_lib
-from atommem_jax.data import build as data_build
-from atommem_jax.data import long_context
+from atommem_jax.data import long_context, readers, synthetic
+from atommem_jax.data.records import Corpus
 from atommem_jax.eval import checkpoints
 from atommem_jax.eval import results as results_lib
-from atommem_jax.eval.config import EvalConfig, MeshSpec, dataset_format
+from atommem_jax.eval.config import DatasetSpec, EvalConfig, MeshSpec, dataset_format
 from atommem_jax.memory import embedders
-from atommem_jax.model import get_preset
 from atommem_jax.sampling.config import SamplerConfig
 from atommem_jax.sampling.sampler import Sampler
 
@@ -58,16 +57,26 @@ def resolve_mesh(spec: MeshSpec, devices: Sequence[jax.Device]) -> jax.sharding.
     raise EvalError(str(e)) from None
 
 
+def load_corpus(name: str, spec: DatasetSpec, num_docs: int) -> Corpus:
+  if dataset_format(name, spec) != "synthetic":
+    return readers.read_dataset(dataset_format(name, spec), spec.path)
+  world = synthetic.SyntheticConfig(
+      seed=spec.seed, num_documents=spec.synthetic_num_documents or max(2 * num_docs, 64),
+      num_questions=spec.synthetic_num_questions,
+      question_kinds=spec.synthetic_question_kinds or synthetic.QUESTION_KINDS)
+  return synthetic.generate(world).corpus()
+
+
 def prepare_tasks(config: EvalConfig) -> list[Task]:
   """Reads every dataset and builds its examples at every N (the builder's errors name the file/row/example)."""
   tasks = []
   for name, spec in config.datasets.items():
+    corpus = None
     for num_docs in spec.num_docs:
-      corpus = data_build.load_corpus(dataset_format(name, spec), spec.path, seed=config.seed, num_docs=num_docs,
-                                      synthetic_num_questions=spec.synthetic_num_questions,
-                                      synthetic_num_documents=spec.synthetic_num_documents)
+      if corpus is None or dataset_format(name, spec) == "synthetic":  # a native file is read once
+        corpus = load_corpus(name, spec, num_docs)
       built = long_context.build_examples(corpus, long_context.LongContextConfig(
-          num_docs=num_docs, seed=config.seed, single_question_fraction=spec.single_question_fraction,
+          num_docs=num_docs, seed=spec.seed, single_question_fraction=spec.single_question_fraction,
           min_bundle_size=spec.min_bundle_size, max_bundle_size=spec.max_bundle_size))
       if spec.max_examples:
         built = built[:spec.max_examples]
@@ -82,18 +91,20 @@ def make_embedder(config: EvalConfig, mesh: jax.sharding.Mesh, tokenizer: Any):
   widths = {name: memory.embed_dim for name, (_, memory) in config.variant_configs().items()}
   if config.embedder == "hashing":
     return {dim: embedders.HashingEmbedder(dim) for dim in set(widths.values())}
-  model_config, model = checkpoints.restore_model(config.embedder, mesh, expected_model="", allow_hf=True)
-  wrong = {name: dim for name, dim in widths.items() if dim != model_config.hidden_size}
+  source = checkpoints.resolve_checkpoint(config.embedder, allow_hf=True)
+  width = source.model_config.hidden_size
+  wrong = {name: dim for name, dim in widths.items() if dim != width}
   if wrong:
-    raise EvalError(f"embedder {config.embedder} has width {model_config.hidden_size}, but memory.embed_dim is "
-                    f"{wrong} (variant: width); set memory.embed_dim={model_config.hidden_size}")
-  embedder_tokenizer = checkpoints.load_tokenizer("", pathlib.Path(config.embedder))
+    raise EvalError(f"embedder {config.embedder} has width {width}, but memory.embed_dim is {wrong} (variant: "
+                    f"width); set memory.embed_dim={width}")
+  embedder_tokenizer = checkpoints.load_tokenizer("", source)
+  model = checkpoints.restore_model(source, mesh)
   eos = embedder_tokenizer.eos_token_id if embedder_tokenizer.eos_token_id is not None else tokenizer.eos_token_id
   fn = embedders.Qwen3Embedder(model, embedders.Qwen3EmbedderConfig(
       query_prefix_ids=tuple(embedder_tokenizer.encode(
           "Instruct: Given a question, retrieve the notes that help answer it\nQuery:", add_special_tokens=False)),
       suffix_ids=(eos,), pad_id=embedder_tokenizer.pad_token_id or 0))
-  return {model_config.hidden_size: fn}
+  return {width: fn}
 
 
 def episode_result(variant: str, task: Task, trajectory: rollout_lib.Trajectory) -> results_lib.EpisodeResult:
@@ -122,15 +133,14 @@ def evaluate(config: EvalConfig, workdir: str | pathlib.Path, *, devices: Sequen
   # ---- inputs, all checked before anything is written
   devices = list(jax.devices() if devices is None else devices)
   mesh = resolve_mesh(config.mesh, devices)
-  checkpoint_dir = checkpoints.resolve_checkpoint(config.checkpoint)
-  expected = get_preset(config.expected_model) if config.expected_model else None
-  model_config, model = checkpoints.restore_model(checkpoint_dir, mesh, expected_model=config.expected_model,
-                                                  expected=expected)
-  tokenizer = checkpoints.load_tokenizer(config.tokenizer, checkpoint_dir)
-  checkpoints.check_vocab(tokenizer, model_config, checkpoint_dir)
+  source = checkpoints.resolve_checkpoint(config.checkpoint)
+  checkpoints.check_architecture(source, config.expected_model)
+  tokenizer = checkpoints.load_tokenizer(config.tokenizer, source)
+  checkpoints.check_tokenizer(tokenizer, source)
   variants = config.variant_configs()
-  embed_fns = make_embedder(config, mesh, tokenizer)
   tasks = prepare_tasks(config)
+  embed_fns = make_embedder(config, mesh, tokenizer)
+  model = checkpoints.restore_model(source, mesh)
 
   # ---- greedy episodes: every variant on every (dataset, N)
   sampler = Sampler(model, _sampler_config(config.sampler, tokenizer), tokenizer=tokenizer, mesh=mesh)
@@ -160,5 +170,5 @@ def evaluate(config: EvalConfig, workdir: str | pathlib.Path, *, devices: Sequen
   summary = results_lib.summarize(episodes_out)
   if not is_main:
     return {}
-  return results_lib.write_results(workdir, summary, trajectory_rows, checkpoint=str(checkpoint_dir),
+  return results_lib.write_results(workdir, summary, trajectory_rows, checkpoint=str(source.path),
                                    config=configlib.to_dict(config))
