@@ -103,6 +103,23 @@ def test_sharded_checkpoint_loads_onto_a_mesh(hf_dir, tmp_path, mesh):
     np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
 
 
+def test_sharded_export_from_a_mesh_reloads(hf_dir, tmp_path, mesh):
+  from transformers import Qwen3ForCausalLM
+  src, reference = hf_dir
+  config, sharded = load_hf(src, mesh=mesh)
+  export_hf(sharded, config, tmp_path, max_shard_bytes=100_000)
+  index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+  assert len(set(index["weight_map"].values())) > 2
+  original = load_file(src / "model.safetensors")
+  assert sorted(index["weight_map"]) == sorted(original)
+  assert index["metadata"]["total_size"] == sum(t.nbytes for t in original.values())
+  for name, file in index["weight_map"].items():
+    assert load_file(tmp_path / file)[name].tobytes() == original[name].tobytes(), name
+  reloaded = Qwen3ForCausalLM.from_pretrained(str(tmp_path)).eval()
+  tokens = np.random.default_rng(1).integers(0, config.vocab_size, (2, 8))
+  np.testing.assert_array_equal(logits_of(reloaded, tokens), logits_of(reference, tokens))
+
+
 def test_orbax_restore_gives_equal_arrays_with_requested_shardings(hf_dir, tmp_path, mesh):
   src, _ = hf_dir
   config, model = load_hf(src)

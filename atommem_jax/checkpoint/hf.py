@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 import jax
 import ml_dtypes
+from jax.experimental import multihost_utils
 import numpy as np
 from flax import nnx
 from safetensors import safe_open
@@ -253,40 +254,51 @@ def load_hf(path: str | pathlib.Path, *, mesh: jax.sharding.Mesh | None = None,
   return config, nnx.merge(graphdef, abstract_state)
 
 
+def _host_tensor(value: jax.Array, layer: int | None, layout: str) -> np.ndarray:
+  part = value if layer is None else value[layer]
+  if not part.is_fully_addressable:  # several hosts: every process gathers, process 0 writes
+    part = multihost_utils.process_allgather(part, tiled=True)
+  return to_hf(layout, np.asarray(jax.device_get(part)))
+
+
 def export_hf(model: Qwen3, config: Qwen3Config, dst: str | pathlib.Path,
               tokenizer_src: str | pathlib.Path | None = None, *, max_shard_bytes: int = 5 * 2**30) -> None:
-  """Writes `config.json` + safetensors (sharded with an index above `max_shard_bytes`) that transformers loads."""
+  """Writes `config.json` + safetensors (sharded with an index above `max_shard_bytes`) that transformers loads.
+
+  Tensors reach the host one output file at a time, so host memory peaks at about one file, not the whole model.
+  On several hosts all processes must call this; process 0 writes.
+  """
   dst = pathlib.Path(dst)
-  dst.mkdir(parents=True, exist_ok=True)
-  tensors: dict[str, np.ndarray] = {}
+  entries: dict[str, tuple[jax.Array, int | None, str]] = {}  # HF name -> (our array, layer, layout)
   for key, value in _flat(nnx.state(model)).items():
     path = "/".join(key)
-    layout = _layout(path)
-    array = np.asarray(jax.device_get(value))
-    if key[0] == "layers":
-      for layer in range(array.shape[0]):
-        tensors[hf_name(path, layer)] = to_hf(layout, array[layer])
-    else:
-      tensors[hf_name(path, None)] = to_hf(layout, array)
-  shards: list[dict[str, np.ndarray]] = [{}]
+    for layer in (range(value.shape[0]) if key[0] == "layers" else [None]):
+      entries[hf_name(path, layer)] = (value, layer, _layout(path))
+  nbytes = {name: value.nbytes // (value.shape[0] if layer is not None else 1)
+            for name, (value, layer, _) in entries.items()}
+  shards: list[list[str]] = [[]]
   size = 0
-  for name in sorted(tensors):
-    if shards[-1] and size + tensors[name].nbytes > max_shard_bytes:
-      shards.append({})
+  for name in sorted(entries):
+    if shards[-1] and size + nbytes[name] > max_shard_bytes:
+      shards.append([])
       size = 0
-    shards[-1][name] = tensors[name]
-    size += tensors[name].nbytes
+    shards[-1].append(name)
+    size += nbytes[name]
+  writer = jax.process_index() == 0
+  if writer:
+    dst.mkdir(parents=True, exist_ok=True)
   metadata = {"format": "pt"}  # transformers refuses safetensors files without a framework tag
-  if len(shards) == 1:
-    save_file(shards[0], str(dst / SINGLE_FILE), metadata=metadata)
-  else:
-    weight_map = {}
-    for i, shard in enumerate(shards):
-      file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-      save_file(shard, str(dst / file), metadata=metadata)
-      weight_map.update({name: file for name in shard})
-    total = sum(t.nbytes for t in tensors.values())
-    (dst / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+  files = [SINGLE_FILE] if len(shards) == 1 else [
+      f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+  for file, names in zip(files, shards):
+    tensors = {name: _host_tensor(*entries[name]) for name in names}
+    if writer:
+      save_file(tensors, str(dst / file), metadata=metadata)
+  if not writer:
+    return
+  if len(shards) > 1:
+    weight_map = {name: file for file, names in zip(files, shards) for name in names}
+    index = {"metadata": {"total_size": sum(nbytes.values())}, "weight_map": weight_map}
+    (dst / INDEX_FILE).write_text(json.dumps(index, indent=2))
   (dst / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
   copy_tokenizer_files(tokenizer_src, dst)
-
