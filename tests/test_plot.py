@@ -13,15 +13,22 @@ from atommem_jax.eval import plots
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-def write_metrics(path: pathlib.Path, steps: int = 30) -> pathlib.Path:
+def write_metrics(path: pathlib.Path, steps: int = 30, sft_steps: int = 5) -> pathlib.Path:
+  """Rows shaped like the trainer's: SFT steps (loss only, reward null), then GRPO steps with rollout metrics."""
   with path.open("w") as f:
-    for step in range(1, steps + 1):
+    for step in range(1, sft_steps + 1):
+      f.write(json.dumps({"step": step, "phase": "sft", "loss": 2.0 - 0.1 * step, "reward_mean": None}) + "\n")
+    for step in range(sft_steps + 1, steps + 1):
       t = step / steps
       f.write(json.dumps({
-          "step": step, "loss": 1.0 - 0.5 * t, "reward_mean": 0.2 + 0.6 * t, "reward_std": 0.1, "em": 0.1 + 0.7 * t,
-          "op_rate/create": 1.0 - 0.3 * t, "op_rate/update": 0.1 + 0.4 * t, "op_rate/delete": 0.05 * t,
-          "op_rate/read": 0.5 + 0.2 * math.sin(step), "op_rate/scratchpad": 1.0, "storage_size": 3.0 + t,
+          "step": step, "phase": "grpo", "loss": 1.0 - 0.5 * t, "reward_mean": 0.2 + 0.6 * t, "reward_std": 0.1,
+          "em": 0.1 + 0.7 * t, "op_rate/create": 1.0 - 0.3 * t, "op_rate/update": 0.1 + 0.4 * t,
+          "op_rate/delete": 0.05 * t, "op_rate/read": 0.5 + 0.2 * math.sin(step), "op_rate/scratchpad": 1.0,
+          "op_rate/answer": 0.2, "invalid_op_rate": 0.1 * (1 - t), "storage_size_mean": 3.0 + t,
       }) + "\n")
+  with path.with_name("eval.jsonl").open("w") as f:
+    for step, label, em in ((0, "start", 0.0), (sft_steps, "after_sft", 0.4), (steps, "final", 0.6)):
+      f.write(json.dumps({"step": step, "label": label, "em": em, "reward_mean": em}) + "\n")
   return path
 
 
@@ -58,7 +65,7 @@ def test_cli_missing_and_empty_metrics_are_clear_errors(tmp_path):
 
 
 def test_malformed_row_names_file_and_line(tmp_path):
-  metrics = write_metrics(tmp_path / "metrics.jsonl", steps=3)
+  metrics = write_metrics(tmp_path / "metrics.jsonl", steps=3, sft_steps=0)
   with metrics.open("a") as f:
     f.write('{"step": 4, "loss": 0.1\n')
   with pytest.raises(plots.MetricsError, match=r"metrics.jsonl:4: not valid JSON"):
@@ -93,6 +100,12 @@ def test_smoothing_is_debiased_ema():
   assert plots.smooth([1.0, 1.0, 1.0], 0.9) == pytest.approx([1.0, 1.0, 1.0])
   assert plots.smooth([0.0, 2.0], 0.5) == pytest.approx([0.0, (0.5 * 0.0 * 0.5 + 0.5 * 2.0) / 0.75])
   assert plots.smooth([3.0, 5.0], 0.0) == [3.0, 5.0]
+
+
+def test_phase_boundaries_follow_the_phase_key(tmp_path):
+  rows = plots.read_metrics(write_metrics(tmp_path / "metrics.jsonl", steps=8, sft_steps=3))
+  assert plots.phase_starts(rows) == [(1, "sft"), (4, "grpo")]
+  assert plots.series(rows, "reward_mean")[0] == [4, 5, 6, 7, 8]  # null SFT rewards are not drawn
 
 
 def test_em_vs_documents_plot(tmp_path):

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 OP_RATE_PREFIX = "op_rate/"
+EVAL_FILE = "eval.jsonl"  # the trainer's held-out evaluations, one row per evaluation (step, label, em, ...)
 # The paper's training-dynamics figure: atomic storage operations in this order, with these names.
 DYNAMICS_OPS = (("read", "Read"), ("create", "Create"), ("update", "Update"), ("delete", "Delete"))
 
@@ -44,9 +45,10 @@ class CurveSpec:
 
 TRAINING_CURVES = (
     CurveSpec("reward.png", "Reward (boxed EM, mean over the batch)", "reward", ("reward_mean",), "reward_std"),
-    CurveSpec("em.png", "Exact match", "EM", ("em", "eval/em")),
+    CurveSpec("em.png", "Exact match (training rollouts; stars: held-out greedy)", "EM", ("em",)),
     CurveSpec("loss.png", "Loss", "loss", ("loss",)),
-    CurveSpec("storage.png", "Storage size (entries, mean over trajectories)", "entries", ("storage_size",)),
+    CurveSpec("storage.png", "Storage size (entries at episode end, mean over trajectories)", "entries",
+              ("storage_size_mean",)),
 )
 
 
@@ -114,14 +116,43 @@ def _line_figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
   return fig, ax
 
 
+def phase_starts(rows: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
+  """(first step, phase) wherever the `phase` key (e.g. sft -> grpo) changes."""
+  starts, previous = [], None
+  for row in rows:
+    phase = row.get("phase")
+    if phase is not None and phase != previous:
+      starts.append((row["step"], str(phase)))
+      previous = phase
+  return starts
+
+
+def _mark_phases(ax: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+  starts = phase_starts(rows)
+  if len(starts) < 2:
+    return
+  for step, phase in starts[1:]:
+    ax.axvline(step - 0.5, color="grey", linestyle="--", linewidth=0.8)
+    ax.annotate(phase, (step - 0.5, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                textcoords="offset points", fontsize="small", color="grey")
+
+
 def plot_curve(rows: Sequence[Mapping[str, Any]], spec: CurveSpec, out_dir: pathlib.Path,
-               smoothing: float = 0.0) -> pathlib.Path | None:
-  """Writes `spec` as a PNG, or returns None when no row holds any of its keys."""
+               smoothing: float = 0.0, points: Sequence[Mapping[str, Any]] = (),
+               points_label: str = "") -> pathlib.Path | None:
+  """Writes `spec` as a PNG, or returns None when no row holds any of its keys.
+
+  `points` (e.g. held-out evaluations) are drawn as markers for the first key, unsmoothed.
+  """
   drawn = [(key, *series(rows, key)) for key in spec.keys]
   drawn = [(key, steps, values) for key, steps, values in drawn if steps]
-  if not drawn:
+  point_steps, point_values = series(points, spec.keys[0]) if points else ([], [])
+  if not drawn and not point_steps:
     return None
   fig, ax = _line_figure(spec.title, "step", spec.ylabel)
+  _mark_phases(ax, rows)
+  if point_steps:
+    ax.plot(point_steps, point_values, "k*", markersize=9, label=points_label or f"{spec.keys[0]} (eval)")
   for key, steps, values in drawn:
     ax.plot(steps, smooth(values, smoothing), label=key, linewidth=1.5)
   if spec.band_key:
@@ -137,6 +168,7 @@ def plot_curve(rows: Sequence[Mapping[str, Any]], spec: CurveSpec, out_dir: path
 
 def plot_op_rates(rows: Sequence[Mapping[str, Any]], out_dir: pathlib.Path, smoothing: float = 0.0):
   keys = sorted({key for row in rows for key in row if key.startswith(OP_RATE_PREFIX)})
+  keys += ["invalid_op_rate"] if any("invalid_op_rate" in row for row in rows) else []
   spec = CurveSpec("op_rates.png", "Memory operations per turn", "ops per turn", tuple(keys))
   return plot_curve(rows, spec, out_dir, smoothing) if keys else None
 
@@ -148,6 +180,7 @@ def plot_training_dynamics(rows: Sequence[Mapping[str, Any]], out_dir: pathlib.P
   if not any(steps for _, steps, _ in drawn):
     return None
   fig, ax = _line_figure("Training dynamics: memory-operation frequency", "training step", "frequency (per turn)")
+  _mark_phases(ax, rows)
   for (label, steps, values), marker in zip(drawn, "osD^"):
     if steps:
       ax.plot(steps, smooth(values, smoothing), label=label, marker=marker, markevery=max(1, len(steps) // 12),
@@ -157,13 +190,22 @@ def plot_training_dynamics(rows: Sequence[Mapping[str, Any]], out_dir: pathlib.P
 
 
 def write_training_plots(metrics_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
-                         smoothing: float = 0.0) -> list[pathlib.Path]:
-  """Every training figure the metrics support; an error if the file holds nothing plottable."""
+                         smoothing: float = 0.0, eval_path: str | os.PathLike[str] | None = None
+                         ) -> list[pathlib.Path]:
+  """Every training figure the metrics support; an error if the file holds nothing plottable.
+
+  `eval_path` (default: `eval.jsonl` beside the metrics, if present) holds the run's held-out greedy evaluations,
+  drawn as markers on the reward and EM curves.
+  """
   rows = read_metrics(metrics_path)
   smooth([], smoothing)  # validates the weight before anything is written
+  eval_path = pathlib.Path(metrics_path).with_name(EVAL_FILE) if eval_path is None else pathlib.Path(eval_path)
+  evaluations = read_metrics(eval_path) if eval_path.is_file() and eval_path.stat().st_size else []
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  written = [plot_curve(rows, spec, out_dir, smoothing) for spec in TRAINING_CURVES]
+  written = [plot_curve(rows, spec, out_dir, smoothing, points=evaluations, points_label="held-out (greedy)")
+             if spec.filename in ("reward.png", "em.png") else plot_curve(rows, spec, out_dir, smoothing)
+             for spec in TRAINING_CURVES]
   written += [plot_op_rates(rows, out_dir, smoothing), plot_training_dynamics(rows, out_dir, smoothing)]
   written = [path for path in written if path is not None]
   if not written:
