@@ -3,12 +3,11 @@
   python -m atommem_jax.evaluate --config experiments/eval_hotpot.py:tiny --config.checkpoint=DIR --workdir OUT
 
 Writes OUT/trajectories.jsonl, OUT/results.json and OUT/results.md (see `atommem_jax.eval.runner`). Multi-host runs
-(every host runs the same command) set ATOMMEM_DISTRIBUTED=1, so `jax.distributed.initialize()` joins the hosts
-before any device is touched; process 0 writes the files.
+(every host runs the same command) add `--distributed`, so `jax.distributed.initialize()` joins the hosts before any
+device is touched; process 0 writes the files.
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 from absl import app, flags
@@ -17,6 +16,8 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file[:arg] with get_config(arg)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory", required=True)
 _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar per (variant, dataset, N)")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "join a multi-process run with jax.distributed.initialize() "
+                                 "(coordinator and process ids from the environment)")
 
 flags.mark_flags_as_required(["config"])
 
@@ -24,7 +25,7 @@ flags.mark_flags_as_required(["config"])
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if os.environ.get("ATOMMEM_DISTRIBUTED") == "1":
+  if _DISTRIBUTED.value:
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()
 

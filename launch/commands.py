@@ -14,10 +14,10 @@ from typing import Mapping, Sequence, TextIO
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 ENTRY_MODULES = ("train", "evaluate")
 
-# The multi-host contract: every worker runs the same command with this variable set, and the entry points call
-# `jax.distributed.initialize()` (which discovers coordinator, process count and id from the TPU metadata server)
-# before touching any device.
-DISTRIBUTED_ENV_VAR = "ATOMMEM_DISTRIBUTED"
+# The multi-host contract: every worker runs the same command with this flag, and the entry points (train and
+# evaluate) call `jax.distributed.initialize()` before touching any device; on TPU VMs it discovers the coordinator,
+# process count and process id from the TPU metadata server.
+DISTRIBUTED_FLAG = "--distributed"
 
 
 def split_overrides(extra: Sequence[str]) -> list[str]:
@@ -28,11 +28,13 @@ def split_overrides(extra: Sequence[str]) -> list[str]:
   return list(extra)
 
 
-def entry_command(python: str, module: str, config: str, workdir: str, overrides: Sequence[str] = ()) -> list[str]:
-  """`python -m atommem_jax.{train,evaluate} --config C --workdir W --config.k=v ...`."""
+def entry_command(python: str, module: str, config: str, workdir: str, overrides: Sequence[str] = (), *,
+                  distributed: bool = False) -> list[str]:
+  """`python -m atommem_jax.{train,evaluate} --config C --workdir W [--distributed] --config.k=v ...`."""
   if module not in ENTRY_MODULES:
     raise SystemExit(f"--module must be one of {ENTRY_MODULES}, got {module!r}")
-  return [python, "-m", f"atommem_jax.{module}", "--config", config, "--workdir", workdir, *overrides]
+  return [python, "-m", f"atommem_jax.{module}", "--config", config, "--workdir", workdir,
+          *([DISTRIBUTED_FLAG] if distributed else []), *overrides]
 
 
 def with_env(env: Mapping[str, str], argv: Sequence[str]) -> str:

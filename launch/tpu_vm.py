@@ -7,8 +7,8 @@
   python -m launch.tpu_vm delete   --name NAME --zone ZONE [--dry_run]
 
 A slice with more than one host is multi-host: `run` sends the same command to every worker (`--worker=all`), with
-`ATOMMEM_DISTRIBUTED=1` so the entry point calls `jax.distributed.initialize()`, which discovers the coordinator,
-process count and process id from the TPU metadata server. Every host must see the same workdir, so use a `gs://`
+`--distributed` so the entry point calls `jax.distributed.initialize()`, which discovers the coordinator, process
+count and process id from the TPU metadata server (a single-host slice joins a one-process group, harmlessly). Every host must see the same workdir, so use a `gs://`
 path (Orbax and the metrics writer handle it) unless the slice has a single host.
 
 `setup` ships `git archive HEAD` of this repository (committed code only: what runs is a recorded commit), installs
@@ -75,11 +75,11 @@ def setup_commands(args: argparse.Namespace) -> list[list[str]]:
 
 def remote_run_line(args: argparse.Namespace, overrides: Sequence[str]) -> str:
   """The one shell line every worker runs: same code, same flags, distributed init switched on."""
-  env = {commands.DISTRIBUTED_ENV_VAR: "1"}
-  if args.compilation_cache:
-    env["JAX_COMPILATION_CACHE_DIR"] = args.compilation_cache
+  # Workers are separate VMs: each keeps its own persistent compilation cache, so a rerun skips XLA compilation.
+  env = {"JAX_COMPILATION_CACHE_DIR": args.compilation_cache} if args.compilation_cache else {}
   # Relative to ~/atommem_jax: a `~` would not expand once quoted.
-  entry = commands.entry_command("../venv/bin/python", args.module, args.config, args.workdir, overrides)
+  entry = commands.entry_command("../venv/bin/python", args.module, args.config, args.workdir, overrides,
+                                 distributed=True)
   line = commands.with_env(env, entry)
   if args.background:
     # Detached, so the run survives the launching terminal; each worker logs locally.

@@ -44,10 +44,10 @@ def test_tpu_run_sends_same_multihost_command_to_all_workers(capsys):
   assert argv[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "atom-pod"]
   assert "--worker=all" in argv
   remote = shlex.split(next(a for a in argv if a.startswith("--command=")).removeprefix("--command="))
-  assert f"{commands.DISTRIBUTED_ENV_VAR}=1" in remote
+  assert remote[:3] == ["cd", "~/atommem_jax", "&&"] and "JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache" in remote
   entry = remote[remote.index("-m"):]
   assert entry == ["-m", "atommem_jax.train", "--config", "experiments/grpo_hotpot.py:tiny",
-                   "--workdir", "gs://bucket/run1", "--config.total_steps=7"]
+                   "--workdir", "gs://bucket/run1", "--distributed", "--config.total_steps=7"]
 
 
 def test_tpu_run_background_and_evaluate(capsys):
@@ -106,8 +106,8 @@ def test_sweep_on_tpu_runs_each_point_on_all_workers(capsys):
                                "--grid", "agent.top_k=2,6"], capsys)
   assert len(lines) == 2
   for line, k in zip(lines, ("2", "6")):
-    assert "--worker=all" in line and f"{commands.DISTRIBUTED_ENV_VAR}=1" in line
-    assert f"--workdir gs://b/abl/agent.top_k={k} --config.agent.top_k={k}" in line
+    assert "--worker=all" in line
+    assert f"--workdir gs://b/abl/agent.top_k={k} --distributed --config.agent.top_k={k}" in line
 
 
 def test_sweep_bad_grid_and_unknown_launcher_flag():
