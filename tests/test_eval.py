@@ -1,4 +1,5 @@
 """Evaluation from an Orbax checkpoint: deterministic, mesh-independent, and all-or-nothing on bad input."""
+import dataclasses
 import importlib.util
 import json
 import pathlib
@@ -19,11 +20,15 @@ from atommem_jax.model import Qwen3, get_preset
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-def experiment(name: str, arg: str):
+def experiment_module(name: str):
   spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return module
+
+
+def experiment(name: str, arg: str):
+  return experiment_module(name).get_config(arg)
 
 
 @pytest.fixture(scope="module")
@@ -59,17 +64,39 @@ def outputs(workdir: pathlib.Path) -> tuple[list, str]:
   return summary, (workdir / "trajectories.jsonl").read_text()
 
 
-def test_same_results_twice_and_on_one_or_eight_devices(checkpoint_dir, tmp_path):
+def trainer_workdir(params_dir: pathlib.Path, workdir: pathlib.Path, step: int) -> pathlib.Path:
+  """A trainer workdir holding `params_dir`'s weights at `step`, written by the trainer's own checkpoint manager
+  (train state = params + optimizer state + counters, data iterator state, meta with the run's config)."""
+  from atommem_jax.checkpoint import restore_params
+  from atommem_jax.train.checkpointing import RunCheckpoints
+  from atommem_jax.train.config import TrainConfig
+
+  train = experiment_module("train_base").tiny()
+  train.model.checkpoint = str(params_dir)  # the run started from these weights: its architecture and tokenizer
+  _, model = restore_params(params_dir)
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  state = {"params": params, "opt_state": jax.tree.map(jax.numpy.zeros_like, params), "step": jax.numpy.int32(step)}
+  run = RunCheckpoints(workdir, configlib.from_dict(TrainConfig, train))
+  run.save(step, state, {"position": 0}, jax.random.key(0))
+  run.close()
+  return workdir
+
+
+def test_same_results_twice_on_one_or_eight_devices_and_from_the_trainer_workdir(checkpoint_dir, tmp_path):
   one_device = tiny_eval_config(checkpoint_dir)
   runner.evaluate(one_device, tmp_path / "a", devices=jax.devices()[:1], progress=False)
   runner.evaluate(one_device, tmp_path / "b", devices=jax.devices()[:1], progress=False)
   sharded = tiny_eval_config(checkpoint_dir, mesh=dict(data=2, fsdp=2, tensor=2))
   assert len(jax.devices()) == 8
   runner.evaluate(sharded, tmp_path / "c", progress=False)
+  workdir = trainer_workdir(checkpoint_dir, tmp_path / "run", step=7)
+  runner.evaluate(tiny_eval_config(workdir), tmp_path / "d", devices=jax.devices()[:1], progress=False)
 
   summary_a, trajectories_a = outputs(tmp_path / "a")
   assert outputs(tmp_path / "b") == (summary_a, trajectories_a)
   assert outputs(tmp_path / "c") == (summary_a, trajectories_a)
+  assert outputs(tmp_path / "d") == (summary_a, trajectories_a)
+  assert json.loads((tmp_path / "d" / "results.json").read_text())["checkpoint"] == str(workdir / "checkpoints" / "7")
 
   (row,) = summary_a
   assert (row["variant"], row["dataset"], row["num_docs"], row["episodes"]) == ("atommem", "synthetic", 4, 3)
@@ -150,3 +177,28 @@ def test_cli_missing_checkpoint(tmp_path):
   assert f"error: checkpoint {tmp_path / 'missing'} does not exist" in result.stderr
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "out").exists()
+
+
+def test_summary_is_question_level_with_per_episode_memory_counts():
+  from atommem_jax.eval import results
+  bundled = results.EpisodeResult(
+      variant="atommem", dataset="synthetic", num_docs=8, example_id="a|b", questions=("q1", "q2"),
+      answers=(("Paris",), ("the Nile",)), predictions=("\\boxed{paris}", "\\boxed{Nile river}"),
+      op_counts={"add_memory": 3, "modify_memory": 1, "final_answer": 2, "invalid": 1}, steps=9, storage_size=3,
+      done=True)
+  single = results.EpisodeResult(
+      variant="atommem", dataset="synthetic", num_docs=8, example_id="c", questions=("q3",), answers=(("1901",),),
+      predictions=("",), op_counts={"update_query": 4, "invalid": 3}, steps=14, storage_size=0, done=True)
+  other = dataclasses.replace(single, variant="memagent", predictions=("\\boxed{1901}",))
+  atommem, memagent = results.summarize([bundled, single, other])
+  # EM over the 3 questions: "paris" == "Paris"; "Nile river" != "the Nile" (sub-EM: "nile" in "nile river").
+  assert atommem["em"] == pytest.approx(1 / 3) and atommem["sub_em"] == pytest.approx(2 / 3)
+  assert atommem["f1"] == pytest.approx((1.0 + 2 * 0.5 * 1.0 / 1.5) / 3)
+  assert atommem["ops/add_memory"] == 1.5 and atommem["ops/invalid"] == 2.0 and atommem["ops/update_query"] == 2.0
+  assert atommem["steps_per_episode"] == 11.5 and atommem["storage_size"] == 1.5
+  assert atommem["answered_fraction"] == pytest.approx(2 / 3)
+  assert memagent["em"] == 1.0 and memagent["questions"] == 1
+  table = results.score_table([atommem, memagent], "em")
+  assert table.splitlines() == ["| variant | synthetic @8 |", "|---|---:|", "| atommem | 33.3 |", "| memagent | 100.0 |"]
+  with pytest.raises(ValueError, match="unknown op kinds"):
+    dataclasses.replace(single, op_counts={"create": 1})

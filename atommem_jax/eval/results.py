@@ -102,13 +102,14 @@ def memory_table(rows: Sequence[Mapping[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def markdown_report(rows: Sequence[Mapping[str, Any]], *, checkpoint: str) -> str:
+def markdown_report(rows: Sequence[Mapping[str, Any]], *, checkpoint: str, figures: Sequence[str] = ()) -> str:
   parts = [f"# Evaluation\n\nCheckpoint: `{checkpoint}`. Greedy decoding; scores in % over questions.\n"]
   for metric, title in (("em", "Exact match (EM)"), ("f1", "F1"), ("sub_em", "Sub-EM"), ("boxed_em", "Boxed EM")):
     parts.append(f"## {title}\n\n{score_table(rows, metric)}\n")
   parts.append("## Memory operations per episode\n\nAccepted ops of each kind (invalid: refused or malformed), agent "
                "steps, storage entries at the end, and the share of questions that got an answer.\n\n"
                f"{memory_table(rows)}\n")
+  parts += [f"![{figure}]({figure})\n" for figure in figures]
   return "\n".join(parts)
 
 
@@ -125,8 +126,11 @@ def _atomic_write(path: pathlib.Path, text: str) -> None:
 
 def write_results(out_dir: str | os.PathLike[str], summary: Sequence[Mapping[str, Any]],
                   trajectories: Iterable[Mapping[str, Any]], *, checkpoint: str,
-                  config: Mapping[str, Any]) -> dict[str, pathlib.Path]:
-  """Writes trajectories.jsonl, results.json and results.md, each atomically (temporary name, then rename)."""
+                  config: Mapping[str, Any], figures: Sequence[str] = ()) -> dict[str, pathlib.Path]:
+  """Writes trajectories.jsonl, results.json and results.md, each atomically (temporary name, then rename).
+
+  `figures` are image files already in `out_dir` that results.md links to.
+  """
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = {name: out_dir / name for name in ("trajectories.jsonl", "results.json", "results.md")}
@@ -134,5 +138,5 @@ def write_results(out_dir: str | os.PathLike[str], summary: Sequence[Mapping[str
                 "".join(json.dumps(t, ensure_ascii=False, sort_keys=True) + "\n" for t in trajectories))
   _atomic_write(paths["results.json"], json.dumps(
       {"checkpoint": checkpoint, "config": config, "summary": list(summary)}, indent=2, sort_keys=True) + "\n")
-  _atomic_write(paths["results.md"], markdown_report(summary, checkpoint=checkpoint))
+  _atomic_write(paths["results.md"], markdown_report(summary, checkpoint=checkpoint, figures=figures))
   return paths

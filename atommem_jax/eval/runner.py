@@ -23,6 +23,7 @@ from atommem_jax.agent import rollout as rollout_lib
 from atommem_jax.data import long_context, readers, synthetic
 from atommem_jax.data.records import Corpus
 from atommem_jax.eval import checkpoints
+from atommem_jax.eval import plots
 from atommem_jax.eval import results as results_lib
 from atommem_jax.eval.config import DatasetSpec, EvalConfig, MeshSpec, dataset_format
 from atommem_jax.memory import embedders
@@ -170,5 +171,9 @@ def evaluate(config: EvalConfig, workdir: str | pathlib.Path, *, devices: Sequen
   summary = results_lib.summarize(episodes_out)
   if not is_main:
     return {}
-  return results_lib.write_results(workdir, summary, trajectory_rows, checkpoint=str(source.path),
-                                   config=configlib.to_dict(config))
+  figures = {}
+  if any(len(spec.num_docs) > 1 for spec in config.datasets.values()):  # a curve needs two document counts
+    figures["em_vs_documents.png"] = plots.plot_em_vs_documents(summary, workdir)
+  paths = results_lib.write_results(workdir, summary, trajectory_rows, checkpoint=str(source.path),
+                                    config=configlib.to_dict(config), figures=list(figures))
+  return {**paths, **figures}
