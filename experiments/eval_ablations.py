@@ -1,7 +1,7 @@
 r"""Baselines and ablations side by side: AtomMem, its ablations and any K, MemAgent, RAG and full context.
 
   python -m atommem_jax.evaluate --config experiments/eval_ablations.py --config.checkpoint=CKPT \
-      --config.datasets.hotpotqa.path=hotpot.json --config.datasets.2wiki.path=2wiki.json \
+      --config.datasets.hotpotqa.path=hotpot.json --config.datasets.twowiki.path=2wiki.json \
       --config.datasets.musique.path=musique.jsonl --config.embedder=QWEN3_EMBEDDING_0_6B --workdir OUT
 
 Every variant runs on every dataset and document count; results.md shows them as rows of one table per metric.
@@ -23,9 +23,10 @@ def _eval_hotpot():
   return module
 
 
-def variants(top_k: int) -> ml_collections.ConfigDict:
-  """The paper's ablations (switches off become counted invalid no-ops), a smaller K, and the baselines."""
-  return ml_collections.ConfigDict({
+def variants(top_k: int) -> dict[str, dict]:
+  """The paper's ablations (switches off become counted invalid no-ops), a smaller K, and the baselines, in the
+  order the tables list them."""
+  return {
       "atommem": {},
       "no_scratchpad": {"agent": {"use_scratchpad": False}},
       "no_storage": {"agent": {"use_storage": False}},
@@ -35,7 +36,7 @@ def variants(top_k: int) -> ml_collections.ConfigDict:
       "memagent": {"agent": {"method": "memagent"}},
       "rag": {"agent": {"method": "rag"}},
       "full_context": {"agent": {"method": "full_context"}},
-  })
+  }
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -48,10 +49,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = eval_hotpot.base_config()
     config.datasets = ml_collections.ConfigDict({
         "hotpotqa": dict(path="", num_docs=(200, 400, 800)),
-        "2wiki": dict(path="", num_docs=(800,)),
+        "twowiki": dict(format="2wiki", label="2wiki", path="", num_docs=(800,)),
         "musique": dict(path="", num_docs=(800,)),
     })
   else:
     raise ValueError(f"unknown config argument {arg!r}; use '' (full size) or 'tiny'")
-  config.variants = variants(config.memory.top_k)
+  config.variants = ml_collections.ConfigDict(variants(config.memory.top_k))
+  config.variant_order = tuple(variants(config.memory.top_k))
+  config.dataset_order = ("synthetic",) if arg == "tiny" else ("hotpotqa", "twowiki", "musique")
   return config

@@ -6,8 +6,8 @@ r"""Evaluate a checkpoint on HotpotQA at 200 / 400 / 800 documents, greedy (the 
 
 CKPT is an Orbax parameter dir (`python -m atommem_jax.convert --src HF_DIR --dst CKPT`) or a trainer workdir (its
 latest checkpoint); QWEN3_EMBEDDING_0_6B an HF or Orbax dir of the embedder (or `hashing`, weight-free, with
-`--config.memory.embed_dim=256`). 2WikiMultihopQA / MuSiQue: add `--config.datasets` entries or use
-`experiments/eval_ablations.py`, which runs the baselines and ablations side by side.
+`--config.memory.embed_dim=256`). 2WikiMultihopQA and MuSiQue at 800 documents, with the baselines and
+ablations side by side: `experiments/eval_ablations.py`.
 
 The embedded default, on CPU with no downloads (the synthetic task, the checkpoint of
 `python -m atommem_jax.train --config experiments/grpo_hotpot.py:tiny --workdir RUN`):
@@ -40,6 +40,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.mesh = dict(data=0, fsdp=1, tensor=1)
   config.datasets = ml_collections.ConfigDict()
   config.variants = ml_collections.ConfigDict({"atommem": {}})
+  config.variant_order = ("atommem",)
+  config.dataset_order = ()
   config.agent = dict(method="atommem", chunk_tokens=4000, overlap_tokens=100, max_chunks=40, max_steps=40,
                       query_limit=3, query_limit_action="give_up", context_tokens=32768)
   config.memory = dict(capacity=256, entry_tokens=256, scratchpad_tokens=1024, query_tokens=128, embed_dim=1024,

@@ -160,9 +160,15 @@ def test_config_boundary_refuses_unknown_keys_and_empty_required_fields(checkpoi
   ablations = experiment("eval_ablations", "tiny")
   ablations.checkpoint = str(checkpoint_dir)
   variants = eval_config.eval_config_from_dict(ablations).variant_configs()
-  assert {"atommem", "no_update", "no_delete", "no_scratchpad", "no_storage", "memagent", "rag",
-          "full_context"} <= set(variants)
+  assert list(variants) == ["atommem", "no_scratchpad", "no_storage", "no_update", "no_delete", "k2", "memagent",
+                            "rag", "full_context"]  # the table's row order, not ConfigDict's sorted keys
   assert not variants["no_update"][0].allow_update and variants["rag"][0].method == "rag"
+  full_ablations = experiment("eval_ablations", "")
+  full_ablations.update(checkpoint="c", embedder="hashing")
+  for name in ("musique", "hotpotqa", "twowiki"):
+    full_ablations.datasets[name].path = "f"
+  datasets = eval_config.eval_config_from_dict(full_ablations).datasets
+  assert [eval_config.dataset_label(n, s) for n, s in datasets.items()] == ["hotpotqa", "2wiki", "musique"]
   ablations.variants.no_update.agent.allow_updte = False
   with pytest.raises(configlib.ConfigError, match=r"variants.no_update.agent: unknown config key\(s\) \['allow_updte'\]"):
     eval_config.eval_config_from_dict(ablations)

@@ -24,12 +24,15 @@ DATASET_FORMATS = ("hotpotqa", "2wiki", "musique", "synthetic")
 class DatasetSpec:
   """One dataset, evaluated at each document count in `num_docs`.
 
+  format: the reader ("" = the map key); label: the name in tables ("" = the map key). A key must be a Python
+    identifier for `--config.datasets.KEY...` to reach it, hence `twowiki` with format and label "2wiki".
   path: the native file (unused for `synthetic`). max_examples: the first examples only (0 = all).
   seed: distractors, document order and bundling (and the synthetic world) derive from it.
   synthetic_*: the synthetic world's size (0 documents = max(2N, 64)) and question kinds (() = all).
   """
 
   format: str = ""
+  label: str = ""
   path: str = ""
   num_docs: tuple[int, ...] = (200,)
   max_examples: int = 0
@@ -69,6 +72,8 @@ class EvalConfig:
   tokenizer: "" = the tokenizer files saved with the checkpoint; "tiny" = the packaged tiny tokenizer; else a dir.
   embedder: "hashing" (weight-free) or a Qwen3-Embedding checkpoint dir (HF or Orbax).
   batch_size: episodes per rollout batch.
+  variant_order / dataset_order: the order of rows and columns in the tables (ConfigDicts sort their keys, so the
+    order cannot come from the maps); names left out follow in sorted order.
   """
 
   checkpoint: str
@@ -83,6 +88,8 @@ class EvalConfig:
   agent: AgentConfig = AgentConfig()
   memory: MemoryConfig = MemoryConfig()
   sampler: SamplerConfig = SamplerConfig(greedy=True)
+  variant_order: tuple[str, ...] = ()
+  dataset_order: tuple[str, ...] = ()
 
   def __post_init__(self):
     if not self.checkpoint:
@@ -98,6 +105,9 @@ class EvalConfig:
       raise configlib.ConfigError("EvalConfig.sampler.greedy must be True: evaluation decodes greedily")
     if self.batch_size < 1:
       raise configlib.ConfigError(f"EvalConfig.batch_size must be >= 1, got {self.batch_size}")
+    labels = [dataset_label(name, spec) for name, spec in self.datasets.items()]
+    if len(set(labels)) != len(labels):
+      raise configlib.ConfigError(f"EvalConfig.datasets: two datasets share a label: {labels}")
     for name, spec in self.datasets.items():
       if dataset_format(name, spec) not in DATASET_FORMATS:
         raise configlib.ConfigError(f"EvalConfig.datasets.{name}: format {dataset_format(name, spec)!r} is not one "
@@ -106,6 +116,10 @@ class EvalConfig:
         raise configlib.ConfigError(f"EvalConfig.datasets.{name}.num_docs must be positive, got {spec.num_docs}")
       if dataset_format(name, spec) != "synthetic" and not spec.path:
         raise configlib.ConfigError(f"EvalConfig.datasets.{name}.path is empty: give the native {name} file")
+    for field, names in (("variant_order", self.variants), ("dataset_order", self.datasets)):
+      unknown = sorted(set(getattr(self, field)) - set(names))
+      if unknown:
+        raise configlib.ConfigError(f"EvalConfig.{field} names {unknown}, which are not defined; known: {sorted(names)}")
 
   def variant_configs(self) -> dict[str, tuple[AgentConfig, MemoryConfig]]:
     """Each variant's agent and memory config: the run's, with the variant's overrides (unknown keys refused)."""
@@ -119,8 +133,17 @@ class EvalConfig:
     return out
 
 
+def _ordered(mapping: dict[str, Any], order: tuple[str, ...]) -> dict[str, Any]:
+  names = [*dict.fromkeys(order), *sorted(set(mapping) - set(order))]
+  return {name: mapping[name] for name in names}
+
+
 def dataset_format(name: str, spec: DatasetSpec) -> str:
   return spec.format or name
+
+
+def dataset_label(name: str, spec: DatasetSpec) -> str:
+  return spec.label or name
 
 
 def _named_map(cls: type, mapping: Any, where: str) -> dict[str, Any]:
@@ -136,5 +159,7 @@ def eval_config_from_dict(config: Mapping[str, Any] | Any) -> EvalConfig:
   # Evaluation is greedy; an experiment file that leaves `sampler.greedy` out gets it, one that sets False is refused.
   raw["sampler"] = {"greedy": True, **dict(configlib._as_mapping(raw.get("sampler", {})) or {})}  # pylint: disable=protected-access
   config = configlib.from_dict(EvalConfig, {**raw, "datasets": datasets, "variants": variants})
+  config = dataclasses.replace(config, datasets=_ordered(config.datasets, config.dataset_order),
+                               variants=_ordered(config.variants, config.variant_order))
   config.variant_configs()  # validates every variant's overrides now, before anything runs
   return config

@@ -25,7 +25,7 @@ from atommem_jax.data.records import Corpus
 from atommem_jax.eval import checkpoints
 from atommem_jax.eval import plots
 from atommem_jax.eval import results as results_lib
-from atommem_jax.eval.config import DatasetSpec, EvalConfig, MeshSpec, dataset_format
+from atommem_jax.eval.config import DatasetSpec, EvalConfig, MeshSpec, dataset_format, dataset_label
 from atommem_jax.memory import embedders
 from atommem_jax.sampling.config import SamplerConfig
 from atommem_jax.sampling.sampler import Sampler
@@ -83,7 +83,7 @@ def prepare_tasks(config: EvalConfig) -> list[Task]:
         built = built[:spec.max_examples]
       if not built:
         raise EvalError(f"dataset {name} at {num_docs} documents has no examples")
-      tasks.append(Task(dataset=name, num_docs=num_docs, examples=tuple(built)))
+      tasks.append(Task(dataset=dataset_label(name, spec), num_docs=num_docs, examples=tuple(built)))
   return tasks
 
 
