@@ -55,7 +55,10 @@ def tiny_eval_config(checkpoint: pathlib.Path, **changes) -> eval_config.EvalCon
   config.agent.update(max_steps=3, chunk_tokens=64, overlap_tokens=4)
   config.sampler.update(max_new_tokens=12, prompt_buckets=(1024,))
   for key, value in changes.items():
-    config[key] = value
+    if isinstance(value, dict):
+      config[key].update(value)
+    else:
+      config[key] = value
   return eval_config.eval_config_from_dict(config)
 
 
@@ -208,3 +211,12 @@ def test_summary_is_question_level_with_per_episode_memory_counts():
   assert table.splitlines() == ["| variant | synthetic @8 |", "|---|---:|", "| atommem | 33.3 |", "| memagent | 100.0 |"]
   with pytest.raises(ValueError, match="unknown op kinds"):
     dataclasses.replace(single, op_counts={"create": 1})
+
+
+def test_embedder_width_must_be_the_memory_width(checkpoint_dir, tmp_path):
+  from hf_fixtures import make_tiny_hf_checkpoint
+  embedder_dir = tmp_path / "qwen3_embedding"
+  make_tiny_hf_checkpoint(embedder_dir)  # hidden size 64, as transformers saves it (no tokenizer files needed)
+  config = tiny_eval_config(checkpoint_dir, embedder=str(embedder_dir), memory=dict(embed_dim=32))
+  _assert_error_writes_nothing(config, tmp_path / "out",
+                               match=r"qwen3_embedding has width 64, but memory.embed_dim is \{'atommem': 32\}")
