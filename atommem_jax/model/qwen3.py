@@ -104,8 +104,13 @@ def attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array, 
 
 def decoder_layer(config: Qwen3Config, rules: sharding_lib.ShardingRules, p: dict[str, jax.Array],
                   x_BxTxD: jax.Array, sin_BxTxHh: jax.Array, cos_BxTxHh: jax.Array, visible_BxTxS: jax.Array,
-                  kv: tuple[jax.Array, jax.Array] | None, index: jax.Array | None):
-  """One pre-norm decoder layer; with `kv` (this layer's cache) the new keys/values are written at `index`."""
+                  kv: tuple[jax.Array, jax.Array, jax.Array] | None, index: jax.Array | None):
+  """One pre-norm decoder layer.
+
+  `kv` is None (no cache) or `(k_LxBxSxKxH, v_LxBxSxKxH, layer)`: the whole-stack cache, carried through the layer
+  scan so that each layer writes only its T new slots in place (scanning over per-layer cache slices instead
+  rewrites every layer's full cache each step, about twice the decode time), and this layer's index.
+  """
   dtype, eps = x_BxTxD.dtype, config.rms_norm_eps
   p = {name: w.astype(dtype) for name, w in p.items()}
   with jax.named_scope("attention"):
@@ -121,12 +126,14 @@ def decoder_layer(config: Qwen3Config, rules: sharding_lib.ShardingRules, p: dic
     if kv is None:
       keys_BxSxKxH, values_BxSxKxH, new_kv = k_BxTxKxH, v_BxTxKxH, None
     else:
-      cache_k, cache_v = kv
-      start = (0, index, 0, 0)
-      keys_BxSxKxH = jax.lax.dynamic_update_slice(cache_k, k_BxTxKxH.astype(cache_k.dtype), start)
-      values_BxSxKxH = jax.lax.dynamic_update_slice(cache_v, v_BxTxKxH.astype(cache_v.dtype), start)
-      new_kv = (keys_BxSxKxH, values_BxSxKxH)
-      keys_BxSxKxH, values_BxSxKxH = keys_BxSxKxH.astype(dtype), values_BxSxKxH.astype(dtype)
+      # Only the T new slots of this layer are written, in place in the whole-stack cache carried by the scan.
+      cache_k, cache_v, layer = kv
+      start = (layer, 0, index, 0, 0)
+      cache_k = jax.lax.dynamic_update_slice(cache_k, k_BxTxKxH[None].astype(cache_k.dtype), start)
+      cache_v = jax.lax.dynamic_update_slice(cache_v, v_BxTxKxH[None].astype(cache_v.dtype), start)
+      new_kv = (cache_k, cache_v, layer + 1)
+      keys_BxSxKxH = jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False).astype(dtype)
+      values_BxSxKxH = jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False).astype(dtype)
     out_BxTxNxH = attention(q_BxTxNxH, keys_BxSxKxH, values_BxSxKxH, visible_BxTxS, rules)
     x_BxTxD = x_BxTxD + jnp.einsum("btnh,nhd->btd", out_BxTxNxH, p["o_proj"])
     x_BxTxD = sharding_lib.constrain(x_BxTxD, ("batch", "length", "act_embed"), rules)
@@ -179,12 +186,12 @@ class Qwen3(nnx.Module):
 
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, mask_BxT: jax.Array,
                cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
-    h_BxTxD, cache = self._decode(tokens_BxT, positions_BxT, mask_BxT, cache)
+    h_BxTxD, cache = self._backbone(tokens_BxT, positions_BxT, mask_BxT, cache)
     return self.logits(h_BxTxD), cache
 
   def hidden_states(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
     """Final-RMSNormed hidden states `h_BxTxD` in the activation dtype (no cache)."""
-    return self._decode(tokens_BxT, positions_BxT, mask_BxT, None)[0]
+    return self._backbone(tokens_BxT, positions_BxT, mask_BxT, None)[0]
 
   def logits(self, h_BxTxD: jax.Array) -> jax.Array:
     """The LM head alone, so a loss can apply it to chunks of hidden states; float32 logits."""
@@ -194,7 +201,7 @@ class Qwen3(nnx.Module):
                                 preferred_element_type=jnp.float32)
       return sharding_lib.constrain(logits_BxTxV, ("batch", "length", "act_vocab"), self.rules)
 
-  def _decode(self, tokens_BxT, positions_BxT, mask_BxT, cache):
+  def _backbone(self, tokens_BxT, positions_BxT, mask_BxT, cache):
     config, rules = self.config, self.rules
     dtype = _DTYPES[config.dtype]
     mask_BxT = mask_BxT.astype(jnp.bool_)
@@ -206,7 +213,7 @@ class Qwen3(nnx.Module):
     if cache is None:
       causal_TxS = jnp.tril(jnp.ones((t, t), jnp.bool_))
       visible_BxTxS = causal_TxS[None] & mask_BxT[:, None, :]
-      index, kv_xs = None, None
+      index, kv = None, None
     else:
       _check_cache_room(cache, t)
       index = cache.index
@@ -214,17 +221,19 @@ class Qwen3(nnx.Module):
       slot_S = jnp.arange(cache.max_len)
       causal_TxS = slot_S[None, :] <= (index + jnp.arange(t))[:, None]
       visible_BxTxS = causal_TxS[None] & mask_BxS[:, None, :]
-      kv_xs = (cache.k_LxBxSxKxH, cache.v_LxBxSxKxH)
+      kv = (cache.k_LxBxSxKxH, cache.v_LxBxSxKxH, jnp.zeros((), jnp.int32))
 
-    def body(x_BxTxD, xs):
-      layer_params, kv = xs
-      return decoder_layer(config, rules, layer_params, x_BxTxD, sin_BxTxHh, cos_BxTxHh, visible_BxTxS, kv, index)
+    def body(carry, layer_params):
+      x_BxTxD, kv = carry
+      x_BxTxD, kv = decoder_layer(config, rules, layer_params, x_BxTxD, sin_BxTxHh, cos_BxTxHh, visible_BxTxS, kv,
+                                  index)
+      return (x_BxTxD, kv), None
 
     if config.remat:
       # Per-layer rematerialisation: only the residual stream between layers is kept for the backward pass.
       body = jax.checkpoint(body, prevent_cse=False)
     with jax.named_scope("layers"):
-      x_BxTxD, new_kv = jax.lax.scan(body, x_BxTxD, (self.layers.arrays(), kv_xs))
+      (x_BxTxD, new_kv), _ = jax.lax.scan(body, (x_BxTxD, kv), self.layers.arrays())
     with jax.named_scope("final_norm"):
       h_BxTxD = rms_norm(x_BxTxD, self.final_norm[...], config.rms_norm_eps)
     if cache is not None:
