@@ -193,7 +193,7 @@ def train_step(state: TrainState, batch: batching.TrainBatch, *, graphdef: nnx.G
                          step=state.step + 1, nonfinite_streak=streak,
                          skipped_updates=state.skipped_updates + (~finite).astype(jnp.int32))
   metrics = dict(metrics, grad_norm=grad_norm, update_skipped=(~finite).astype(jnp.float32),
-                 num_loss_tokens=num_tokens)
+                 num_loss_tokens=num_tokens, nonfinite_streak=streak, skipped_updates=new_state.skipped_updates)
   return new_state, metrics
 
 

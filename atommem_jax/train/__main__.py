@@ -1,0 +1,33 @@
+"""`python -m atommem_jax.train --config experiments/grpo_hotpot.py[:ARG] --workdir DIR [--config.key=value ...]`.
+
+The config file's `get_config(arg)` returns an ml_collections ConfigDict; it is locked (an override naming an
+unknown key is an error) and becomes a frozen `TrainConfig` at this boundary. Rerunning the same command resumes
+from the workdir's latest checkpoint.
+"""
+from __future__ import annotations
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file (path[:arg]) defining get_config(arg).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints/, metrics.jsonl, tensorboard/.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-process run with jax.distributed.initialize() "
+                                 "(coordinator and process ids from the environment).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import jax  # pylint: disable=g-import-not-at-top
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  from atommem_jax import configlib  # pylint: disable=g-import-not-at-top
+  from atommem_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from atommem_jax.train.config import TrainConfig  # pylint: disable=g-import-not-at-top
+  loop.train_and_evaluate(configlib.from_dict(TrainConfig, _CONFIG.value), _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

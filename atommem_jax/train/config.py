@@ -1,0 +1,124 @@
+"""`TrainConfig`: the typed form of an experiment file's ConfigDict (built with `configlib.from_dict`).
+
+One run is `total_steps` optimizer steps: the first `sft.steps` are SFT, the rest GRPO (either may be empty). Each
+GRPO rollout batch feeds `grpo.updates_per_rollout` consecutive optimizer steps.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from atommem_jax.agent.config import AgentConfig
+from atommem_jax.data.long_context import LongContextConfig
+from atommem_jax.data.synthetic import SyntheticConfig
+from atommem_jax.memory.config import MemoryConfig
+from atommem_jax.sampling.config import SamplerConfig
+from atommem_jax.sharding import MeshConfig
+from atommem_jax.train.grpo import GRPOConfig
+from atommem_jax.train.step import OptimizerConfig
+
+# Keys that may differ between a checkpoint's config and the resuming run's (they do not change what was trained).
+RESUMABLE_KEYS = ("total_steps", "checkpoint_every", "keep_checkpoints", "log_every", "debug_kill_at_step",
+                  "eval.num_episodes", "eval.max_new_tokens", "max_nonfinite_streak")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInitConfig:
+  preset: str = "tiny_default"  # a `model.PRESETS` name (ignored when `checkpoint` holds a config)
+  checkpoint: str = ""  # an HF checkpoint dir or an Orbax params dir; "" = random init from `seed`
+  tokenizer: str = ""  # a tokenizer dir; "" = the checkpoint's, or the packaged tiny tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+  """Where episodes come from: the synthetic world, or a native dataset file (HotpotQA, 2Wiki, MuSiQue)."""
+
+  dataset: Literal["synthetic", "hotpotqa", "2wiki", "musique"] = "synthetic"
+  path: str = ""  # the native dataset file
+  examples_path: str = ""  # or long-context examples already built by `python -m atommem_jax.data.build`
+  synthetic: SyntheticConfig = SyntheticConfig()
+  long_context: LongContextConfig = LongContextConfig()
+  num_eval_episodes: int = 16  # held out from training, the first episodes of the shuffled list
+
+  def __post_init__(self):
+    if self.dataset != "synthetic" and not (self.path or self.examples_path):
+      raise ValueError(f"TaskConfig.path (the native file) or examples_path is required for dataset "
+                       f"{self.dataset!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTStageConfig:
+  steps: int = 0
+  pairs_path: str = ""  # (prompt, completion) JSONL; "" = generated from the oracle on the training episodes
+  oracle_episodes: int = 64  # training episodes the oracle plays to make the pairs
+  min_reward: float = 0.5  # every turn of a teacher trajectory at least this good becomes a pair
+  batch_size: int = 16
+  num_microbatches: int = 1
+  max_prompt_tokens: int = 1024
+  max_completion_tokens: int = 256
+  optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-5, warmup_steps=10, decay_steps=1000)
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOStageConfig:
+  loss: GRPOConfig = GRPOConfig()
+  prompts_per_rollout: int = 4  # B episodes per rollout, each sampled `loss.num_generations` times
+  updates_per_rollout: int = 1
+  # Turn rows per micro-batch (a multiple of data x fsdp). A mini-batch holds 2**k micro-batches, as many as its
+  # rows need, so a handful of shapes covers every rollout size and memory stays bounded.
+  microbatch_rows: int = 16
+  length_buckets: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192)
+  sampler: SamplerConfig = SamplerConfig(temperature=1.0, top_p=0.99, max_new_tokens=256)
+  optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-6, warmup_steps=20, decay_steps=1000)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  num_episodes: int = 16  # greedy episodes at the start, after SFT and at the end; 0 = no evaluation
+  max_new_tokens: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  seed: int = 0
+  total_steps: int = 100
+  checkpoint_every: int = 10
+  keep_checkpoints: int = 3
+  log_every: int = 1
+  max_nonfinite_streak: int = 5  # this many skipped (non-finite) updates in a row stop the run
+  debug_kill_at_step: int = -1  # SIGKILL this process once this step has been dispatched (fault-tolerance tests)
+  mesh: MeshConfig = MeshConfig()
+  model: ModelInitConfig = ModelInitConfig()
+  task: TaskConfig = TaskConfig()
+  agent: AgentConfig = AgentConfig()
+  memory: MemoryConfig = MemoryConfig()
+  embedder: Literal["hashing"] = "hashing"
+  sft: SFTStageConfig = SFTStageConfig()
+  grpo: GRPOStageConfig = GRPOStageConfig()
+  eval: EvalConfig = EvalConfig()
+
+  def __post_init__(self):
+    if self.total_steps < 1:
+      raise ValueError(f"TrainConfig.total_steps must be >= 1, got {self.total_steps}")
+    if self.checkpoint_every < 1:
+      raise ValueError(f"TrainConfig.checkpoint_every must be >= 1, got {self.checkpoint_every}")
+    if not 0 <= self.sft.steps <= self.total_steps:
+      raise ValueError(f"sft.steps ({self.sft.steps}) must be in [0, total_steps={self.total_steps}]")
+    u = self.grpo.updates_per_rollout
+    if u < 1:
+      raise ValueError(f"grpo.updates_per_rollout must be >= 1, got {u}")
+    if self.total_steps > self.sft.steps and u > 1 and (self.checkpoint_every % u or (self.total_steps -
+                                                                                       self.sft.steps) % u):
+      # A checkpoint inside a rollout batch would need the rollout saved too; keep them on rollout boundaries.
+      raise ValueError(f"with grpo.updates_per_rollout={u}, checkpoint_every ({self.checkpoint_every}) and the GRPO "
+                       f"steps ({self.total_steps - self.sft.steps}) must be multiples of it")
+    if u > 1 and self.sft.steps % u:
+      raise ValueError(f"sft.steps ({self.sft.steps}) must be a multiple of grpo.updates_per_rollout ({u})")
+    if self.grpo.microbatch_rows % (self.mesh.data * self.mesh.fsdp):
+      raise ValueError(f"grpo.microbatch_rows ({self.grpo.microbatch_rows}) must be a multiple of mesh data x fsdp "
+                       f"({self.mesh.data * self.mesh.fsdp})")
+    if self.sft.batch_size % (self.sft.num_microbatches * self.mesh.data * self.mesh.fsdp):
+      raise ValueError(f"sft.batch_size ({self.sft.batch_size}) must be a multiple of sft.num_microbatches x mesh "
+                       f"data x fsdp")
+    if self.keep_checkpoints < 1 or self.log_every < 1 or self.max_nonfinite_streak < 1:
+      raise ValueError("keep_checkpoints, log_every and max_nonfinite_streak must be >= 1")

@@ -1,0 +1,91 @@
+"""Per-step metrics to `metrics.jsonl` and TensorBoard, consistent with the checkpoint a run resumes from.
+
+On resume from step s, rows with `step > s` (written after the checkpoint by the interrupted run) are dropped, and
+TensorBoard events past s are purged, so a resumed run's files hold each step exactly once.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+from typing import Any, Mapping
+
+METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.jsonl"
+
+
+def _read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
+  if not path.exists():
+    return []
+  rows = []
+  with path.open(encoding="utf-8") as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        break  # a line cut by a kill: it and anything after it are dropped
+  return rows
+
+
+def _rewrite(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  with tmp.open("w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")
+  os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+  value = float(value) if hasattr(value, "__float__") and not isinstance(value, (int, bool)) else value
+  if isinstance(value, float) and not math.isfinite(value):
+    return None  # JSON has no NaN / inf
+  return value
+
+
+class MetricsLog:
+  """Appends one JSON object per step; only process 0 writes."""
+
+  def __init__(self, workdir: str | pathlib.Path, resume_step: int, *, enabled: bool = True):
+    self.enabled = enabled
+    self.path = pathlib.Path(workdir) / METRICS_FILE
+    self.eval_path = pathlib.Path(workdir) / EVAL_FILE
+    self.eval_rows = [r for r in _read_rows(self.eval_path) if r["step"] <= resume_step]
+    self._file = None
+    self._writer = None
+    if not enabled:
+      return
+    _rewrite(self.path, [r for r in _read_rows(self.path) if r["step"] <= resume_step])
+    _rewrite(self.eval_path, self.eval_rows)
+    self._file = self.path.open("a", encoding="utf-8")
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    self._writer = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"), purge_step=resume_step + 1)
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
+    row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+    self._file.write(json.dumps(row) + "\n")
+    self._file.flush()
+    for key, value in row.items():
+      if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        self._writer.add_scalar(key, value, step)
+
+  def has_eval(self, label: str) -> bool:
+    return any(r["label"] == label for r in self.eval_rows)
+
+  def write_eval(self, step: int, label: str, metrics: Mapping[str, Any]) -> None:
+    row = {"step": step, "label": label, **{k: _jsonable(v) for k, v in metrics.items()}}
+    self.eval_rows.append(row)
+    if not self.enabled:
+      return
+    with self.eval_path.open("a", encoding="utf-8") as f:
+      f.write(json.dumps(row) + "\n")
+    for key, value in row.items():
+      if isinstance(value, float):
+        self._writer.add_scalar(f"eval/{key}", value, step)
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._writer.close()

@@ -1,0 +1,67 @@
+r"""Shared settings of the training experiment files (not an experiment itself: it has no `get_config`).
+
+`released()` holds the released AtomMem run's settings (DESIGN.md "Training"); `tiny()` the embedded default that
+trains on CPU with no downloads. The experiment files start from one of them and set their task and stages.
+"""
+import ml_collections
+
+
+def released() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 200
+  c.checkpoint_every = 10
+  c.keep_checkpoints = 3
+  c.log_every = 1
+  c.max_nonfinite_streak = 5
+  c.debug_kill_at_step = -1
+  c.mesh = dict(data=1, fsdp=1, tensor=1)
+  c.model = dict(preset="qwen3_8b", checkpoint="", tokenizer="")
+  c.task = dict(dataset="hotpotqa", path="", examples_path="", num_eval_episodes=64,
+                synthetic=dict(seed=0, num_documents=256, num_questions=64),
+                long_context=dict(num_docs=200, seed=0, single_question_fraction=1.0))
+  c.agent = dict(method="atommem", chunk_tokens=4000, overlap_tokens=100, max_chunks=40, max_steps=40,
+                 query_limit=3, query_limit_action="give_up")
+  c.memory = dict(capacity=256, entry_tokens=256, scratchpad_tokens=1024, query_tokens=128, embed_dim=256, top_k=6,
+                  overflow="evict_oldest", max_ops_per_turn=16)
+  c.embedder = "hashing"
+  c.sft = dict(steps=0, pairs_path="", oracle_episodes=64, min_reward=0.5, batch_size=64, num_microbatches=8,
+               max_prompt_tokens=8192, max_completion_tokens=4096,
+               optimizer=dict(learning_rate=1e-5, warmup_steps=10, decay_steps=200, end_learning_rate_ratio=0.1,
+                              weight_decay=0.01, max_grad_norm=1.0))
+  c.grpo = dict(
+      loss=dict(num_generations=8, scale_advantage_by_std=False, zero_variance_groups="keep", clip_low=0.2,
+                clip_high=0.28, dual_clip=3.0, kl_coef=0.001, kl_estimator="k3", use_kl=True,
+                loss_aggregation="token-mean", entropy_coef=0.0, recompute_old_logprobs=False),
+      prompts_per_rollout=16, updates_per_rollout=1, microbatch_rows=8,
+      length_buckets=(4096, 8192, 12288, 16384),
+      sampler=dict(temperature=1.0, top_p=0.99, max_new_tokens=4096,
+                   prompt_buckets=(4096, 8192, 12288, 16384)),
+      optimizer=dict(learning_rate=1e-6, warmup_steps=20, decay_steps=200, end_learning_rate_ratio=1.0,
+                     weight_decay=0.01, max_grad_norm=1.0))
+  c.eval = dict(num_episodes=64, max_new_tokens=4096)
+  return c
+
+
+def tiny() -> ml_collections.ConfigDict:
+  """The embedded default: tiny_default Qwen3 (random init), the tiny tokenizer, the synthetic task."""
+  c = released()
+  c.total_steps = 120
+  c.checkpoint_every = 20
+  c.model.preset = "tiny_default"
+  c.task.dataset = "synthetic"
+  c.task.num_eval_episodes = 16
+  c.task.synthetic = dict(seed=0, num_documents=256, num_questions=100, question_kinds=("birth_country",))
+  c.task.long_context = dict(num_docs=4, seed=0, single_question_fraction=1.0)
+  c.agent.update(chunk_tokens=96, overlap_tokens=8, max_chunks=8, max_steps=14, query_limit=3)
+  c.memory = dict(capacity=16, entry_tokens=32, scratchpad_tokens=48, query_tokens=32, embed_dim=64, top_k=4,
+                  overflow="evict_oldest", max_ops_per_turn=4)
+  c.sft.update(steps=80, oracle_episodes=150, batch_size=16, num_microbatches=1, max_prompt_tokens=704,
+               max_completion_tokens=64)
+  c.sft.optimizer.update(learning_rate=3e-3, warmup_steps=10, decay_steps=80)
+  c.grpo.loss.num_generations = 4
+  c.grpo.update(prompts_per_rollout=4, microbatch_rows=16, length_buckets=(768, 1024))
+  c.grpo.sampler.update(max_new_tokens=64, prompt_buckets=(512, 768, 1024))
+  c.grpo.optimizer.update(learning_rate=1e-4, warmup_steps=2, decay_steps=40)
+  c.eval = dict(num_episodes=16, max_new_tokens=64)
+  return c
