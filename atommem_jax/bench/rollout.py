@@ -6,16 +6,23 @@ cap) and, for the machinery alone, with the scripted oracle policy (no model). R
 second (every running trajectory's turn counts one), generated tokens per second, and how the wall time splits
 between generation and the rest of the host loop (rendering, parsing, the jitted env + memory transition).
 Compilation is excluded: each rollout runs once untimed first, then `--repeats` timed runs (best kept).
+
+The token-space rollout (`agent.device_loop`) runs the same episodes twice more: as one jitted `while_loop` over
+turns, and as a host loop calling the same per-turn functions with the state on the host between them. Reported:
+both turns/s, whether their records agree exactly (same seed), and the ratio.
 """
 from __future__ import annotations
 
 import time
 
+import dataclasses
+
 import flax.nnx as nnx
 import jax
+import numpy as np
 from absl import flags
 
-from atommem_jax.agent import oracle, rollout
+from atommem_jax.agent import device_loop, oracle, rollout
 from atommem_jax.agent.config import AgentConfig
 from atommem_jax.data import long_context, synthetic
 from atommem_jax.data.tokenizer import load_tiny_tokenizer
@@ -94,6 +101,15 @@ def run(argv: list[str]) -> dict:
       lambda: rollout.rollout(episodes, oracle_policy, tokenizer=tokenizer, embed_fn=embed_fn, config=config),
       f.repeats)
   oracle_turns = sum(len(t.turns) for t in oracle_trajectories)
+
+  token_rollout = device_loop.TokenRollout(episodes, model, tokenizer, embed_fn, agent=agent, memory=memory,
+                                           sampler=sampler_config, num_samples=f.samples)
+  params = nnx.split(model)[1]
+  host_s, host_out = _best_time(lambda: token_rollout.run_host_loop(params, seed=0), f.repeats)
+  device_s, device_out = _best_time(lambda: token_rollout.run_device_loop(params, seed=0), f.repeats)
+  agree = all(np.array_equal(getattr(host_out[2], field.name), getattr(device_out[2], field.name))
+              for field in dataclasses.fields(device_loop.RolloutRecord))
+  token_turns = int(np.asarray(device_out[2].active_TxR).sum())
   return {
       "device": jax.devices()[0].device_kind,
       "trajectories": len(trajectories),
@@ -105,5 +121,9 @@ def run(argv: list[str]) -> dict:
       "oracle_turns": oracle_turns,
       "oracle_turns_per_s": round(oracle_turns / oracle_s, 1),
       "oracle_mean_reward": round(sum(t.reward for t in oracle_trajectories) / len(oracle_trajectories), 3),
-      "jitted_loop": "not built (the host loop parses on the host between turns)",
+      "token_turns": token_turns,
+      "token_host_loop_turns_per_s": round(token_turns / host_s, 2),
+      "token_device_loop_turns_per_s": round(token_turns / device_s, 2),
+      "device_over_host_loop": round(host_s / device_s, 2),
+      "loops_agree": agree,
   }
