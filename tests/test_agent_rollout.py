@@ -55,8 +55,11 @@ def test_oracle_scores_exact_match_one_at_several_document_sizes(tokenizer, task
   assert len(pairs) == sum(len(t.turns) for t in trajectories)
   assert pairs[0]["prompt"].startswith("<|im_start|>system\n") and pairs[0]["prompt"].endswith(
       "<|im_start|>assistant\n")
-  assert pairs[0]["completion"] == trajectories[0].turns[0].response
-  assert oracle.oracle_sft_pairs(trajectories, tokenizer, append_eos=True)[0]["completion"].endswith("<|im_end|>")
+  assert pairs[0]["completion"] == trajectories[0].turns[0].response + "<|im_end|>"
+  assert tokenizer.encode(pairs[0]["completion"], add_special_tokens=False) == trajectories[0].turns[0].response_ids
+  assert oracle.oracle_sft_pairs(trajectories, tokenizer, append_eos=False)[0]["completion"] == \
+      trajectories[0].turns[0].response
+  assert oracle.oracle_sft_pairs(trajectories, tokenizer, min_reward=1.1) == []
 
 
 def _facts(task, question):

@@ -95,12 +95,12 @@ def _derive(kind: str, facts: Sequence[Fact]) -> str:
 
 
 def oracle_sft_pairs(trajectories: Sequence[rollout_lib.Trajectory], tokenizer: Any, *, min_reward: float = 0.5,
-                     append_eos: bool = False) -> list[dict[str, str]]:
+                     append_eos: bool = True) -> list[dict[str, str]]:
   """Every turn of every trajectory with reward >= `min_reward` as {"prompt", "completion"}.
 
-  The prompt is the chat-formatted observation exactly as the model saw it. The completion is the response;
-  `train.sft.tokenize_pairs` appends the end-of-sequence id itself, so the eos text is added only with
-  `append_eos=True` (for consumers that tokenise the completion as it stands).
+  The prompt is the chat-formatted observation exactly as the model saw it; the completion is the response followed
+  by the eos token's text (so it encodes to the response ids the model should produce, ending in eos). The data
+  pipeline appends eos only where it is missing; pass `append_eos=False` for a consumer that always appends it.
   """
   pairs = []
   eos = tokenizer.eos_token if append_eos else ""
