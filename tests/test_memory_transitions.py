@@ -387,3 +387,20 @@ def test_bad_op_batch_shape_is_one_clear_error():
     op_lib.encode_ops([[(op_lib.NOOP, 0, [])] * 5], CONFIG)
   with pytest.raises(ValueError, match="top_k"):
     MemoryConfig(capacity=2, top_k=3)
+
+
+def test_sharded_over_trajectories_equals_unsharded():
+  from atommem_jax import sharding
+
+  mesh = sharding.make_mesh(sharding.MeshConfig(data=8))
+  batch = 8
+  state = state_lib.init_memory(CONFIG, batch)
+  ops = op_lib.encode_ops([[(op_lib.CREATE, 0, [b % 5 + 1, 2]), (op_lib.SET_QUERY, 0, [2]),
+                            (op_lib.CREATE, 0, [3])] for b in range(batch)], CONFIG)
+  expected = _turn(state, ops, EMBED, config=CONFIG)
+  shardings = state_lib.state_sharding(state, mesh)
+  assert shardings.entry_tokens_BxMxE.spec[0] == ("data", "fsdp")
+  sharded_state = jax.device_put(state, shardings)
+  got = _turn(sharded_state, ops, EMBED, config=CONFIG)
+  assert got[0].entry_embeddings_BxMxD.sharding.spec[0] == ("data", "fsdp")
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), got, expected)
