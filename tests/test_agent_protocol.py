@@ -106,7 +106,8 @@ def _run(params, state, turns):
     state, result = env.env_step_jit(state, kind, kind > 0, params)
     history.append((int(state.chunk_index_B[0]), int(state.question_index_B[0]), int(state.query_count_B[0]),
                     bool(state.answer_phase_B[0]), bool(state.done_B[0]),
-                    result.accepted_BxO[0, :len(kinds)].tolist(), result.answered_question_BxO[0, :len(kinds)].tolist()))
+                    result.accepted_BxO[0, :len(kinds)].tolist(),
+                    result.answered_question_BxO[0, :len(kinds)].tolist()))
   return history
 
 

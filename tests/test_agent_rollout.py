@@ -3,7 +3,6 @@ import dataclasses
 import json
 
 import flax.nnx as nnx
-import numpy as np
 import pytest
 
 from atommem_jax.agent import oracle, rollout

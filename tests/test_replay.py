@@ -128,7 +128,8 @@ def test_ablations_turn_disabled_ops_into_counted_invalid_noops(two_chunks):
 
 def test_memagent_overwrites_its_one_memory_and_always_advances(two_chunks):
   result = _replay(["Notes: Kalomi born in Tesuna.", "<update_query>x</update_query><update_memory>Kalomi -> Tesuna"
-                    "</update_memory>", "<final_answer>\\boxed{Tesuna}</final_answer>"], method="memagent", **two_chunks)
+                    "</update_memory>", "<final_answer>\\boxed{Tesuna}</final_answer>"],
+                   method="memagent", **two_chunks)
   assert [(t["chunk_index"], t["phase"]) for t in result["turns"]] == [(0, "read"), (1, "read"), (2, "answer")]
   assert _ops(result)[1] == [("update_memory", True), ("update_query", False)]
   assert result["final"]["scratchpad"] == "Kalomi -> Tesuna" and result["final"]["reward"] == 1.0

@@ -24,13 +24,12 @@ from atommem_jax.agent import env as env_lib
 from atommem_jax.agent import protocol, rollout, token_protocol, views
 from atommem_jax.agent.config import AgentConfig
 from atommem_jax.memory import ops as memory_ops
-from atommem_jax.memory import state as memory_state
 from atommem_jax.memory.config import MemoryConfig
 from atommem_jax.sampling import decode as decode_lib
 from atommem_jax.sampling import stop as stop_lib
 from atommem_jax.sampling.config import SamplerConfig
 
-_PLACEHOLDER_RE = re.compile(r"\$\{(\w+)\}")
+_PLACEHOLDER_RE = re.compile(r"\$(?:\{(\w+)\}|(\w+)|(\$))")  # string.Template: ${name}, $name, $$
 _MEMORY_TYPE_K = np.zeros(len(protocol.KIND_NAMES), np.int32)
 for _kind, _type in rollout._MEMORY_TYPE.items():  # pylint: disable=protected-access
   _MEMORY_TYPE_K[_kind] = _type
@@ -51,11 +50,16 @@ def _stack(lists: Sequence[Sequence[int]], width: int | None = None) -> tuple[np
 def _template_items(text: str, tokenizer: Any) -> list[tuple[str, Any]]:
   """A template as ("const", ids) and ("field", name) items."""
   items, position = [], 0
+  constant = ""
   for match in _PLACEHOLDER_RE.finditer(text):
-    items.append(("const", _ids(tokenizer, text[position:match.start()])))
-    items.append(("field", match.group(1)))
+    constant += text[position:match.start()]
     position = match.end()
-  items.append(("const", _ids(tokenizer, text[position:])))
+    if match.group(3):  # "$$" is a literal "$"
+      constant += "$"
+      continue
+    items += [("const", _ids(tokenizer, constant)), ("field", match.group(1) or match.group(2))]
+    constant = ""
+  items.append(("const", _ids(tokenizer, constant + text[position:])))
   return [item for item in items if item[0] == "field" or item[1]]
 
 

@@ -155,8 +155,9 @@ class SamplerPolicy:
 def _text_responses(policy: TextPolicy, prompts: list[str], tokenizer: Any) -> list[Response]:
   texts = policy(prompts)
   if not isinstance(texts, (list, tuple)) or len(texts) != len(prompts):
-    raise ValueError(f"policy returned {type(texts).__name__} of length {len(texts) if hasattr(texts, '__len__') else '?'}"
-                     f" for {len(prompts)} observations; it must return one string per observation")
+    size = len(texts) if hasattr(texts, "__len__") else "?"
+    raise ValueError(f"policy returned {type(texts).__name__} of length {size} for {len(prompts)} observations; it "
+                     f"must return one string per observation")
   out = []
   for text in texts:
     if not isinstance(text, str):

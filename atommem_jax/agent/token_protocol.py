@@ -10,9 +10,10 @@ concatenated, left-padded to a fixed width. The ids can differ from tokenising t
 merges across a boundary), which is why the token-space rollout has its own host loop to compare with.
 
 Response grammar on ids (the text grammar of `agent.protocol`, at token granularity):
-- `<think>` .. `</think>` (or to the end) is skipped (inside an op body its ids stay in the body); tags are single tokens; bodies are the ids between an opening
-  tag and its closing tag; an opening tag followed by another opening tag, a mismatched closing tag, a stray
-  closing tag or the end is an invalid part (as in the text grammar); unknown `<x>` pairs are plain text here.
+- `<think>` .. `</think>` (or to the end) is skipped (inside an op body its ids stay in the body); tags are single
+  tokens; bodies are the ids between an opening tag and its closing tag; an opening tag followed by another opening
+  tag, a mismatched closing tag, a stray closing tag or the end is an invalid part (as in the text grammar);
+  unknown `<x>` pairs are plain text here.
 - Stripping removes whitespace-only tokens at both ends (a token such as " Paris" keeps its leading space).
 - `Memory i` is the `Memory` token, whitespace tokens, digit tokens, whitespace tokens, then `:` (Update) or the
   end (Delete); the answer is the content of the last balanced `\\boxed{...}` (`\\boxed` or a token ending in `\\`
@@ -22,8 +23,6 @@ Response grammar on ids (the text grammar of `agent.protocol`, at token granular
 from __future__ import annotations
 
 import dataclasses
-import re
-import string
 from typing import Any, Sequence
 
 import jax
@@ -31,13 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from atommem_jax.agent import protocol
-from atommem_jax.agent.config import AgentConfig
-from atommem_jax.memory.config import MemoryConfig
-from atommem_jax.memory.state import MemoryState
 
 _THINK_OPEN, _THINK_CLOSE = 7, -7
 _MAX_SHOWN = 64  # "Memory i" targets are checked against at most this many shown entries
-_PLACEHOLDER_RE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 
 
 @jax.tree_util.register_dataclass
