@@ -3,7 +3,8 @@
 Exact retrieval is `jax.lax.top_k`, which puts the lower index first among equal values, so ties go to the lower
 slot. Approximate retrieval is `jax.lax.approx_max_k` (a partial reduction on TPU; XLA lowers it to an exact top-k on
 CPU and GPU); its k results are re-sorted by (score descending, slot ascending) so the order is as deterministic as
-the exact path. Fewer than k live slots: the remaining positions hold slot -1 and score -inf.
+the exact path. Fewer than k live slots: the remaining positions hold slot -1 and score -inf. Before any query is
+set the query embedding is zero, every live entry scores 0, and the lowest live slots are shown.
 """
 from __future__ import annotations
 
