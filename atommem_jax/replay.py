@@ -7,7 +7,9 @@ The transcript is
 where `config` overrides fields of `agent.config.AgentConfig` (chunk_tokens, overlap_tokens, max_chunks, max_steps,
 query_limit, query_limit_action, method, ablation switches, ...) and of `memory.config.MemoryConfig` (top_k,
 capacity, entry_tokens, ...), plus `tokenizer` (a tokenizer directory; default: the tiny default tokenizer) and
-`embedder` ("hashing", the default and only weight-free choice). Responses are fed in order as the policy's
+`embedder`: "hashing" (the default, weight-free) or the directory of a transformers Qwen3 checkpoint used as a
+Qwen3-Embedding-style embedder (last-token pooling, an instruction prefix on queries; its hidden size must equal
+`embed_dim` and its vocabulary must cover the tokenizer's). Responses are fed in order as the policy's
 outputs; if they run out before the episode ends, the replay stops there with `done: false`.
 
 Exactly one JSON object is printed:
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -78,12 +81,28 @@ def _check_transcript(transcript: Any, where: str) -> None:
     raise ValueError(f"{where}: every response must be a string")
 
 
-def _embedder(name: str, memory: MemoryConfig, where: str):
-  from atommem_jax.memory.embedders import HashingEmbedder  # pylint: disable=g-import-not-at-top
-  if name != "hashing":
-    raise configlib.ConfigError(f"{where}: config embedder {name!r} is not available to the replayer; use "
-                                f"\"hashing\"")
-  return HashingEmbedder(memory.embed_dim)
+EMBEDDING_INSTRUCTION = "Instruct: Given a question, retrieve notes that help answer it\nQuery:"
+
+
+def _embedder(name: str, memory: MemoryConfig, tokenizer: Any, where: str):
+  from atommem_jax.memory import embedders  # pylint: disable=g-import-not-at-top
+  if name == "hashing":
+    return embedders.HashingEmbedder(memory.embed_dim)
+  if not os.path.isdir(name):
+    raise configlib.ConfigError(f"{where}: config embedder {name!r} is neither \"hashing\" nor a checkpoint "
+                                f"directory")
+  from atommem_jax.checkpoint import hf  # pylint: disable=g-import-not-at-top
+  model_config, model = hf.load_hf(name, dtype="float32")
+  if model_config.hidden_size != memory.embed_dim:
+    raise configlib.ConfigError(f"{where}: embedder {name} has hidden size {model_config.hidden_size}; set "
+                                f"embed_dim to it (got {memory.embed_dim})")
+  if model_config.vocab_size < len(tokenizer):
+    raise configlib.ConfigError(f"{where}: embedder {name} has {model_config.vocab_size} token ids, fewer than the "
+                                f"tokenizer's {len(tokenizer)}")
+  eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+  return embedders.Qwen3Embedder(model, embedders.Qwen3EmbedderConfig(
+      query_prefix_ids=tuple(tokenizer.encode(EMBEDDING_INSTRUCTION, add_special_tokens=False)),
+      suffix_ids=(eos,) if isinstance(eos, int) and eos >= 0 else (), pad_id=tokenizer.pad_token_id or 0))
 
 
 def replay(transcript: dict[str, Any], where: str = "transcript") -> dict[str, Any]:
@@ -92,7 +111,7 @@ def replay(transcript: dict[str, Any], where: str = "transcript") -> dict[str, A
   agent, memory, tools = split_config(transcript.get("config", {}), where)
   from atommem_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   tokenizer = tokenizer_lib.load_tiny_tokenizer(tools.get("tokenizer"))
-  embed_fn = _embedder(tools.get("embedder", "hashing"), memory, where)
+  embed_fn = _embedder(tools.get("embedder", "hashing"), memory, tokenizer, where)
   episode = rollout_lib.Episode(id=where, document=transcript["document"], questions=tuple(transcript["questions"]),
                                 answers=tuple(tuple(a) for a in transcript["answers"]))
   responses = iter(transcript["responses"])

@@ -216,3 +216,17 @@ def test_fuzzed_episodes_keep_memory_and_pointer_invariants(fuzz_setup, response
   answered = [op["text"] for turn in trajectory.turns for op in turn.ops
               if op["type"] == "final_answer" and op["valid"]]
   assert [a for a in trajectory.answers if a is not None] == answered
+
+
+def test_replay_with_a_qwen3_checkpoint_as_embedder(tmp_path):
+  from hf_fixtures import make_tiny_hf_checkpoint  # pylint: disable=g-import-not-at-top
+  make_tiny_hf_checkpoint(tmp_path / "embedder", vocab_size=2048)  # hidden size 64; covers the tiny tokenizer
+  facts = ["Kalomi was born in Tesuna.", "Rativo was founded by Kalomi.", "Tesuna is located in Vorika."]
+  config = {**BASE, "embedder": str(tmp_path / "embedder"), "embed_dim": 64, "top_k": 2, "chunk_tokens": 4000}
+  result = _replay(["".join(f"<add_memory>{f}</add_memory>" for f in facts),
+                    "<final_answer>\\boxed{Tesuna}</final_answer>"], **config)
+  assert result["final"]["storage"] == facts and result["final"]["reward"] == 1.0
+  shown = result["turns"][1]["retrieved"]
+  assert len(shown) == 2 and set(shown) <= set(facts)
+  with pytest.raises(configlib.ConfigError, match="hidden size 64; set embed_dim"):
+    _replay(["x"], **{**config, "embed_dim": 32})
