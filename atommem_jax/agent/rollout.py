@@ -9,6 +9,10 @@ which ops are accepted (query limit, answers, end of episode), the accepted memo
 The policy is either a `SamplerPolicy` (the model) or any callable `policy(observations: list[str]) -> list[str]`,
 which receives the chat-formatted prompts of the trajectories still running, in row order.
 
+An op the environment accepted can still be refused by the memory itself (a "Memory i" whose entry was evicted
+earlier in the same turn, a Create into full storage under `overflow="reject"`); the per-op flags show the
+parser's and the environment's verdicts, the memory's own counters (`invalid_ops_B`, `overflow_events_B`) the rest.
+
 Rows are episode-major: row `b * G + g` is sample g of episode b. Methods other than AtomMem run in the same loop:
 MemAgent keeps one overwritten memory (the scratchpad) and always advances; RAG and full context skip reading
 (no chunks) and answer each question once.
@@ -233,7 +237,8 @@ def rollout(episodes: Sequence[Episode], policy: TextPolicy | SamplerPolicy, *, 
                              reward=0.0, done=False, turns=[], scratchpad="", query="", storage=[])
                   for r, ep in enumerate(row_episodes)]
   width = memory_config.max_ops_per_turn
-  for turn_index in range(min(agent.max_steps, agent.max_steps if max_turns is None else max_turns)):
+  turn_limit = agent.max_steps if max_turns is None else min(agent.max_steps, max_turns)
+  for turn_index in range(turn_limit):
     env_host, memory_host = jax.device_get((env, memory))
     rows = [r for r in range(num_rows) if not env_host.done_B[r]]
     if not rows:
@@ -275,10 +280,6 @@ def rollout(episodes: Sequence[Episode], policy: TextPolicy | SamplerPolicy, *, 
         question = int(result.answered_question_BxO[r, o])
         if question >= 0:
           trajectories[r].answers[question] = op.text
-      counts = {name: 0 for name in protocol.KIND_NAMES[1:]}
-      for op in ops:
-        if op.valid:
-          counts[op.name] += 1
       trajectories[r].turns.append(Turn(
           step=turn_index, phase="answer" if env_host.answer_phase_B[r] else "read",
           chunk_index=int(env_host.chunk_index_B[r]), question_index=int(env_host.question_index_B[r]),
@@ -286,8 +287,8 @@ def rollout(episodes: Sequence[Episode], policy: TextPolicy | SamplerPolicy, *, 
           response_ids=response.ids, response_logprobs=response.logprobs,
           ops=[{"type": op.name, "text": op.text, "target": op.target, "valid": op.valid, "reason": op.reason}
                for op in ops],
-          op_counts=counts, invalid_ops=sum(not op.valid for op in ops),
-          storage_size=int(memory_after.valid_BxM[r].sum())))
+          op_counts={name: sum(op.valid and op.name == name for op in ops) for name in protocol.KIND_NAMES[1:]},
+          invalid_ops=sum(not op.valid for op in ops), storage_size=int(memory_after.valid_BxM[r].sum())))
 
   env_host, memory_host = jax.device_get((env, memory))
   for r, trajectory in enumerate(trajectories):
