@@ -46,13 +46,16 @@ def _define_flags(values: flags.FlagValues) -> None:
 
 
 def _best_time(fn, repeats: int) -> tuple[float, object]:
-  fn()  # compile
-  best, out = float("inf"), None
+  """(seconds, output) of the fastest of `repeats` runs after one untimed compiling run."""
+  fn()
+  best, best_out = float("inf"), None
   for _ in range(repeats):
     start = time.perf_counter()
     out = fn()
-    best = min(best, time.perf_counter() - start)
-  return best, out
+    seconds = time.perf_counter() - start
+    if seconds < best:
+      best, best_out = seconds, out
+  return best, best_out
 
 
 def run(argv: list[str]) -> dict:
@@ -89,10 +92,10 @@ def run(argv: list[str]) -> dict:
 
   def model_run():
     generation_s[0] = 0.0
-    return rollout.rollout(episodes, policy, tokenizer=tokenizer, embed_fn=embed_fn, config=config)
+    out = rollout.rollout(episodes, policy, tokenizer=tokenizer, embed_fn=embed_fn, config=config)
+    return out, generation_s[0]
 
-  model_s, trajectories = _best_time(model_run, f.repeats)
-  model_generation_s = generation_s[0]
+  model_s, (trajectories, model_generation_s) = _best_time(model_run, f.repeats)
   turns = sum(len(t.turns) for t in trajectories)
   tokens = sum(len(turn.response_ids) for t in trajectories for turn in t.turns)
 
