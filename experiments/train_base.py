@@ -53,12 +53,12 @@ def tiny() -> ml_collections.ConfigDict:
   c.task.num_eval_episodes = 16
   c.task.synthetic = dict(seed=0, num_documents=256, num_questions=100, question_kinds=("birth_country",))
   c.task.long_context = dict(num_docs=4, seed=0, single_question_fraction=1.0)
-  c.agent.update(chunk_tokens=96, overlap_tokens=8, max_chunks=8, max_steps=14, query_limit=3)
+  c.agent.update(chunk_tokens=96, overlap_tokens=8, max_chunks=8, max_steps=6, query_limit=3)
   c.memory = dict(capacity=16, entry_tokens=32, scratchpad_tokens=48, query_tokens=32, embed_dim=64, top_k=4,
                   overflow="evict_oldest", max_ops_per_turn=4)
-  c.sft.update(steps=80, oracle_episodes=150, batch_size=16, num_microbatches=1, max_prompt_tokens=704,
+  c.sft.update(steps=150, oracle_episodes=150, batch_size=16, num_microbatches=1, max_prompt_tokens=704,
                max_completion_tokens=64)
-  c.sft.optimizer.update(learning_rate=3e-3, warmup_steps=10, decay_steps=80)
+  c.sft.optimizer.update(learning_rate=3e-3, warmup_steps=10, decay_steps=150)
   c.grpo.loss.num_generations = 4
   c.grpo.update(prompts_per_rollout=4, microbatch_rows=16, length_buckets=(768, 1024))
   c.grpo.sampler.update(max_new_tokens=64, prompt_buckets=(512, 768, 1024))

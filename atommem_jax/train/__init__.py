@@ -1,1 +1,17 @@
-"""train"""
+"""Training: GRPO math, the SFT loss, the sharded train step, and the resumable main loop.
+
+Public API:
+  grpo.GRPOConfig, grpo.group_advantages / token_advantages / clipped_policy_loss / kl_penalty / aggregate_loss /
+    entropy_from_logits / grpo_loss                 -- small pure functions chosen by `if` on the config
+  sft.read_sft_pairs / write_sft_pairs / tokenize_pairs / sft_loss
+  batching.TrainBatch, pack_rows, token_logprobs, split_microbatches
+  step.OptimizerConfig, StepConfig, TrainState, make_optimizer, init_params, state_shardings, init_train_state,
+    batch_shardings, shard_batch, train_step, make_train_step, make_logprobs_fn
+  config.TrainConfig (+ stage configs), loop.train_and_evaluate(config, workdir)
+  python -m atommem_jax.train --config experiments/grpo_hotpot.py[:tiny] --workdir DIR [--config.key=value]
+
+Workdir layout: checkpoints/<step>/{state,data,meta} (Orbax; state = TrainState with params as a pure dict),
+reference/ (the frozen KL policy), metrics.jsonl (one row per optimizer step), eval.jsonl (greedy evaluations),
+tensorboard/, sft_pairs.jsonl (oracle pairs), params_sft/ and params/ (Orbax parameter dirs in the
+`checkpoint.save_params` layout, for evaluation).
+"""

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
@@ -219,7 +220,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
           state = step_lib.init_train_state(state.params, grpo_tx, state_sharding).replace(step=state.step)
           if config.grpo.loss.use_kl:
             checkpointing.save_reference(workdir, state.params)
-            reference_params = state.params
+            # A copy: the train step donates (and so deletes) the state's buffers.
+            reference_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=params_sharding)(
+                state.params)
         update_index = grpo_index % config.grpo.updates_per_rollout
         if update_index == 0:
           rollout_index = grpo_index // config.grpo.updates_per_rollout

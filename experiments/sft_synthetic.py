@@ -1,0 +1,30 @@
+r"""SFT on the oracle's trajectories on the synthetic task (no downloads): the tiny default's first stage alone.
+
+  python -m atommem_jax.train --config experiments/sft_synthetic.py --workdir RUN
+
+`:small` is a shorter run for smoke tests. The oracle's (prompt, completion) pairs are written to RUN/sft_pairs.jsonl;
+RUN/params is the Orbax parameter dir experiments/grpo_synthetic.py can start from.
+"""
+import importlib.util
+import pathlib
+
+
+def _base():
+  spec = importlib.util.spec_from_file_location("train_base", pathlib.Path(__file__).with_name("train_base.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config(arg: str | None = None):
+  config = _base().tiny()
+  if arg == "small":
+    config.total_steps = 10
+    config.checkpoint_every = 5
+    config.eval.num_episodes = 4
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}; use '' or 'small'")
+  else:
+    config.total_steps = config.sft.steps
+  config.sft.steps = config.total_steps
+  return config

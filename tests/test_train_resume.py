@@ -1,0 +1,113 @@
+"""The main job killed with SIGKILL and rerun ends bit-identical to an uninterrupted run; config errors are clear.
+
+Runs `python -m atommem_jax.train` as a subprocess on a shrunken embedded default (2 SFT + 2 GRPO steps, a
+checkpoint every step). One run is killed after step 1 (during SFT, its checkpoint possibly still being written) and
+again after step 3 (during GRPO), then finishes; its parameters and metrics must equal the uninterrupted run's.
+"""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from atommem_jax import configlib
+from atommem_jax.train import checkpointing, loop
+from atommem_jax.train.config import TrainConfig
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXPERIMENT = str(ROOT / "experiments" / "grpo_hotpot.py")
+OVERRIDES = [
+    "--config.total_steps=4", "--config.checkpoint_every=1", "--config.keep_checkpoints=2",
+    "--config.sft.steps=2", "--config.sft.batch_size=4", "--config.sft.oracle_episodes=4",
+    "--config.task.synthetic.num_questions=24", "--config.task.num_eval_episodes=2", "--config.eval.num_episodes=0",
+    "--config.agent.max_steps=3", "--config.grpo.prompts_per_rollout=2", "--config.grpo.loss.num_generations=2",
+    "--config.grpo.sampler.max_new_tokens=12", "--config.grpo.microbatch_rows=8",
+]
+
+
+def _train(workdir: pathlib.Path, *extra: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+             PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  return subprocess.run([sys.executable, "-m", "atommem_jax.train", f"--config={EXPERIMENT}:tiny",
+                         f"--workdir={workdir}", *OVERRIDES, *extra], env=env, capture_output=True, text=True,
+                        timeout=600, cwd=ROOT)
+
+
+def _final_params(workdir: pathlib.Path):
+  return ocp.StandardCheckpointer().restore(workdir / "params" / "params")
+
+
+def _metrics(workdir: pathlib.Path) -> list[dict]:
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [{k: v for k, v in row.items() if k not in loop.TIMING_KEYS} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  base = tmp_path_factory.mktemp("resume")
+  straight, killed = base / "straight", base / "killed"
+  done = _train(straight)
+  assert done.returncode == 0, done.stderr[-4000:]
+  for kill_at in (1, 3):
+    result = _train(killed, f"--config.debug_kill_at_step={kill_at}")
+    assert result.returncode == -signal.SIGKILL, (result.returncode, result.stderr[-4000:])
+  result = _train(killed)
+  assert result.returncode == 0, result.stderr[-4000:]
+  return straight, killed
+
+
+def test_killed_and_resumed_run_is_bit_identical(runs):
+  straight, killed = runs
+  want, got = _final_params(straight), _final_params(killed)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  assert _metrics(killed) == _metrics(straight)
+  steps = [row["step"] for row in _metrics(killed)]
+  assert steps == [1, 2, 3, 4]  # every step logged exactly once
+  for row in _metrics(straight):
+    for key in ("loss", "reward_mean", "reward_std", "em", "kl", "clip_fraction", "entropy", "op_rate/create",
+                "op_rate/update", "op_rate/delete", "op_rate/read", "op_rate/scratchpad", "storage_size_mean"):
+      if row["phase"] == "grpo" or key in ("loss", "reward_mean"):
+        assert key in row, (key, row)
+  assert sorted(int(p.name) for p in (straight / "checkpoints").iterdir() if p.name.isdigit()) == [3, 4]
+
+
+def test_resume_with_incompatible_config_is_refused(runs):
+  straight, _ = runs
+  config = configlib.from_dict(TrainConfig, _config_dict(seed=1))
+  checkpoints = checkpointing.RunCheckpoints(straight, config)
+  with pytest.raises(checkpointing.CheckpointMismatchError, match=r"seed: 0 -> 1"):
+    checkpoints.check_compatible(checkpoints.latest_step())
+  # Keys that do not change what was trained may differ.
+  same = configlib.from_dict(TrainConfig, _config_dict(total_steps=10))
+  assert checkpointing.RunCheckpoints(straight, same).check_compatible(4)["step"] == 4
+
+
+def _config_dict(**changes):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("grpo_hotpot", EXPERIMENT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("tiny")
+  for override in OVERRIDES:
+    key, value = override.removeprefix("--config.").split("=")
+    node = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = type(node[leaf])(value)
+  for key, value in changes.items():
+    config[key] = value
+  return config
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+  result = _train(tmp_path / "run", "--config.sft.stepz=3")
+  assert result.returncode != 0
+  assert "stepz" in result.stderr
+  assert not (tmp_path / "run" / "checkpoints").exists()
