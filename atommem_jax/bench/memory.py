@@ -40,6 +40,7 @@ def _flags(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--dim", type=int, default=256)
   parser.add_argument("--entry_tokens", type=int, default=32)
   parser.add_argument("--turns", type=int, default=30)
+  parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--store_size", type=int, default=1_000_000)
   parser.add_argument("--store_queries", type=int, default=1000)
   parser.add_argument("--store_data", choices=("clustered", "random", "both"), default="both")
@@ -149,11 +150,15 @@ def bench_turn(flags) -> dict:
   turn = jax.jit(transitions.turn, static_argnames=("embed_fn", "config"), donate_argnums=0)
   state, slots, _ = turn(state, op_batches[0], embed, config=config)  # compile
   jax.block_until_ready(slots)
-  start = time.perf_counter()
-  for ops in op_batches:
-    state, slots, _ = turn(state, ops, embed, config=config)
-  jax.block_until_ready((state, slots))
-  jax_s = (time.perf_counter() - start) / flags.turns
+  # The machine may be shared: each side is timed over several passes of all turns and its best pass counts.
+  pass_seconds = []
+  for _ in range(flags.repeats):
+    start = time.perf_counter()
+    for ops in op_batches:
+      state, slots, _ = turn(state, ops, embed, config=config)
+    jax.block_until_ready((state, slots))
+    pass_seconds.append((time.perf_counter() - start) / flags.turns)
+  jax_s = min(pass_seconds)
 
   # faiss's OpenMP threads cost more than they give on one-query searches of 512 vectors, so the baseline is timed
   # with its default thread count and with one thread, and the faster of the two is the one compared against.
@@ -166,11 +171,14 @@ def bench_turn(flags) -> dict:
       tokens, lengths = _random_texts(rng, config.capacity, config.entry_tokens)
       memories.append(_FaissMemory(faiss, config.embed_dim, config.capacity, tokens, lengths, config.top_k))
       memories[-1].query = embedders.hash_embed_numpy(tokens[:1], lengths[:1], config.embed_dim)
-    start = time.perf_counter()
-    for ops in host_ops:
-      for memory, trajectory_ops in zip(memories, ops):
-        memory.turn(trajectory_ops)
-    faiss_ms[threads] = 1e3 * (time.perf_counter() - start) / flags.turns
+    pass_ms = []
+    for _ in range(flags.repeats if threads == 1 else 1):
+      start = time.perf_counter()
+      for ops in host_ops:
+        for memory, trajectory_ops in zip(memories, ops):
+          memory.turn(trajectory_ops)
+      pass_ms.append(1e3 * (time.perf_counter() - start) / flags.turns)
+    faiss_ms[threads] = min(pass_ms)
   faiss.omp_set_num_threads(default_threads)
   faiss_s = min(faiss_ms.values()) / 1e3
 
@@ -221,9 +229,16 @@ def bench_store(flags, kind: str) -> dict:
   flat = faiss.IndexFlatIP(dim)
   flat.add(database)
   flat.search(queries[:10], k)
-  start = time.perf_counter()
-  _, exact = flat.search(queries, k)
-  flat_s = time.perf_counter() - start
+  # As in the turn benchmark, faiss is timed with its default OpenMP threads and with one; the faster one counts.
+  flat_times = {}
+  default_threads = faiss.omp_get_max_threads()
+  for threads in (default_threads, 1):
+    faiss.omp_set_num_threads(threads)
+    start = time.perf_counter()
+    _, exact = flat.search(queries, k)
+    flat_times[threads] = time.perf_counter() - start
+  faiss.omp_set_num_threads(default_threads)
+  flat_s = min(flat_times.values())
 
   store = ScannStore(ScannStoreConfig(dim=dim, k=k, recall_target=0.95))
   start = time.perf_counter()
@@ -239,6 +254,7 @@ def bench_store(flags, kind: str) -> dict:
       f"scann_{kind}_recall_at_10": round(recall, 4),
       f"scann_{kind}_qps": round(len(queries) / store_s, 1),
       f"faiss_flat_{kind}_qps": round(len(queries) / flat_s, 1),
+      f"faiss_flat_{kind}_qps_by_threads": {str(t): round(len(queries) / v, 1) for t, v in flat_times.items()},
       f"scann_{kind}_qps_ratio_vs_faiss_flat": round(flat_s / store_s, 2),
       f"scann_{kind}_build_s": round(build_s, 1),
       f"scann_{kind}_settings": {key: stats[key] for key in ("leaves_to_search", "pre_reorder", "calibrated_recall")},
