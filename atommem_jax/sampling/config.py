@@ -30,7 +30,8 @@ class SamplerConfig:
       same reason; empty means: the next power of two.
     stop_strings: generation stops once the generated text contains one of these; the returned text ends exactly
       at the end of the first occurrence (the stop string is kept, as the agent's tags must stay parseable).
-    eos_ids: token ids that end a row (kept in the output: the policy produced them and GRPO scores them).
+    eos_ids: token ids that end a row (kept in the output: the policy produced them and GRPO scores them); empty
+      means rows end only at a stop string or the length budget (callers pass the tokenizer's EOS explicitly).
     pad_id: the id written into prompt padding and after a row has stopped.
     cache_dtype: dtype of the KV cache ("float32" or "bfloat16"); None uses the model's activation dtype.
   """
