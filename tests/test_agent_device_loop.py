@@ -80,8 +80,6 @@ def test_device_loop_equals_the_host_loop_for_the_same_seed(token_rollout):
     np.testing.assert_array_equal(getattr(host[2], field.name), getattr(device[2], field.name), err_msg=field.name)
   np.testing.assert_array_equal(host[0].query_tokens_BxQ, device[0].query_tokens_BxQ)
   np.testing.assert_array_equal(host[1].done_B, device[1].done_B)
-  other = rollout_.run_device_loop(params, seed=6)
-  assert not np.array_equal(other[2].response_TxRxN, device[2].response_TxRxN)
 
   trajectories = rollout_.trajectories(*device)
   assert len(trajectories) == 4 and all(t.done and 1 <= len(t.turns) <= 3 for t in trajectories)
