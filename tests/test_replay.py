@@ -230,3 +230,31 @@ def test_replay_with_a_qwen3_checkpoint_as_embedder(tmp_path):
   assert len(shown) == 2 and set(shown) <= set(facts)
   with pytest.raises(configlib.ConfigError, match="hidden size 64; set embed_dim"):
     _replay(["x"], **{**config, "embed_dim": 32})
+
+
+def test_a_user_template_directory_replaces_our_wording(tmp_path, two_chunks):
+  tokenizer = load_tiny_tokenizer()
+  templates = protocol.Templates.load()
+  for name, text in templates.texts.items():
+    (tmp_path / f"{name}.txt").write_text(text)
+  (tmp_path / "read.txt").write_text("READ $chunk_number/$num_chunks | $questions | notes: ${memories} | $$5 | $chunk")
+  (tmp_path / "system.txt").write_text("Be brief.")
+  seen = []
+  policy = lambda observations: seen.extend(observations) or ["<final_answer>\\boxed{Tesuna}</final_answer>"]
+  memory = MemoryConfig(**{k: v for k, v in BASE.items() if k != "top_k"}, top_k=3)
+  agent = AgentConfig(template_dir=str(tmp_path), **two_chunks)
+  episode = rollout.Episode(id="t", document=DOCUMENT, questions=("Where was Kalomi born?",), answers=(("Tesuna",),))
+  (trajectory,) = rollout.rollout([episode], policy, tokenizer=tokenizer, embed_fn=HashingEmbedder(64),
+                                  config=rollout.RolloutConfig(agent=agent, memory=memory))
+  assert trajectory.reward == 1.0
+  assert seen[0].startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nREAD 1/2 | Question 1: ")
+  assert "| notes: (no memory) | $5 | Document 1:" in seen[0]
+  (tmp_path / "answer.txt").unlink()
+  with pytest.raises(FileNotFoundError, match="answer.txt"):
+    protocol.Templates.load(str(tmp_path))
+  (tmp_path / "answer.txt").write_text("${question} ${unknown_field}")
+  with pytest.raises(ValueError, match=r"answer.txt: placeholder\(s\) \['unknown_field'\]"):
+    protocol.Templates.load(str(tmp_path))
+  (tmp_path / "answer.txt").write_text("costs $ 5")
+  with pytest.raises(ValueError, match="malformed"):
+    protocol.Templates.load(str(tmp_path))

@@ -175,8 +175,18 @@ def disable_ops(ops: Sequence[Op], disabled_kinds: Sequence[int]) -> list[Op]:
 # Observations
 # ----------------------------------------------------------------------------------------------------------------
 
-TEMPLATE_NAMES = ("system", "baseline_system", "read", "answer", "memagent_read", "memagent_answer", "rag_answer",
-                  "full_context_answer")
+# Each view's file and the placeholders it may use (a template may leave any of them out).
+TEMPLATE_FIELDS = {
+    "system": (),
+    "baseline_system": (),
+    "read": ("questions", "scratchpad", "query", "memories", "chunk", "chunk_number", "num_chunks"),
+    "answer": ("question", "scratchpad", "query", "memories"),
+    "memagent_read": ("questions", "memory", "chunk", "chunk_number", "num_chunks"),
+    "memagent_answer": ("question", "memory"),
+    "rag_answer": ("question", "chunks"),
+    "full_context_answer": ("question", "context"),
+}
+TEMPLATE_NAMES = tuple(TEMPLATE_FIELDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +207,11 @@ class Templates:
       if not path.is_file():
         raise FileNotFoundError(f"template directory {root} has no {name}.txt (needs {list(TEMPLATE_NAMES)})")
       texts[name] = path.read_text(encoding="utf-8")
+      template = string.Template(texts[name])
+      unknown = sorted(set(template.get_identifiers()) - set(TEMPLATE_FIELDS[name]))
+      if unknown or not template.is_valid():
+        raise ValueError(f"template {path}: placeholder(s) {unknown or 'malformed ($ not followed by a name)'} "
+                         f"not among {list(TEMPLATE_FIELDS[name])} (write $$ for a literal $)")
     return cls(texts=texts, directory=str(root))
 
   def render(self, name: str, **fields: Any) -> str:
