@@ -102,6 +102,15 @@ def test_smoothing_is_debiased_ema():
   assert plots.smooth([3.0, 5.0], 0.0) == [3.0, 5.0]
 
 
+def test_sft_only_run_plots_loss_and_held_out_points(tmp_path):
+  # Before GRPO starts there are no rollout metrics, only losses and the trainer's evaluations.
+  metrics = write_metrics(tmp_path / "metrics.jsonl", steps=5, sft_steps=5)
+  names = {path.name for path in plots.write_training_plots(metrics, tmp_path / "plots")}
+  assert names == {"loss.png", "reward.png", "em.png"}
+  for name in names:
+    assert_png(tmp_path / "plots" / name)
+
+
 def test_phase_boundaries_follow_the_phase_key(tmp_path):
   rows = plots.read_metrics(write_metrics(tmp_path / "metrics.jsonl", steps=8, sft_steps=3))
   assert plots.phase_starts(rows) == [(1, "sft"), (4, "grpo")]

@@ -155,7 +155,7 @@ def plot_curve(rows: Sequence[Mapping[str, Any]], spec: CurveSpec, out_dir: path
     ax.plot(point_steps, point_values, "k*", markersize=9, label=points_label or f"{spec.keys[0]} (eval)")
   for key, steps, values in drawn:
     ax.plot(steps, smooth(values, smoothing), label=key, linewidth=1.5)
-  if spec.band_key:
+  if spec.band_key and drawn:  # an SFT-only run has evaluation points but no rollout curve to put a band on
     key, steps, values = drawn[0]
     band_steps, band = series(rows, spec.band_key)
     if band_steps == steps:
