@@ -9,8 +9,8 @@ than k live entries; ties go to the earlier-inserted entry.
 Per namespace:
 - below `brute_force_below` live entries (20k by default) it is exact numpy search (one matmul + a partition).
   Measured on 2 shared CPU cores (`python -m atommem_jax.bench memory`, `brute_force_crossover`, 200 queries,
-  D=128): at 5k numpy took 56 ms vs ScaNN 31 ms + a 0.95 s build; at 20k 161 ms vs 56 ms + 2.4 s; at 50k 183 ms vs
-  52 ms + 4.2 s. Below 20k exact search costs under a millisecond per query and needs no build, and every
+  D=128): at 5k numpy took 48 ms vs ScaNN 19 ms + a 0.4 s build; at 20k 159 ms vs 44 ms + 1.6 s; at 50k 215 ms vs
+  71 ms + 4.7 s. Below 20k exact search costs under a millisecond per query and needs no build, and every
   `max_delta` mutations would trigger a multi-second rebuild; above it ScaNN's search advantage grows with size.
 - above it, a ScaNN searcher (asymmetric hashing, plus a k-means tree at >= `tree_above` entries) whose search
   effort (leaves searched, candidates re-scored exactly) is calibrated at build time on held-out database rows to
