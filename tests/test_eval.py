@@ -214,9 +214,10 @@ def test_summary_is_question_level_with_per_episode_memory_counts():
 
 
 def test_embedder_width_must_be_the_memory_width(checkpoint_dir, tmp_path):
-  from hf_fixtures import make_tiny_hf_checkpoint
+  from atommem_jax.checkpoint import export_hf, restore_params
   embedder_dir = tmp_path / "qwen3_embedding"
-  make_tiny_hf_checkpoint(embedder_dir)  # hidden size 64, as transformers saves it (no tokenizer files needed)
+  model_config, model = restore_params(checkpoint_dir)
+  export_hf(model, model_config, embedder_dir)  # an HF dir (config.json + safetensors), hidden size 64
   config = tiny_eval_config(checkpoint_dir, embedder=str(embedder_dir), memory=dict(embed_dim=32))
   _assert_error_writes_nothing(config, tmp_path / "out",
                                match=r"qwen3_embedding has width 64, but memory.embed_dim is \{'atommem': 32\}")
