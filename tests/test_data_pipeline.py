@@ -5,7 +5,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from atommem_jax.data import build, long_context, pipeline, synthetic
+from atommem_jax import atomic_files
+from atommem_jax.data import long_context, pipeline, synthetic
 from atommem_jax.data.records import DataFormatError
 from atommem_jax.data.tokenizer import load_tiny_tokenizer
 
@@ -131,7 +132,7 @@ def test_sft_batches(tok):
 
 def test_read_examples_from_build_output(examples, tmp_path):
   path = tmp_path / "examples.jsonl"
-  build.write_jsonl([e.to_json() for e in examples], str(path))
+  atomic_files.write_jsonl(path, [e.to_json() for e in examples])
   assert pipeline.read_examples(str(path)) == examples
   path.write_text(path.read_text() + '{"id": "broken"}\n')
   with pytest.raises(DataFormatError, match=rf"examples\.jsonl: line {NUM_EXAMPLES + 1}: not a long-context"):

@@ -4,11 +4,10 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
-from atommem_jax import generate
+from atommem_jax.sampling.from_checkpoint import generate_from_dir
 from atommem_jax.checkpoint import copy_tokenizer_files, load_hf, save_params
 from atommem_jax.data.tokenizer import load_tiny_tokenizer, tiny_tokenizer_dir
 from atommem_jax.sampling import chat
@@ -66,7 +65,7 @@ def test_orbax_dir_with_chat_template_and_samples(hf_dir_and_model, tmp_path):
   save_params(tmp_path / "orbax", model, config, tokenizer_src=path)
   tokenizer = load_tiny_tokenizer()
   chat_ids = [chat.user_prompt_ids(tokenizer, p) for p in PROMPTS]
-  rows = generate.generate(str(tmp_path / "orbax"), PROMPTS, max_new_tokens=NEW, greedy=True, temperature=1.0,
+  rows = generate_from_dir(str(tmp_path / "orbax"), PROMPTS, max_new_tokens=NEW, greedy=True, temperature=1.0,
                            top_k=0, top_p=1.0, num_samples=2, stop=[], seed=0, chat=True)
   expected = hf_greedy_until_eos(hf_model, tokenizer, chat_ids)
   assert [(r["prompt_index"], r["sample_index"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
@@ -80,12 +79,12 @@ def test_clear_errors(hf_dir_and_model, tmp_path):
   bare = tmp_path / "no_tokenizer"
   make_tiny_hf_checkpoint(bare)
   with pytest.raises(ValueError, match="holds no tokenizer files"):
-    generate.generate(str(bare), PROMPTS, max_new_tokens=2, greedy=True, temperature=1.0, top_k=0, top_p=1.0,
+    generate_from_dir(str(bare), PROMPTS, max_new_tokens=2, greedy=True, temperature=1.0, top_k=0, top_p=1.0,
                       num_samples=1, stop=[], seed=0, chat=False)
   with pytest.raises(ValueError, match="is not a directory"):
-    generate.generate(str(tmp_path / "missing"), PROMPTS, max_new_tokens=2, greedy=True, temperature=1.0, top_k=0,
+    generate_from_dir(str(tmp_path / "missing"), PROMPTS, max_new_tokens=2, greedy=True, temperature=1.0, top_k=0,
                       top_p=1.0, num_samples=1, stop=[], seed=0, chat=False)
   with pytest.raises(ValueError, match="neither an HF Qwen3 directory"):
     copy_tokenizer_files(tiny_tokenizer_dir(), tmp_path)
-    generate.generate(str(tmp_path), PROMPTS, max_new_tokens=2, greedy=True, temperature=1.0, top_k=0, top_p=1.0,
+    generate_from_dir(str(tmp_path), PROMPTS, max_new_tokens=2, greedy=True, temperature=1.0, top_k=0, top_p=1.0,
                       num_samples=1, stop=[], seed=0, chat=False)

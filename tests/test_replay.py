@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from atommem_jax import configlib, replay
+from atommem_jax import configlib
+from atommem_jax.agent import replay
 from atommem_jax.agent import env as env_lib
 from atommem_jax.agent import protocol, rollout
 from atommem_jax.agent.config import AgentConfig

@@ -3,7 +3,6 @@ stop conditions, G samples per prompt, bounded compilations, and the sharded pat
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import pathlib
 from typing import Any, Callable, Sequence
 
@@ -29,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from atommem_jax import atomic_files
 from atommem_jax.agent import env as env_lib
 from atommem_jax.agent import protocol
 from atommem_jax.agent import views
@@ -301,10 +301,4 @@ def rollout(episodes: Sequence[Episode], policy: TextPolicy | SamplerPolicy, *, 
 
 def write_jsonl(trajectories: Sequence[Trajectory], path: str | pathlib.Path) -> None:
   """One trajectory per line: every turn's observation, response, parsed ops and storage size (no token ids)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  with tmp.open("w", encoding="utf-8") as f:
-    for trajectory in trajectories:
-      f.write(json.dumps(trajectory.to_json(), ensure_ascii=False) + "\n")
-  tmp.replace(path)  # a crash mid-write leaves no partial file behind
+  atomic_files.write_jsonl(path, (trajectory.to_json() for trajectory in trajectories))

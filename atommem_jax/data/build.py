@@ -10,13 +10,11 @@ leaves no partial output. The same flags give a byte-identical file.
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from typing import Sequence
 
 from absl import app, flags
 
+from atommem_jax import atomic_files
 from atommem_jax.data import long_context, readers, synthetic
 from atommem_jax.data.records import Corpus
 
@@ -48,21 +46,6 @@ def load_corpus(dataset: str, path: str | None, *, seed: int, num_docs: int, on_
   return readers.read_dataset(dataset, path, readers.ReaderConfig(on_bad_row=on_bad_row))
 
 
-def write_jsonl(rows: Sequence[dict], path: str) -> None:
-  """Writes `rows` atomically: to a temporary file beside `path`, then renamed over it."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".jsonl")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      for row in rows:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp_path, path)
-  except BaseException:
-    os.unlink(tmp_path)
-    raise
-
-
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -76,7 +59,7 @@ def main(argv: Sequence[str]) -> None:
     examples = long_context.build_examples(corpus, config)
   except ValueError as e:  # DataFormatError included: the message names the file, row or example
     raise SystemExit(f"error: {e}") from None
-  write_jsonl([e.to_json() for e in examples], _OUTPUT.value)
+  atomic_files.write_jsonl(_OUTPUT.value, [e.to_json() for e in examples])
   print(f"wrote {len(examples)} examples ({len(corpus.records)} questions, pool {len(corpus.pool)} paragraphs, "
         f"{corpus.num_skipped} rows skipped) to {_OUTPUT.value}")
 

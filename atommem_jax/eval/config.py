@@ -10,7 +10,7 @@ command line can reach into them (`--config.datasets.hotpotqa.num_docs=(200,)`,
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping
 
 from atommem_jax import configlib
 from atommem_jax.agent.config import AgentConfig

@@ -10,9 +10,9 @@ import dataclasses
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
+from atommem_jax import atomic_files
 from atommem_jax.agent import protocol
 from atommem_jax.metrics import scores as scores_lib
 
@@ -113,17 +113,6 @@ def markdown_report(rows: Sequence[Mapping[str, Any]], *, checkpoint: str, figur
   return "\n".join(parts)
 
 
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
-
-
 def write_results(out_dir: str | os.PathLike[str], summary: Sequence[Mapping[str, Any]],
                   trajectories: Iterable[Mapping[str, Any]], *, checkpoint: str,
                   config: Mapping[str, Any], figures: Sequence[str] = ()) -> dict[str, pathlib.Path]:
@@ -134,9 +123,9 @@ def write_results(out_dir: str | os.PathLike[str], summary: Sequence[Mapping[str
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = {name: out_dir / name for name in ("trajectories.jsonl", "results.json", "results.md")}
-  _atomic_write(paths["trajectories.jsonl"],
+  atomic_files.write_text(paths["trajectories.jsonl"],
                 "".join(json.dumps(t, ensure_ascii=False, sort_keys=True) + "\n" for t in trajectories))
-  _atomic_write(paths["results.json"], json.dumps(
+  atomic_files.write_text(paths["results.json"], json.dumps(
       {"checkpoint": checkpoint, "config": config, "summary": list(summary)}, indent=2, sort_keys=True) + "\n")
-  _atomic_write(paths["results.md"], markdown_report(summary, checkpoint=checkpoint, figures=figures))
+  atomic_files.write_text(paths["results.md"], markdown_report(summary, checkpoint=checkpoint, figures=figures))
   return paths

@@ -34,7 +34,6 @@ import os
 import pathlib
 import shutil
 import tempfile
-import time
 from typing import Sequence
 
 import numpy as np

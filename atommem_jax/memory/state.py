@@ -11,7 +11,7 @@ from __future__ import annotations
 import flax.struct
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from atommem_jax import sharding
 from atommem_jax.memory.config import MemoryConfig

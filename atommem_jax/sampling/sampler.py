@@ -14,7 +14,6 @@ from typing import Any, Callable, Sequence
 
 import flax.nnx as nnx
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
