@@ -46,8 +46,8 @@ def released() -> ml_collections.ConfigDict:
 def tiny() -> ml_collections.ConfigDict:
   """The embedded default: tiny_default Qwen3 (random init), the tiny tokenizer, the synthetic task."""
   c = released()
-  c.total_steps = 92  # 80 SFT + 12 GRPO
-  c.checkpoint_every = 20
+  c.total_steps = 190  # 160 SFT + 30 GRPO
+  c.checkpoint_every = 30
   c.model.preset = "tiny_default"
   c.task.dataset = "synthetic"
   c.task.num_eval_episodes = 16
@@ -56,12 +56,12 @@ def tiny() -> ml_collections.ConfigDict:
   c.agent.update(chunk_tokens=96, overlap_tokens=8, max_chunks=8, max_steps=6, query_limit=3)
   c.memory = dict(capacity=16, entry_tokens=32, scratchpad_tokens=48, query_tokens=32, embed_dim=64, top_k=4,
                   overflow="evict_oldest", max_ops_per_turn=4)
-  c.sft.update(steps=80, oracle_episodes=150, batch_size=16, num_microbatches=1, max_prompt_tokens=704,
+  c.sft.update(steps=160, oracle_episodes=150, batch_size=16, num_microbatches=1, max_prompt_tokens=704,
                max_completion_tokens=64)
-  c.sft.optimizer.update(learning_rate=3e-3, warmup_steps=10, decay_steps=80)
+  c.sft.optimizer.update(learning_rate=3e-3, warmup_steps=10, decay_steps=160)
   c.grpo.loss.num_generations = 4
-  c.grpo.update(prompts_per_rollout=2, microbatch_rows=16, length_buckets=(768, 1024))
+  c.grpo.update(prompts_per_rollout=4, microbatch_rows=16, length_buckets=(768, 1024))
   c.grpo.sampler.update(max_new_tokens=64, prompt_buckets=(512, 768, 1024))
-  c.grpo.optimizer.update(learning_rate=5e-5, warmup_steps=2, decay_steps=12)
+  c.grpo.optimizer.update(learning_rate=5e-5, warmup_steps=2, decay_steps=30)
   c.eval = dict(num_episodes=16, max_new_tokens=64)
   return c
