@@ -32,8 +32,11 @@ OVERRIDES = [
 
 
 def _train(workdir: pathlib.Path, *extra: str) -> subprocess.CompletedProcess:
+  # The runs share a persistent compilation cache (beside the workdirs): the same programs, compiled once.
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
-             PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+             PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             JAX_COMPILATION_CACHE_DIR=str(workdir.parent / "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   return subprocess.run([sys.executable, "-m", "atommem_jax.train", f"--config={EXPERIMENT}:tiny",
                          f"--workdir={workdir}", *OVERRIDES, *extra], env=env, capture_output=True, text=True,
                         timeout=600, cwd=ROOT)
