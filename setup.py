@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",
     "tqdm==4.70.1",
+    "jinja2==3.1.6",  # transformers renders chat templates with it
 ]
 
 EXTRAS_REQUIRE = {
