@@ -1,11 +1,12 @@
-"""Whole-file writes that never leave a partial file: write beside the target, then rename over it."""
+"""JSON-lines files: whole-file writes that never leave a partial file (write beside, then rename), and a reader
+whose every error names the file and line."""
 from __future__ import annotations
 
 import json
 import os
 import pathlib
 import tempfile
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -24,3 +25,20 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
   """One JSON object per line (UTF-8, not ASCII-escaped)."""
   write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def read_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError) -> Iterator[tuple[int, dict[str, Any]]]:
+  """(line number, object) for each non-blank line; a missing file, invalid JSON or a non-object raises `error`."""
+  if not os.path.isfile(path):
+    raise error(f"{path}: file does not exist")
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise error(f"{path}: line {line_no}: not valid JSON ({e.msg})") from None
+      if not isinstance(row, dict):
+        raise error(f"{path}: line {line_no}: expected a JSON object, got {type(row).__name__}")
+      yield line_no, row

@@ -13,11 +13,11 @@ otherwise. All four are means over the lines, fractions in [0, 1]; `n` is the nu
 from __future__ import annotations
 
 import json
-import os
 from typing import Sequence
 
 from absl import app, flags
 
+from atommem_jax import atomic_files
 from atommem_jax.metrics import scores
 
 _PREDICTIONS = flags.DEFINE_string("predictions", None, "JSONL file of {prediction, answers} lines.")
@@ -29,26 +29,15 @@ class PredictionsError(ValueError):
 
 
 def read_predictions(path: str) -> list[tuple[str, list[str]]]:
-  if not os.path.isfile(path):
-    raise PredictionsError(f"{path}: file does not exist")
   rows = []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise PredictionsError(f"{path}: line {line_no}: not valid JSON ({e.msg})") from None
-      if not isinstance(row, dict):
-        raise PredictionsError(f"{path}: line {line_no}: expected a JSON object")
-      prediction, answers = row.get("prediction"), row.get("answers")
-      if not isinstance(prediction, str):
-        raise PredictionsError(f"{path}: line {line_no}: 'prediction' should be a string, got "
-                               f"{type(prediction).__name__}")
-      if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
-        raise PredictionsError(f"{path}: line {line_no}: 'answers' should be a non-empty list of strings")
-      rows.append((prediction, answers))
+  for line_no, row in atomic_files.read_jsonl(path, PredictionsError):
+    prediction, answers = row.get("prediction"), row.get("answers")
+    if not isinstance(prediction, str):
+      raise PredictionsError(f"{path}: line {line_no}: 'prediction' should be a string, got "
+                             f"{type(prediction).__name__}")
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+      raise PredictionsError(f"{path}: line {line_no}: 'answers' should be a non-empty list of strings")
+    rows.append((prediction, answers))
   if not rows:
     raise PredictionsError(f"{path}: file holds no predictions")
   return rows

@@ -58,8 +58,8 @@ def test_cli_missing_and_empty_metrics_are_clear_errors(tmp_path):
     result = subprocess.run([sys.executable, "-m", "atommem_jax.plot", "--workdir", str(tmp_path)],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode != 0
-    expected = "does not exist" if content is None else "is empty"
-    assert f"error: metrics file {metrics} {expected}" in result.stderr
+    expected = f"{metrics}: file does not exist" if content is None else f"metrics file {metrics} is empty"
+    assert f"error: {expected}" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "plots").exists()
 
@@ -68,10 +68,10 @@ def test_malformed_row_names_file_and_line(tmp_path):
   metrics = write_metrics(tmp_path / "metrics.jsonl", steps=3, sft_steps=0)
   with metrics.open("a") as f:
     f.write('{"step": 4, "loss": 0.1\n')
-  with pytest.raises(plots.MetricsError, match=r"metrics.jsonl:4: not valid JSON"):
+  with pytest.raises(plots.MetricsError, match=r"metrics.jsonl: line 4: not valid JSON"):
     plots.read_metrics(metrics)
   metrics.write_text('{"loss": 0.1}\n')
-  with pytest.raises(plots.MetricsError, match=r"metrics.jsonl:1: expected a JSON object with an integer 'step'"):
+  with pytest.raises(plots.MetricsError, match=r"metrics.jsonl: line 1: expected a JSON object"):
     plots.read_metrics(metrics)
 
 

@@ -1,5 +1,4 @@
 """SFT: JSONL reading, packing with a completion-only loss mask, the loss against torch, zero gradient when masked."""
-import json
 
 import jax
 import jax.numpy as jnp
@@ -15,10 +14,10 @@ def test_read_write_roundtrip_and_errors(tmp_path):
   assert sft.read_sft_pairs(path) == [("p1 ü", "c1"), ("p2", "c2")]
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n')
-  with pytest.raises(ValueError, match=r"bad.jsonl:2: key 'completion'"):
+  with pytest.raises(ValueError, match=r"bad.jsonl: line 2: key 'completion'"):
     sft.read_sft_pairs(bad)
   bad.write_text('{"prompt": "a", "completion": "b"}\nnot json\n')
-  with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
+  with pytest.raises(ValueError, match=r"bad.jsonl: line 2: not valid JSON"):
     sft.read_sft_pairs(bad)
   bad.write_text("\n")
   with pytest.raises(ValueError, match="no \\(prompt, completion\\) pairs"):

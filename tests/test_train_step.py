@@ -1,6 +1,5 @@
 """The jitted train step: accumulation equals the full batch, a (2, 2, 2) mesh equals one device, NaN is skipped."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

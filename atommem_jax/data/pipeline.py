@@ -18,13 +18,12 @@ Checkpointing with Orbax, next to the train state in one CheckpointManager:
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any, Callable, Literal, Sequence
 
 import grain
 import numpy as np
 
+from atommem_jax import atomic_files
 from atommem_jax.data.long_context import LongContextExample
 from atommem_jax.data.records import DataFormatError
 
@@ -116,17 +115,12 @@ class RolloutBatch:
 
 def read_examples(path: str) -> list[LongContextExample]:
   """Examples from a JSONL file written by `python -m atommem_jax.data.build`."""
-  if not os.path.isfile(path):
-    raise DataFormatError(f"{path}: file does not exist")
   examples = []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        examples.append(LongContextExample.from_json(json.loads(line)))
-      except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise DataFormatError(f"{path}: line {line_no}: not a long-context example ({type(e).__name__}: {e})") from None
+  for line_no, row in atomic_files.read_jsonl(path, DataFormatError):
+    try:
+      examples.append(LongContextExample.from_json(row))
+    except (KeyError, TypeError, ValueError) as e:
+      raise DataFormatError(f"{path}: line {line_no}: not a long-context example ({type(e).__name__}: {e})") from None
   if not examples:
     raise DataFormatError(f"{path}: file holds no examples")
   return examples

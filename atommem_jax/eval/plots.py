@@ -10,7 +10,6 @@ backend; each PNG is written to a temporary name and renamed, so a failed plot l
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -20,6 +19,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+from atommem_jax import atomic_files  # pylint: disable=g-import-not-at-top
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 OP_RATE_PREFIX = "op_rate/"
@@ -54,21 +55,11 @@ TRAINING_CURVES = (
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
   """Rows of a JSONL metrics file, sorted by `step`; a step logged twice keeps its last row."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise MetricsError(f"metrics file {path} does not exist (expected the trainer's metrics.jsonl)")
   by_step: dict[int, dict[str, Any]] = {}
-  with path.open() as f:
-    for line_number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise MetricsError(f"{path}:{line_number}: not valid JSON ({e.msg})") from e
-      if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-        raise MetricsError(f"{path}:{line_number}: expected a JSON object with an integer 'step'")
-      by_step[row["step"]] = row
+  for line_no, row in atomic_files.read_jsonl(path, MetricsError):
+    if not isinstance(row.get("step"), int):
+      raise MetricsError(f"{path}: line {line_no}: expected a JSON object with an integer 'step'")
+    by_step[row["step"]] = row
   if not by_step:
     raise MetricsError(f"metrics file {path} is empty: no optimizer step has been logged yet")
   return [by_step[step] for step in sorted(by_step)]

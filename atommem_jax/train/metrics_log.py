@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 from typing import Any, Mapping
+
+from atommem_jax import atomic_files
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
@@ -29,11 +30,7 @@ def _read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
 
 
 def _rewrite(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  with tmp.open("w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row) + "\n")
-  os.replace(tmp, path)
+  atomic_files.write_jsonl(path, rows)
 
 
 def _jsonable(value: Any) -> Any:

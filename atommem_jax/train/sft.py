@@ -5,35 +5,26 @@ chat-formatted by whoever wrote the file), the completion is what it should gene
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from atommem_jax import atomic_files
 from atommem_jax.train import batching
 
 
 def read_sft_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
   """Reads the JSONL file; a malformed line is an error naming the file and line."""
   pairs = []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-      if not isinstance(record, dict):
-        raise ValueError(f"{path}:{line_no}: expected an object with 'prompt' and 'completion'")
-      for key in ("prompt", "completion"):
-        if not isinstance(record.get(key), str):
-          raise ValueError(f"{path}:{line_no}: key {key!r} is missing or not a string")
-      if not record["completion"]:
-        raise ValueError(f"{path}:{line_no}: empty completion")
-      pairs.append((record["prompt"], record["completion"]))
+  for line_no, record in atomic_files.read_jsonl(path):
+    for key in ("prompt", "completion"):
+      if not isinstance(record.get(key), str):
+        raise ValueError(f"{path}: line {line_no}: key {key!r} is missing or not a string")
+    if not record["completion"]:
+      raise ValueError(f"{path}: line {line_no}: empty completion")
+    pairs.append((record["prompt"], record["completion"]))
   if not pairs:
     raise ValueError(f"{path}: no (prompt, completion) pairs")
   return pairs
@@ -41,11 +32,7 @@ def read_sft_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
 
 def write_sft_pairs(path: str | os.PathLike, pairs: Sequence[tuple[str, str]]) -> None:
   """Writes pairs as JSONL atomically (a reader never sees a half-written file)."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for prompt, completion in pairs:
-      f.write(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
+  atomic_files.write_jsonl(path, ({"prompt": prompt, "completion": completion} for prompt, completion in pairs))
 
 
 def tokenize_pairs(pairs: Sequence[tuple[str, str]], tokenizer: Any) -> tuple[list[list[int]], list[list[int]]]:
