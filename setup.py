@@ -35,7 +35,7 @@ setuptools.setup(
     version="0.1.0",
     description="AtomMem: learnable dynamic agentic memory with atomic CRUD operations, in JAX/Flax.",
     packages=setuptools.find_packages(include=["atommem_jax", "atommem_jax.*"]),
-    package_data={"atommem_jax": ["assets/**/*", "agent/templates/*"]},
+    package_data={"atommem_jax": ["assets/**/*", "agent/templates/*", "agent/templates/*/*"]},
     include_package_data=True,
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,

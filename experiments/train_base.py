@@ -18,10 +18,10 @@ def released() -> ml_collections.ConfigDict:
   c.mesh = dict(data=1, fsdp=1, tensor=1)
   c.model = dict(preset="qwen3_8b", checkpoint="", tokenizer="")
   c.task = dict(dataset="hotpotqa", path="", examples_path="", num_eval_episodes=64,
-                synthetic=dict(seed=0, num_documents=256, num_questions=64),
+                synthetic=dict(seed=0, num_documents=256, num_questions=64), synthetic_worlds=1,
                 long_context=dict(num_docs=200, seed=0, single_question_fraction=1.0))
   c.agent = dict(method="atommem", chunk_tokens=4000, overlap_tokens=100, max_chunks=40, max_steps=40,
-                 query_limit=3, query_limit_action="give_up")
+                 query_limit=3, query_limit_action="give_up", template_dir="")
   c.memory = dict(capacity=256, entry_tokens=256, scratchpad_tokens=1024, query_tokens=128, embed_dim=256, top_k=6,
                   overflow="evict_oldest", max_ops_per_turn=16)
   c.embedder = "hashing"

@@ -259,3 +259,11 @@ def test_a_user_template_directory_replaces_our_wording(tmp_path, two_chunks):
   (tmp_path / "answer.txt").write_text("costs $ 5")
   with pytest.raises(ValueError, match="malformed"):
     protocol.Templates.load(str(tmp_path))
+
+
+def test_the_compact_variant_changes_only_the_system_prompt():
+  default, compact = protocol.Templates.load(), protocol.Templates.load("compact")
+  assert set(compact.texts) == set(default.texts)
+  assert [n for n in default.texts if default.texts[n] != compact.texts[n]] == ["system"]
+  tokenizer = load_tiny_tokenizer()
+  assert len(tokenizer.encode(compact.texts["system"])) < 100 < len(tokenizer.encode(default.texts["system"]))

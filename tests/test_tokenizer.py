@@ -54,6 +54,12 @@ def test_digits_boxes_and_bytes(tok):
   assert len(tok.encode(doc.text)) <= 3 * len(doc.text.split())
 
 
+def test_short_names_are_single_tokens(tok):
+  for name in synthetic.SHORT_NAMES:
+    assert len(tok.encode(name)) == 1 and len(tok.encode(f" {name}")) == 1, name
+    assert [tok.decode([i]) for i in tok.encode(f"\\boxed{{{name}}}")] == ["\\boxed", "{", name, "}"]
+
+
 def test_chat_template(tok):
   messages = [{"role": "system", "content": "You read."}, {"role": "user", "content": "Question: Who?"}]
   text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -20,7 +20,8 @@ class AgentConfig:
   use_scratchpad / use_storage / allow_update / allow_delete: ablations; disabled ops become counted invalid no-ops.
   The retrieval width K and the op width O are the memory's (`MemoryConfig.top_k`, `.max_ops_per_turn`); RAG shows
   K chunks.
-  template_dir: a directory of prompt files replacing ours ("" = the packaged templates).
+  template_dir: a directory of prompt files replacing ours; "" = the packaged templates, "compact" = the packaged
+    variant with a short system prompt (`protocol.PACKAGED_VARIANTS`).
   """
 
   method: Method = "atommem"

@@ -3,8 +3,8 @@
 The oracle reads our packaged templates' observations (it finds the chunk after the `Chunk i of n:` line, the
 `Memory i:` lines and the scratchpad section), knows which sentences of the world are facts, and:
 - while reading: `<add_memory>`s each supporting fact of the listed questions that appears in the chunk and is not
-  already shown, with a short scratchpad note (a Create: the environment moves on); with nothing to store it writes
-  a plain-text note and no tag (no valid tag: the environment moves on);
+  already shown, then writes a short progress note to its scratchpad (a Create: the environment moves on); with
+  nothing to store it writes a plain-text note and no tag (no valid tag: the environment moves on);
 - answering: takes the supporting facts it can see (shown entries and its scratchpad); when all are visible it
   answers from them; otherwise it keeps the visible ones in its scratchpad (a memory op, which also resets the
   query counter) and `<update_query>`s the first missing fact, so retrieval brings it into view.
@@ -73,10 +73,10 @@ class OraclePolicy:
           facts.append(fact)
     if not facts:
       return f"Chunk {chunk_number} holds nothing for the questions; moving on."
+    # Facts first, in reasoning order, so each is copied while its question is the freshest context; the
+    # scratchpad then records only the progress.
     adds = "".join(f"<add_memory>{fact.sentence}</add_memory>" for fact in facts)
-    subjects = ", ".join(dict.fromkeys(fact.subject for fact in facts))
-    return f"Chunk {chunk_number} has facts about {subjects}.{adds}<update_memory>Stored facts from chunk " \
-           f"{chunk_number} about {subjects}.</update_memory>"
+    return f"{adds}<update_memory>Chunk {chunk_number}: stored {len(facts)} facts.</update_memory>"
 
   def _answer(self, question: SyntheticQuestion, shown: Sequence[str], scratchpad: str) -> str:
     visible = [f for f in question.facts if any(f.sentence in entry for entry in shown) or f.sentence in scratchpad]

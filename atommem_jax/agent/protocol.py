@@ -187,6 +187,9 @@ TEMPLATE_FIELDS = {
     "full_context_answer": ("question", "context"),
 }
 TEMPLATE_NAMES = tuple(TEMPLATE_FIELDS)
+# Packaged variants of our wording, each a subdirectory of `templates/` holding the files it changes.
+# "compact": a one-paragraph system prompt (about 60 tokens instead of 250) for small models with short contexts.
+PACKAGED_VARIANTS = ("compact",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,12 +201,15 @@ class Templates:
 
   @classmethod
   def load(cls, directory: str | None = None) -> "Templates":
-    """Our packaged templates, or a user's directory holding the same file names (`NAME.txt`)."""
-    root = pathlib.Path(directory) if directory else pathlib.Path(str(importlib.resources.files(__package__)
-                                                                      / "templates"))
+    """Our packaged templates (`directory` "" or None), a packaged variant by name (`PACKAGED_VARIANTS`), or a
+    user's directory holding every file (`NAME.txt`)."""
+    packaged = pathlib.Path(str(importlib.resources.files(__package__) / "templates"))
+    root = packaged / directory if directory in PACKAGED_VARIANTS else pathlib.Path(directory or packaged)
     texts = {}
     for name in TEMPLATE_NAMES:
       path = root / f"{name}.txt"
+      if directory in PACKAGED_VARIANTS and not path.is_file():
+        path = packaged / f"{name}.txt"  # a variant holds only the files it changes
       if not path.is_file():
         raise FileNotFoundError(f"template directory {root} has no {name}.txt (needs {list(TEMPLATE_NAMES)})")
       texts[name] = path.read_text(encoding="utf-8")

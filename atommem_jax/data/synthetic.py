@@ -31,6 +31,9 @@ from atommem_jax.data.records import Corpus, Paragraph, QARecord
 
 SYLLABLES = ("ka", "lo", "mi", "ra", "te", "su", "no", "vi", "da", "pe", "zu", "ri", "ba", "fo", "ne", "ti")
 QUESTION_KINDS = ("founder_city", "founder_year", "birth_country", "founder_country", "owner_country", "earlier")
+# The 256 two-syllable names. Worlds needing at most half of them use only these, and the tiny tokenizer holds each
+# (with and without a leading space) as one token, so a tiny model copies a name in one step.
+SHORT_NAMES = tuple(sorted((a + b).capitalize() for a in SYLLABLES for b in SYLLABLES))
 MIN_DOCUMENTS = 8
 MAX_DOCUMENTS = 30000  # names are 2-4 syllables; beyond this the 16**3 + 16**4 names of large worlds run short
 YEARS = (1700, 2000)
@@ -98,7 +101,8 @@ def _names(rng: random.Random, count: int) -> list[str]:
   names: set[str] = set()
   while len(names) < count:
     # Longer names only as the world grows, so small worlds keep short names (and a tiny model short tokens).
-    length = rng.choice((2, 2, 3) if count < 150 else (2, 3, 3) if count < 3500 else (3, 4, 4))
+    length = (2 if count <= len(SHORT_NAMES) // 2 else
+              rng.choice((2, 2, 3) if count < 150 else (2, 3, 3) if count < 3500 else (3, 4, 4)))
     names.add("".join(rng.choice(SYLLABLES) for _ in range(length)).capitalize())
   return sorted(names)  # sorted, then shuffled: independent of set iteration order
 

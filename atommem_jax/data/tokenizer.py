@@ -10,6 +10,8 @@ The result loads with `transformers.AutoTokenizer.from_pretrained(dir)` (or `loa
   encodes to a single id and survives `decode(..., skip_special_tokens=True)`;
 - Qwen's pre-tokenisation (every digit its own token, letters in runs, punctuation apart), so years and `\\boxed{`
   `}` split at sensible places;
+- every two-syllable name of the synthetic task (`synthetic.SHORT_NAMES`) as one token, with or without a leading
+  space, so copying a name from the context is a single-token lookup for a tiny model;
 - a Qwen-style chat template (`<|im_start|>role\\ncontent<|im_end|>\\n`, `add_generation_prompt` opens the
   assistant turn).
 Training is deterministic: the same code regenerates byte-identical files.
@@ -30,9 +32,10 @@ PROTOCOL_TAGS = tuple(f"<{close}{name}>" for name in ("update_memory", "update_q
                                                       "delete_memory", "final_answer", "think")
                       for close in ("", "/"))
 # Qwen2/3's split: contractions, letter runs (with one leading non-letter), single digits, punctuation runs,
-# newlines, spaces.
-QWEN_SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                      r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# newlines, spaces. One change: `{` never leads a letter run, so an answer in `\\boxed{...}` tokenizes as the same
+# word does at the start of a line.
+SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}{]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 CHAT_TEMPLATE = ("{%- for message in messages %}"
                  "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
                  "{%- endfor %}"
@@ -40,28 +43,27 @@ CHAT_TEMPLATE = ("{%- for message in messages %}"
 
 # Wording an observation or a response is likely to use, so the BPE learns it as few pieces.
 PROTOCOL_TEXT = """\
-You are a reading agent with a memory. The document is too long to read at once, so you read it chunk by chunk.
-Your memory has a scratchpad, which you always see, and a storage of entries, which you see through retrieval:
-the entries most similar to your current query are shown as Memory 1, Memory 2, and so on.
-Manage the memory with these operations, as many as you need in one turn:
-rewrite the scratchpad, change the query, add a new memory entry, modify a shown entry, delete a shown entry,
-and give the final answer to the current question in a box.
-Keep facts that may help answer the questions; delete entries that are wrong or no longer needed.
-If you add or modify memory, or give no operation, you move on to the next chunk.
+You answer questions about a long document that you can only read one chunk at a time. You keep your own memory.
+Read the document chunk by chunk and answer the questions. Ops: scratchpad search note Memory i: note Memory i
+answer. A stored note moves you to the next chunk.
+a scratchpad: one short note that you always see and rewrite as you go; a storage of separate notes: you see only
+the few that best match your current query, listed as "Memory 1", "Memory 2", ...
+replace the scratchpad, change the query, store a new note, rewrite note i of the list you were shown, remove note i,
+answer the current question.
 Questions:
 Question 1:
 Current question:
 Scratchpad:
-Query:
-Retrieved memory:
-No memory.
 (empty)
+Query:
+Stored notes matching the query:
+(no memory)
 Chunk 1 of 3:
-Current chunk:
-The document has ended. Answer the question using your memory.
+The document is finished. Answer this question from your memory:
+Chunk 2 holds nothing for the questions; moving on.
+Chunk 3: stored 2 facts.
+All the facts are in view.
 Answer with a single word or number.
-Let me think step by step. The question asks for the country. I need the founder first, then the birth city.
-I should store this fact. The answer is in memory. This chunk is not relevant. I will search for it.
 """
 
 
@@ -77,6 +79,8 @@ def training_corpus(seed: int = 0) -> Iterator[str]:
   rng = random.Random(seed)
   for _ in range(20):
     yield PROTOCOL_TEXT
+  for name in synthetic.SHORT_NAMES:  # each name, with and without a leading space, often enough to be one token
+    yield "\n".join([f"{name} {name}"] * 40)
   for i, doc in enumerate(task.documents):
     yield f"Document {i + 1}:\n{doc.title}\n{doc.text}"
   for question in task.questions:
@@ -97,7 +101,7 @@ def train_tiny_tokenizer(output_dir: str, seed: int = 0) -> None:
 
   tokenizer = tokenizers.Tokenizer(models.BPE())
   tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-      pre_tokenizers.Split(tokenizers.Regex(QWEN_SPLIT_PATTERN), behavior="isolated"),
+      pre_tokenizers.Split(tokenizers.Regex(SPLIT_PATTERN), behavior="isolated"),
       pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
   ])
   tokenizer.decoder = decoders.ByteLevel()

@@ -37,10 +37,15 @@ class TaskConfig:
   path: str = ""  # the native dataset file
   examples_path: str = ""  # or long-context examples already built by `python -m atommem_jax.data.build`
   synthetic: SyntheticConfig = SyntheticConfig()
+  # Independent synthetic worlds (seeds synthetic.seed, +1, ...): with more than one, held-out episodes come from
+  # worlds never trained on, so the model must read rather than recall.
+  synthetic_worlds: int = 1
   long_context: LongContextConfig = LongContextConfig()
-  num_eval_episodes: int = 16  # held out from training, the first episodes of the shuffled list
+  num_eval_episodes: int = 16  # held out from training: the first worlds, or the first episodes of the shuffled list
 
   def __post_init__(self):
+    if self.synthetic_worlds < 1:
+      raise ValueError(f"TaskConfig.synthetic_worlds must be >= 1, got {self.synthetic_worlds}")
     if self.dataset != "synthetic" and not (self.path or self.examples_path):
       raise ValueError(f"TaskConfig.path (the native file) or examples_path is required for dataset "
                        f"{self.dataset!r}")

@@ -9,7 +9,7 @@ import dataclasses
 import pathlib
 import random
 import shutil
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 from absl import logging
@@ -33,7 +33,8 @@ SFT_PAIRS_FILE = "sft_pairs.jsonl"
 class Task:
   train_examples: tuple[LongContextExample, ...]
   eval_episodes: tuple[rollout_lib.Episode, ...]
-  synthetic_questions: tuple[synthetic.SyntheticQuestion, ...]  # empty for native datasets (no oracle)
+  # Per training example, the questions of its synthetic world (the oracle's answer key); empty for native datasets.
+  oracle_keys: tuple[tuple[synthetic.SyntheticQuestion, ...], ...] = ()
 
 
 def tokenizer_source(config: ModelInitConfig) -> str:
@@ -57,26 +58,56 @@ def load_tokenizer(config: ModelInitConfig) -> Any:
 
 
 def build_task(config: TaskConfig) -> Task:
-  """Long-context examples, shuffled with the builder's seed; the first `num_eval_episodes` are held out."""
-  questions: tuple[synthetic.SyntheticQuestion, ...] = ()
-  if config.examples_path:
-    examples = pipeline.read_examples(config.examples_path)
+  """Long-context examples, shuffled with the builder's seed; the first `num_eval_episodes` are held out.
+
+  With several synthetic worlds (`synthetic_worlds`), the held-out episodes are whole worlds (the first ones) that
+  training never sees, and every example draws its documents from one world only.
+  """
+  if config.dataset == "synthetic" and not config.examples_path:
+    worlds = [synthetic.generate(dataclasses.replace(config.synthetic, seed=config.synthetic.seed + w))
+              for w in range(config.synthetic_worlds)]
+    groups = [(long_context.build_examples(world.corpus(), dataclasses.replace(
+        config.long_context, seed=config.long_context.seed + w)), world.questions) for w, world in enumerate(worlds)]
+  elif config.examples_path:
+    groups = [(pipeline.read_examples(config.examples_path), ())]
   else:
-    if config.dataset == "synthetic":
-      world = synthetic.generate(config.synthetic)
-      corpus, questions = world.corpus(), world.questions
-    else:
-      corpus = readers.read_dataset(config.dataset, config.path)
-    examples = long_context.build_examples(corpus, config.long_context)
-  examples = list(examples)
-  random.Random(config.long_context.seed).shuffle(examples)
-  if len(examples) <= config.num_eval_episodes:
-    raise ValueError(f"{len(examples)} examples leave nothing to train on after holding out "
+    groups = [(long_context.build_examples(readers.read_dataset(config.dataset, config.path), config.long_context),
+               ())]
+  if len(groups) == 1:
+    keyed = [(e, groups[0][1]) for e in groups[0][0]]
+    random.Random(config.long_context.seed).shuffle(keyed)
+    held_out, train = keyed[:config.num_eval_episodes], keyed[config.num_eval_episodes:]
+  else:
+    held_out, world = [], 0
+    while len(held_out) < config.num_eval_episodes and world < len(groups):
+      held_out += [(e, groups[world][1]) for e in groups[world][0]]
+      world += 1
+    held_out = held_out[:config.num_eval_episodes]  # the rest of the last held-out world is not trained on either
+    train = [(e, key) for examples, key in groups[world:] for e in examples]
+    random.Random(config.long_context.seed).shuffle(train)
+  if not train or len(held_out) < config.num_eval_episodes:
+    raise ValueError(f"{sum(len(g[0]) for g in groups)} examples leave nothing to train on after holding out "
                      f"{config.num_eval_episodes} for evaluation")
-  held_out = examples[:config.num_eval_episodes]
-  return Task(train_examples=tuple(examples[config.num_eval_episodes:]),
-              eval_episodes=tuple(rollout_lib.Episode.from_example(e) for e in held_out),
-              synthetic_questions=tuple(questions))
+  return Task(train_examples=tuple(e for e, _ in train),
+              eval_episodes=tuple(rollout_lib.Episode.from_example(e) for e, _ in held_out),
+              oracle_keys=tuple(key for _, key in train) if groups[0][1] else ())
+
+
+def _oracle_batches(examples: Sequence[LongContextExample], keys: Sequence[Sequence[synthetic.SyntheticQuestion]]
+                    ) -> list[tuple[list[LongContextExample], dict[str, synthetic.SyntheticQuestion]]]:
+  """Examples grouped so that within a group no question text means two different questions (worlds reuse names,
+  and the oracle knows a question by its text): first fit, in order."""
+  batches: list[tuple[list[LongContextExample], dict[str, synthetic.SyntheticQuestion]]] = []
+  for example, key in zip(examples, keys):
+    table = {q.record.question: q for q in key}
+    for batch_examples, batch_table in batches:
+      if all(batch_table.get(text, q) is q for text, q in table.items()):
+        batch_examples.append(example)
+        batch_table.update(table)
+        break
+    else:
+      batches.append(([example], table))
+  return batches
 
 
 def sft_pairs(config: TrainConfig, task: Task, tokenizer: Any, embed_fn: Any,
@@ -84,12 +115,16 @@ def sft_pairs(config: TrainConfig, task: Task, tokenizer: Any, embed_fn: Any,
   """The SFT data: `sft.pairs_path`, or the oracle's good trajectories on training episodes (cached)."""
   path = pathlib.Path(config.sft.pairs_path) if config.sft.pairs_path else workdir / SFT_PAIRS_FILE
   if not config.sft.pairs_path and not path.exists():
-    if not task.synthetic_questions:
+    if not task.oracle_keys:
       raise ValueError("sft.pairs_path is required: the oracle only plays the synthetic task")
-    episodes = [rollout_lib.Episode.from_example(e) for e in task.train_examples[:config.sft.oracle_episodes]]
-    trajectories = rollout_lib.rollout(
-        episodes, oracle.OraclePolicy(task.synthetic_questions), tokenizer=tokenizer, embed_fn=embed_fn,
-        config=rollout_lib.RolloutConfig(agent=config.agent, memory=config.memory, num_samples=1, seed=config.seed))
+    trajectories = []
+    rollout_config = rollout_lib.RolloutConfig(agent=config.agent, memory=config.memory, num_samples=1,
+                                               seed=config.seed)
+    n = config.sft.oracle_episodes
+    for examples, table in _oracle_batches(task.train_examples[:n], task.oracle_keys[:n]):
+      trajectories += rollout_lib.rollout([rollout_lib.Episode.from_example(e) for e in examples],
+                                          oracle.OraclePolicy(list(table.values())), tokenizer=tokenizer,
+                                          embed_fn=embed_fn, config=rollout_config)
     pairs = oracle.oracle_sft_pairs(trajectories, tokenizer, min_reward=config.sft.min_reward)
     if not pairs:
       raise ValueError(f"no oracle trajectory reached reward {config.sft.min_reward}; nothing to fine-tune on")

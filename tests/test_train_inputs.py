@@ -1,0 +1,64 @@
+"""What a run reads before its first step: the task split (one world or many) and the oracle's SFT pairs."""
+import dataclasses
+
+import pytest
+
+from atommem_jax.agent.config import AgentConfig
+from atommem_jax.data import synthetic
+from atommem_jax.data.long_context import LongContextConfig
+from atommem_jax.data.tokenizer import load_tiny_tokenizer
+from atommem_jax.memory.embedders import HashingEmbedder
+from atommem_jax.train import inputs
+from atommem_jax.memory.config import MemoryConfig
+from atommem_jax.train.config import SFTStageConfig, TaskConfig, TrainConfig
+
+SMALL_WORLD = synthetic.SyntheticConfig(seed=3, num_documents=16, num_questions=4, question_kinds=("birth_country",))
+
+
+def _world_of(example_id: str) -> int:
+  return int(example_id.split("-")[1])  # "synthetic-SEED-I"
+
+
+def test_many_worlds_hold_out_whole_worlds_and_never_mix_them():
+  config = TaskConfig(synthetic=SMALL_WORLD, synthetic_worlds=12, num_eval_episodes=6,
+                      long_context=LongContextConfig(num_docs=4, seed=5))
+  task = inputs.build_task(config)
+  assert task == inputs.build_task(config)  # a pure function of the config
+  held_out = {_world_of(e.id) for e in task.eval_episodes}
+  trained = {_world_of(e.id) for e in task.train_examples}
+  assert len(task.eval_episodes) == 6 and held_out == {3, 4}  # worlds 0, 1 (seeds 3, 4), four examples each
+  assert trained == set(range(5, 15)) and len(task.train_examples) == 40
+  documents = {w: set(synthetic.generate(dataclasses.replace(SMALL_WORLD, seed=w)).documents) for w in range(3, 15)}
+  for example in task.train_examples:
+    assert set(example.documents) <= documents[_world_of(example.id)]
+  for example, key in zip(task.train_examples, task.oracle_keys):
+    assert {q.record.id for q in key} >= set(example.question_ids)
+  # Worlds reuse names, so one question text can mean different questions: each oracle batch is unambiguous.
+  batches = inputs._oracle_batches(task.train_examples, task.oracle_keys)  # pylint: disable=protected-access
+  assert sum(len(examples) for examples, _ in batches) == 40
+  for examples, table in batches:
+    for example in examples:
+      for question, question_id in zip(example.questions, example.question_ids):
+        assert table[question].record.id == question_id
+
+
+def test_one_world_holds_out_the_first_shuffled_episodes():
+  config = TaskConfig(synthetic=dataclasses.replace(SMALL_WORLD, num_documents=32, num_questions=10),
+                      num_eval_episodes=4, long_context=LongContextConfig(num_docs=4, seed=5))
+  task = inputs.build_task(config)
+  ids = {e.id for e in task.eval_episodes} | {e.id for e in task.train_examples}
+  assert len(task.eval_episodes) == 4 and len(task.train_examples) == 6 and len(ids) == 10
+  with pytest.raises(ValueError, match="nothing to train on"):
+    inputs.build_task(dataclasses.replace(config, num_eval_episodes=10))
+
+
+def test_the_oracle_answers_every_episode_of_many_worlds(tmp_path):
+  agent = AgentConfig(chunk_tokens=96, overlap_tokens=8, max_chunks=8, max_steps=6, template_dir="compact")
+  memory = MemoryConfig(capacity=16, entry_tokens=32, scratchpad_tokens=48, query_tokens=32, embed_dim=64, top_k=4)
+  task = inputs.build_task(TaskConfig(synthetic=SMALL_WORLD, synthetic_worlds=30, num_eval_episodes=4,
+                                      long_context=LongContextConfig(num_docs=4, seed=0)))
+  config = TrainConfig(task=TaskConfig(), agent=agent, memory=memory, sft=SFTStageConfig(oracle_episodes=100))
+  pairs = inputs.sft_pairs(config, task, load_tiny_tokenizer(), HashingEmbedder(memory.embed_dim), tmp_path)
+  answers = [p.completion for p in pairs if "final_answer" in p.completion]
+  assert len(answers) == 100  # every trajectory reached reward 1 (the pairs keep trajectories >= min_reward)
+  assert (tmp_path / inputs.SFT_PAIRS_FILE).exists()
