@@ -15,7 +15,7 @@ from flax import nnx
 
 from atommem_jax import sharding as sharding_lib
 from atommem_jax.model.config import Qwen3Config
-from atommem_jax.model.kv_cache import KVCache
+from atommem_jax.model.kv_cache import DecodeKV, KVCache
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -160,6 +160,59 @@ def decoder_layer(config: Qwen3Config, rules: sharding_lib.ShardingRules, p: dic
   return x_BxTxD, new_kv
 
 
+def decode_attention(q_BxKxGxH: jax.Array, k_BxKxHxS: jax.Array, v_BxKxSxH: jax.Array,
+                     visible_BxS: jax.Array) -> jax.Array:
+  """Single-token grouped-query attention over a `DecodeKV` layer, in fp32: `out_BxKxGxH`.
+
+  Both products are fused multiply-reduces that read the cache once in its stored layout, each reducing over a
+  non-contiguous axis so the contiguous one vectorises (on CPU these beat batched matmuls, whose small per-(b, k)
+  problems underuse the vector units).
+  """
+  h = q_BxKxGxH.shape[-1]
+  scores_BxKxGxS = jnp.sum(q_BxKxGxH.astype(jnp.float32)[..., None] * k_BxKxHxS[:, :, None].astype(jnp.float32),
+                           axis=3) * (h ** -0.5)
+  scores_BxKxGxS = jnp.where(visible_BxS[:, None, None], scores_BxKxGxS, jnp.finfo(jnp.float32).min)
+  probs_BxKxGxS = jax.nn.softmax(scores_BxKxGxS, axis=-1)
+  return jnp.sum(probs_BxKxGxS[..., None] * v_BxKxSxH[:, :, None].astype(jnp.float32), axis=3)
+
+
+def decode_layer(config: Qwen3Config, rules: sharding_lib.ShardingRules, p: dict[str, jax.Array], x_BxD: jax.Array,
+                 sin_BxHh: jax.Array, cos_BxHh: jax.Array, visible_BxS: jax.Array, k_BxKxHxS: jax.Array,
+                 v_BxKxSxH: jax.Array, index: jax.Array):
+  """`decoder_layer` for one token per row, on `Qwen3.decode_weights` and one `DecodeKV` layer; the same math."""
+  dtype, eps = x_BxD.dtype, config.rms_norm_eps
+  b, k, g = x_BxD.shape[0], config.num_kv_heads, config.num_heads // config.num_kv_heads
+  with jax.named_scope("attention"):
+    h_BxD = rms_norm(x_BxD, p["attn_norm"], eps)
+    qkv_BxKxCxH = jnp.einsum("bd,dkch->bkch", h_BxD, p["qkv_DxKxCxH"])
+    qkv_BxKxCxH = sharding_lib.constrain(qkv_BxKxCxH, ("batch", "act_kv_heads", None, None), rules)
+    q_BxKxGxH, k_BxKxH, v_BxKxH = qkv_BxKxCxH[:, :, :g], qkv_BxKxCxH[:, :, g], qkv_BxKxCxH[:, :, g + 1]
+    sin_Bx1x1xHh, cos_Bx1x1xHh = sin_BxHh[:, None, None], cos_BxHh[:, None, None]
+    q_BxKxGxH = _rotate(rms_norm(q_BxKxGxH, p["q_norm"], eps), sin_Bx1x1xHh, cos_Bx1x1xHh)
+    k_BxKxH = _rotate(rms_norm(k_BxKxH, p["k_norm"], eps), sin_BxHh[:, None], cos_BxHh[:, None])
+    k_BxKxHxS = jax.lax.dynamic_update_slice(k_BxKxHxS, k_BxKxH[..., None].astype(k_BxKxHxS.dtype), (0, 0, 0, index))
+    v_BxKxSxH = jax.lax.dynamic_update_slice(v_BxKxSxH, v_BxKxH[:, :, None].astype(v_BxKxSxH.dtype), (0, 0, index, 0))
+    out_BxKxGxH = decode_attention(q_BxKxGxH, k_BxKxHxS, v_BxKxSxH, visible_BxS).astype(dtype)
+    x_BxD = x_BxD + out_BxKxGxH.reshape(b, -1) @ p["o_MxD"]
+    x_BxD = sharding_lib.constrain(x_BxD, ("batch", "act_embed"), rules)
+  with jax.named_scope("mlp"):
+    h_BxD = rms_norm(x_BxD, p["mlp_norm"], eps)
+    gate_up_Bx2xF = jnp.einsum("bd,dcf->bcf", h_BxD, p["gate_up_Dx2xF"])
+    act_BxF = jax.nn.silu(gate_up_Bx2xF[:, 0]) * gate_up_Bx2xF[:, 1]
+    act_BxF = sharding_lib.constrain(act_BxF, ("batch", "act_mlp"), rules)
+    x_BxD = x_BxD + act_BxF @ p["down_proj"]
+    x_BxD = sharding_lib.constrain(x_BxD, ("batch", "act_embed"), rules)
+  return x_BxD, k_BxKxHxS, v_BxKxSxH
+
+
+def _rotate(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+  """Rotate-half RoPE with sin/cos already broadcastable against x (fp32 math, as `apply_rope`)."""
+  x_f32 = x.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  x1, x2 = x_f32[..., :half], x_f32[..., half:]
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
 def _check_cache_room(cache: KVCache, new_tokens: int) -> None:
   """Refuses writes past the last slot where it can: `dynamic_update_slice` would clamp them onto earlier slots."""
   if new_tokens > cache.max_len:
@@ -213,6 +266,62 @@ class Qwen3(nnx.Module):
       logits_BxTxV = jnp.einsum("btd,vd->btv", h_BxTxD, head_VxD.astype(h_BxTxD.dtype),
                                 preferred_element_type=jnp.float32)
       return sharding_lib.constrain(logits_BxTxV, ("batch", "length", "act_vocab"), self.rules)
+
+  def decode_weights(self) -> dict:
+    """The parameters rearranged for `decode_step`, built once per generation outside its loop.
+
+    Per layer (a list, so the decode step unrolls the layers and indexes no stacked parameter: on CPU a scan over
+    stacked weights copies every layer's slice each step): q/k/v fused into one `qkv_DxKxCxH` with C = G + 2 (the G
+    query heads of each kv head, then its key and value, so tensor sharding over kv heads still splits it evenly),
+    gate/up fused into `gate_up_Dx2xF`, `o_MxD` with M = N * H, and the LM head as `head_DxV`. Fewer, larger
+    matmuls per step; costs one copy of the weights per generation.
+    """
+    config, dtype = self.config, _DTYPES[self.config.dtype]
+    d, k, g, h = config.hidden_size, config.num_kv_heads, config.num_heads // config.num_kv_heads, config.head_dim
+    stacked = {name: w.astype(dtype) for name, w in self.layers.arrays().items()}
+    layers = []
+    for layer in range(config.num_layers):
+      p = {name: w[layer] for name, w in stacked.items()}
+      layers.append({
+          "attn_norm": p["attn_norm"], "q_norm": p["q_norm"], "k_norm": p["k_norm"], "mlp_norm": p["mlp_norm"],
+          "qkv_DxKxCxH": jnp.concatenate([p["q_proj"].reshape(d, k, g, h), p["k_proj"][:, :, None],
+                                          p["v_proj"][:, :, None]], axis=2),
+          "o_MxD": p["o_proj"].reshape(-1, d),
+          "gate_up_Dx2xF": jnp.stack([p["gate_proj"], p["up_proj"]], axis=1),
+          "down_proj": p["down_proj"],
+      })
+    head_VxD = (self.embed if config.tie_word_embeddings else self.lm_head)[...]
+    return {"layers": layers, "embed_VxD": self.embed[...].astype(dtype), "final_norm": self.final_norm[...],
+            "head_DxV": head_VxD.astype(dtype).T}
+
+  def decode_step(self, weights: dict, tokens_B: jax.Array, positions_B: jax.Array, mask_B: jax.Array,
+                  kv: DecodeKV) -> tuple[jax.Array, DecodeKV]:
+    """One token per row through the model: float32 `logits_BxV` and the cache with slot `kv.index` written.
+
+    The same math as `__call__` with a cache and T = 1, on `decode_weights()` and a `DecodeKV`.
+    """
+    config, rules = self.config, self.rules
+    dtype = _DTYPES[config.dtype]
+    with jax.named_scope("embed"):
+      x_BxD = jnp.take(weights["embed_VxD"], tokens_B, axis=0).astype(dtype)
+    sin_BxTxHh, cos_BxTxHh = rope_sin_cos(positions_B[:, None], config.head_dim, config.rope_theta)
+    index = kv.index
+    mask_BxS = jax.lax.dynamic_update_slice(kv.mask_BxS, mask_B.astype(jnp.bool_)[:, None], (0, index))
+    visible_BxS = mask_BxS & (jnp.arange(kv.slots) <= index)[None]
+    new_k, new_v = [], []
+    for layer, p in enumerate(weights["layers"]):
+      with jax.named_scope(f"layer_{layer}"):
+        x_BxD, k_BxKxHxS, v_BxKxSxH = decode_layer(config, rules, p, x_BxD, sin_BxTxHh[:, 0], cos_BxTxHh[:, 0],
+                                                   visible_BxS, kv.k_layers_BxKxHxS[layer],
+                                                   kv.v_layers_BxKxSxH[layer], index)
+      new_k.append(k_BxKxHxS)
+      new_v.append(v_BxKxSxH)
+    with jax.named_scope("lm_head"):
+      h_BxD = rms_norm(x_BxD, weights["final_norm"], config.rms_norm_eps)
+      logits_BxV = jnp.einsum("bd,dv->bv", h_BxD, weights["head_DxV"], preferred_element_type=jnp.float32)
+      logits_BxV = sharding_lib.constrain(logits_BxV, ("batch", "act_vocab"), rules)
+    return logits_BxV, DecodeKV(k_layers_BxKxHxS=tuple(new_k), v_layers_BxKxSxH=tuple(new_v), mask_BxS=mask_BxS,
+                                index=index + 1)
 
   def _backbone(self, tokens_BxT, positions_BxT, mask_BxT, cache):
     config, rules = self.config, self.rules

@@ -20,6 +20,7 @@ from flax import struct
 
 from atommem_jax import sharding
 from atommem_jax.model import KVCache, positions_from_mask
+from atommem_jax.model.kv_cache import DecodeKV
 from atommem_jax.sampling import law
 from atommem_jax.sampling import stop as stop_lib
 from atommem_jax.sampling.config import SamplerConfig, StopReason
@@ -46,7 +47,7 @@ class DecodeResult:
 
 @struct.dataclass
 class _LoopState:
-  cache: Any
+  kv: DecodeKV
   tokens_RxN: jax.Array
   logprobs_RxN: jax.Array
   sampling_logprobs_RxN: jax.Array
@@ -98,26 +99,47 @@ def row_keys(key: jax.Array, row_ids_B: jax.Array, num_samples: int) -> jax.Arra
   return keys_BxG.reshape((-1,) + keys_BxG.shape[2:])
 
 
+def segment_bounds(budget: int, max_len: int) -> list[tuple[int, int]]:
+  """`(end_step, slots)` of each decode segment: steps [previous end, end_step) attend over the first `slots` slots.
+
+  Single-token attention reads every slot of its (fixed-shape) cache, so the loop runs in up to `_MAX_SEGMENTS`
+  segments over a cache that grows between them, each sized for the slots its last step can have written: on average
+  much less than the whole cache. The decode writes at most `budget` slots after `index <= max_len - budget`, which
+  bounds the slots written before step `end_step` by `max_len - budget + end_step`, whatever the traced index is.
+  """
+  segments = max(1, min(_MAX_SEGMENTS, budget // _MIN_SEGMENT_STEPS))
+  ends = [budget * (i + 1) // segments for i in range(segments)]
+  return [(end, max_len - budget + end) for end in ends]
+
+
+# More segments attend over fewer empty slots but compile one more loop body each.
+_MAX_SEGMENTS = 4
+_MIN_SEGMENT_STEPS = 32
+
+
 def decode(graphdef: nnx.GraphDef, params: nnx.State, cache, last_token_B: jax.Array, prompt_lengths_B: jax.Array,
            active_B: jax.Array, row_ids_B: jax.Array, key: jax.Array, eos_ids_E: jax.Array, stop_table_SxW: jax.Array,
            *, config: SamplerConfig, num_samples: int) -> tuple[DecodeResult, Any]:
   """Generates up to `max_new_tokens` per row from a prefilled cache.
 
-  Returns the result and the final cache: donate the cache argument and its buffers are updated in place by the
-  loop and handed back (a caller may also continue from it).
+  Returns the result and the final cache (`KVCache`, holding every generated token; a caller may continue from it).
+  The loop itself runs on `model.decode_weights()` and a `DecodeKV` (see `segment_bounds`).
   """
   repeat = lambda x: jnp.repeat(x, num_samples, axis=0)
   rows = last_token_B.shape[0] * num_samples
   budget = config.max_new_tokens
   keys_R = row_keys(key, row_ids_B, num_samples)
   batch_axes = ("batch", None)
+  model = nnx.merge(graphdef, params)
+  weights = model.decode_weights()
+  if budget > cache.max_len:
+    raise ValueError(f"{budget} new tokens do not fit a KV cache of {cache.max_len} slots")
+  segments = segment_bounds(budget, cache.max_len)
 
   def body(state: _LoopState) -> _LoopState:
-    model = nnx.merge(graphdef, params)
-    feed_mask_Rx1 = ~state.done_R[:, None]
-    logits_Rx1xV, cache = model(state.last_token_R[:, None], state.positions_R[:, None], feed_mask_Rx1,
-                                cache=state.cache)
-    logits_RxV = logits_Rx1xV[:, 0].astype(jnp.float32)
+    feed_mask_R = ~state.done_R
+    logits_RxV, kv = model.decode_step(weights, state.last_token_R, state.positions_R, feed_mask_R, state.kv)
+    logits_RxV = logits_RxV.astype(jnp.float32)
     step_keys_R = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_R, state.step)
     tokens_R, sampling_logprobs_R = law.sample_tokens(
         logits_RxV, step_keys_R, greedy=config.greedy, temperature=config.temperature, top_k=config.top_k,
@@ -140,7 +162,7 @@ def decode(graphdef: nnx.GraphDef, params: nnx.State, cache, last_token_B: jax.A
         [hit_eos_R, hit_stop_R, hit_length_R],
         [jnp.int32(StopReason.EOS), jnp.int32(StopReason.STOP), jnp.int32(StopReason.LENGTH)], state.stop_reason_R)
     return _LoopState(
-        cache=_constrain_cache(cache),
+        kv=kv.constrain(),
         tokens_RxN=sharding.constrain(write(state.tokens_RxN, tokens_R), batch_axes),
         logprobs_RxN=write(state.logprobs_RxN, logprobs_R),
         sampling_logprobs_RxN=write(state.sampling_logprobs_RxN, sampling_logprobs_R),
@@ -152,11 +174,8 @@ def decode(graphdef: nnx.GraphDef, params: nnx.State, cache, last_token_B: jax.A
         window_RxW=window_RxW,
         step=state.step + 1)
 
-  def cond(state: _LoopState) -> jax.Array:
-    return (state.step < budget) & ~jnp.all(state.done_R)
-
   initial = _LoopState(
-      cache=cache,
+      kv=DecodeKV.from_cache(cache, segments[0][1]).constrain(),
       tokens_RxN=jnp.full((rows, budget), config.pad_id, jnp.int32),
       logprobs_RxN=jnp.zeros((rows, budget), jnp.float32),
       sampling_logprobs_RxN=jnp.zeros((rows, budget), jnp.float32),
@@ -167,6 +186,9 @@ def decode(graphdef: nnx.GraphDef, params: nnx.State, cache, last_token_B: jax.A
       positions_R=repeat(prompt_lengths_B).astype(jnp.int32) - 1,
       window_RxW=stop_lib.initial_window(rows, stop_table_SxW.shape[1]),
       step=jnp.zeros((), jnp.int32))
-  final = jax.lax.while_loop(cond, body, initial)
-  return DecodeResult(final.tokens_RxN, final.logprobs_RxN, final.sampling_logprobs_RxN, final.lengths_R,
-                      final.stop_reason_R), final.cache
+  state = initial
+  for end_step, slots in segments:
+    cond = lambda state, end_step=end_step: (state.step < end_step) & ~jnp.all(state.done_R)
+    state = jax.lax.while_loop(cond, body, state.replace(kv=state.kv.grow(slots).constrain()))
+  return DecodeResult(state.tokens_RxN, state.logprobs_RxN, state.sampling_logprobs_RxN, state.lengths_R,
+                      state.stop_reason_R), _constrain_cache(state.kv.to_cache(cache.max_len))
