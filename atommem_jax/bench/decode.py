@@ -5,7 +5,8 @@ batch 8, 256 new tokens), with tokens/s, whether the generated ids are identical
 
 Accelerator mode (`--preset qwen3_1_7b --batch 64 --dtype bfloat16`): decode tokens/s of random weights and the
 fraction of the memory-bandwidth roofline, counting per step the bytes of every parameter plus the whole KV cache
-(the fixed-shape cache is read in full each step) over the step time and `--peak_bandwidth_gbps`.
+over the step time and `--peak_bandwidth_gbps` (an overestimate of the bytes: the segmented decode loop reads only the
+cache slots its segment can have written, see `sampling.decode.segment_bounds`).
 """
 from __future__ import annotations
 
