@@ -101,12 +101,14 @@ def _pairs(tok):
 
 def test_sft_batches(tok):
   pairs = _pairs(tok)
-  sft = pipeline.SftConfig(max_prompt_tokens=32, max_completion_tokens=10)
+  lengths = [len(tok.encode(p.prompt, add_special_tokens=False)) for p in pairs]
+  assert lengths == sorted(set(lengths))  # each prompt longer than the one before
+  sft = pipeline.SftConfig(max_prompt_tokens=lengths[-1], max_completion_tokens=10)
   config = pipeline.PipelineConfig(batch_size=3, seed=0, num_threads=0)
   batches = _take(iter(pipeline.sft_dataset(pairs, config, sft, tok)), 4)
   seen = []
   for batch in batches:
-    assert batch["prompt_ids_BxP"].shape == (3, 32) and batch["completion_ids_BxC"].shape == (3, 10)
+    assert batch["prompt_ids_BxP"].shape == (3, lengths[-1]) and batch["completion_ids_BxC"].shape == (3, 10)
     for row in range(3):
       prompt_mask, completion_mask = batch["prompt_mask_BxP"][row], batch["completion_mask_BxC"][row]
       n_prompt, n_completion = prompt_mask.sum(), completion_mask.sum()
@@ -120,14 +122,14 @@ def test_sft_batches(tok):
       seen.append(pair.id)
   assert sorted(seen[:6]) == sorted(p.id for p in pairs)
 
-  tight = pipeline.SftConfig(max_prompt_tokens=26, max_completion_tokens=10)
-  with pytest.raises(ValueError, match=r"SFT pair 'pair-\d': prompt \d+ tokens \(max 26\)"):
+  tight = pipeline.SftConfig(max_prompt_tokens=lengths[2], max_completion_tokens=10)
+  with pytest.raises(ValueError, match=rf"SFT pair 'pair-\d': prompt \d+ tokens \(max {lengths[2]}\)"):
     list(pipeline.sft_dataset(pairs, pipeline.PipelineConfig(batch_size=1, num_epochs=1, num_threads=0), tight, tok))
-  dropping = pipeline.SftConfig(max_prompt_tokens=26, max_completion_tokens=10, on_overlong="drop")
+  dropping = pipeline.SftConfig(max_prompt_tokens=lengths[2], max_completion_tokens=10, on_overlong="drop")
   kept = list(pipeline.sft_dataset(pairs, pipeline.PipelineConfig(batch_size=1, num_epochs=1, num_threads=0),
                                    dropping, tok))
-  assert len(kept) == 3  # prompts of 22, 24 and 26 tokens fit; 28, 30 and 32 do not
-  assert all(b["prompt_mask_BxP"].sum() <= 26 for b in kept)
+  assert len(kept) == 3  # the three shortest prompts fit, the three longer do not
+  assert all(b["prompt_mask_BxP"].sum() <= lengths[2] for b in kept)
 
 
 def test_read_examples_from_build_output(examples, tmp_path):

@@ -62,3 +62,22 @@ def test_the_oracle_answers_every_episode_of_many_worlds(tmp_path):
   answers = [p.completion for p in pairs if "final_answer" in p.completion]
   assert len(answers) == 100  # every trajectory reached reward 1 (the pairs keep trajectories >= min_reward)
   assert (tmp_path / inputs.SFT_PAIRS_FILE).exists()
+
+
+def test_recitation_pairs_state_each_sentence_of_the_prompt_once():
+  task = inputs.build_task(TaskConfig(synthetic=SMALL_WORLD, synthetic_worlds=3, num_eval_episodes=4,
+                                      long_context=LongContextConfig(num_docs=4, seed=0)))
+  tokenizer = load_tiny_tokenizer()
+  pairs = inputs.recitation_pairs(task.train_examples, tokenizer, seed=0)
+  assert len(pairs) == len(task.train_examples)
+  orders = set()
+  for pair, example in zip(pairs, task.train_examples):
+    assert pair["prompt"].startswith(f"<|im_start|>system\n{inputs.RECITE_SYSTEM}")
+    assert example.context in pair["prompt"]
+    assert pair["completion"].endswith(tokenizer.eos_token)
+    stated = pair["completion"].removesuffix(tokenizer.eos_token).split(". ")
+    stated = [s if s.endswith(".") else s + "." for s in stated]
+    expected = [s if s.endswith(".") else s + "." for d in example.documents for s in d.text.split(". ")]
+    assert sorted(stated) == sorted(expected)
+    orders.add(stated == expected)
+  assert False in orders  # shuffled, not merely copied in order

@@ -57,6 +57,7 @@ class SFTStageConfig:
   pairs_path: str = ""  # (prompt, completion) JSONL; "" = generated from the oracle on the training episodes
   oracle_episodes: int = 64  # training episodes the oracle plays to make the pairs
   min_reward: float = 0.5  # every turn of a teacher trajectory at least this good becomes a pair
+  recitation_pairs: int = 0  # reading practice for a model trained from scratch (`inputs.recitation_pairs`)
   batch_size: int = 16
   num_microbatches: int = 1
   max_prompt_tokens: int = 1024

@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from atommem_jax import checkpoint as checkpoint_lib
-from atommem_jax.agent import oracle
+from atommem_jax.agent import oracle, protocol
 from atommem_jax.agent import rollout as rollout_lib
 from atommem_jax.data import long_context, pipeline, readers, synthetic
 from atommem_jax.data.long_context import LongContextExample
@@ -128,6 +128,7 @@ def sft_pairs(config: TrainConfig, task: Task, tokenizer: Any, embed_fn: Any,
     pairs = oracle.oracle_sft_pairs(trajectories, tokenizer, min_reward=config.sft.min_reward)
     if not pairs:
       raise ValueError(f"no oracle trajectory reached reward {config.sft.min_reward}; nothing to fine-tune on")
+    pairs += recitation_pairs(task.train_examples[n:n + config.sft.recitation_pairs], tokenizer, config.seed)
     if jax.process_index() == 0:
       sft.write_sft_pairs(path, [(p["prompt"], p["completion"]) for p in pairs])
     logging.info("oracle: %d trajectories, mean reward %.3f, %d SFT pairs -> %s", len(trajectories),
@@ -136,6 +137,27 @@ def sft_pairs(config: TrainConfig, task: Task, tokenizer: Any, embed_fn: Any,
             for i, p in enumerate(pairs)]
   return [pipeline.SftPair(prompt=p, completion=c, id=f"{path.name}:{i + 1}")
           for i, (p, c) in enumerate(sft.read_sft_pairs(path))]
+
+
+RECITE_SYSTEM = "Recite every fact of the document, in any order."
+
+
+def recitation_pairs(examples: Sequence[LongContextExample], tokenizer: Any, seed: int) -> list[dict[str, str]]:
+  """Reading practice for a model trained from scratch: the prompt shows an example's documents, the completion
+  states each of their sentences once, in a shuffled order.
+
+  A pretrained LLM arrives knowing how to find and copy a fact from its context; a randomly initialised tiny model
+  does not, and the oracle's turns teach it slowly (a few names per turn). Here every sentence's object is a lookup
+  keyed by its subject, so the same skill gets a dense signal.
+  """
+  rng = random.Random(seed)
+  pairs = []
+  for example in examples:
+    sentences = [s if s.endswith(".") else s + "." for d in example.documents for s in d.text.split(". ")]
+    rng.shuffle(sentences)
+    pairs.append({"prompt": protocol.chat_prompt(tokenizer, RECITE_SYSTEM, example.context),
+                  "completion": " ".join(sentences) + tokenizer.eos_token})
+  return pairs
 
 
 def init_model(config: ModelInitConfig, seed: int, mesh: Mesh
