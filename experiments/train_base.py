@@ -44,24 +44,30 @@ def released() -> ml_collections.ConfigDict:
 
 
 def tiny() -> ml_collections.ConfigDict:
-  """The embedded default: tiny_default Qwen3 (random init), the tiny tokenizer, the synthetic task."""
+  """The embedded default: tiny_default Qwen3 (random init), the tiny tokenizer, the synthetic task.
+
+  1000 small worlds (16 documents, 4 birth-country questions each, two-syllable single-token names); the held-out
+  episodes come from worlds never trained on, so they measure reading, not recall. The compact system prompt keeps
+  each turn near 180 tokens.
+  """
   c = released()
-  c.total_steps = 190  # 160 SFT + 30 GRPO
-  c.checkpoint_every = 30
+  c.total_steps = 530  # 500 SFT + 30 GRPO
+  c.checkpoint_every = 100
   c.model.preset = "tiny_default"
   c.task.dataset = "synthetic"
-  c.task.num_eval_episodes = 16
-  c.task.synthetic = dict(seed=0, num_documents=256, num_questions=100, question_kinds=("birth_country",))
+  c.task.num_eval_episodes = 64
+  c.task.synthetic = dict(seed=0, num_documents=16, num_questions=4, question_kinds=("birth_country",))
+  c.task.synthetic_worlds = 1000
   c.task.long_context = dict(num_docs=4, seed=0, single_question_fraction=1.0)
-  c.agent.update(chunk_tokens=96, overlap_tokens=8, max_chunks=8, max_steps=6, query_limit=3)
+  c.agent.update(chunk_tokens=96, overlap_tokens=8, max_chunks=8, max_steps=6, query_limit=3, template_dir="compact")
   c.memory = dict(capacity=16, entry_tokens=32, scratchpad_tokens=48, query_tokens=32, embed_dim=64, top_k=4,
                   overflow="evict_oldest", max_ops_per_turn=4)
-  c.sft.update(steps=160, oracle_episodes=150, batch_size=16, num_microbatches=1, max_prompt_tokens=704,
+  c.sft.update(steps=500, oracle_episodes=1500, batch_size=16, num_microbatches=1, max_prompt_tokens=320,
                max_completion_tokens=64)
-  c.sft.optimizer.update(learning_rate=3e-3, warmup_steps=10, decay_steps=160)
+  c.sft.optimizer.update(learning_rate=3e-3, warmup_steps=20, decay_steps=500)
   c.grpo.loss.num_generations = 4
-  c.grpo.update(prompts_per_rollout=4, microbatch_rows=16, length_buckets=(768, 1024))
-  c.grpo.sampler.update(max_new_tokens=64, prompt_buckets=(512, 768, 1024))
+  c.grpo.update(prompts_per_rollout=4, microbatch_rows=16, length_buckets=(384, 512))
+  c.grpo.sampler.update(max_new_tokens=64, prompt_buckets=(256, 384))
   c.grpo.optimizer.update(learning_rate=5e-5, warmup_steps=2, decay_steps=30)
-  c.eval = dict(num_episodes=16, max_new_tokens=64)
+  c.eval = dict(num_episodes=64, max_new_tokens=64)
   return c

@@ -25,7 +25,7 @@ EXPERIMENT = str(ROOT / "experiments" / "grpo_hotpot.py")
 OVERRIDES = [
     "--config.total_steps=4", "--config.checkpoint_every=1", "--config.keep_checkpoints=2",
     "--config.sft.steps=2", "--config.sft.batch_size=4", "--config.sft.oracle_episodes=4",
-    "--config.task.synthetic.num_questions=24", "--config.task.num_eval_episodes=2", "--config.eval.num_episodes=0",
+    "--config.task.synthetic_worlds=8", "--config.task.num_eval_episodes=2", "--config.eval.num_episodes=0",
     "--config.agent.max_steps=3", "--config.grpo.prompts_per_rollout=2", "--config.grpo.loss.num_generations=2",
     "--config.grpo.sampler.max_new_tokens=12", "--config.grpo.microbatch_rows=8",
 ]
