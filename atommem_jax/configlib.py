@@ -6,11 +6,26 @@ dataclasses and in experiment files, never in `config.get(key, default)` calls.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
+import pathlib
 import types
 import typing
 from typing import Any, Mapping, TypeVar
 
 T = TypeVar("T")
+
+
+def load_config_file(path: str | os.PathLike, sibling: str | None = None) -> types.ModuleType:
+  """An experiment file as a module. Experiment files are loaded by path, not as a package, so one reaches a
+  sibling (e.g. the shared `train_base.py`) with `load_config_file(__file__, "train_base")`."""
+  path = pathlib.Path(path)
+  if sibling:
+    path = path.with_name(f"{sibling}.py")
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 class ConfigError(ValueError):

@@ -9,18 +9,9 @@ Embedded default (synthetic task, CPU):
 
   python -m atommem_jax.evaluate --config experiments/eval_ablations.py:tiny --config.checkpoint=RUN --workdir OUT
 """
-import importlib.util
-import pathlib
-
 import ml_collections
 
-
-def _eval_hotpot():
-  # Experiment files are loaded by path, not as a package: load the sibling the same way.
-  spec = importlib.util.spec_from_file_location("eval_hotpot", pathlib.Path(__file__).with_name("eval_hotpot.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from atommem_jax import configlib
 
 
 def variants(top_k: int) -> dict[str, dict]:
@@ -40,7 +31,7 @@ def variants(top_k: int) -> dict[str, dict]:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  eval_hotpot = _eval_hotpot()
+  eval_hotpot = configlib.load_config_file(__file__, "eval_hotpot")
   if arg == "tiny":
     config = eval_hotpot.tiny_config()
     config.datasets.synthetic.num_docs = (8,)

@@ -14,18 +14,9 @@ The embedded default, on CPU with no downloads (the synthetic task, the checkpoi
 
   python -m atommem_jax.evaluate --config experiments/eval_hotpot.py:tiny --config.checkpoint=RUN --workdir OUT
 """
-import importlib.util
-import pathlib
-
 import ml_collections
 
-
-def _train_base():
-  # Experiment files are loaded by path, not as a package: load the training settings the same way.
-  spec = importlib.util.spec_from_file_location("train_base", pathlib.Path(__file__).with_name("train_base.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from atommem_jax import configlib
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -53,7 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
 def tiny_config() -> ml_collections.ConfigDict:
   """The embedded default: the synthetic task with the tiny default run's agent, memory and embedder settings."""
   config = base_config()
-  train = _train_base().tiny()
+  train = configlib.load_config_file(__file__, "train_base").tiny()
   config.expected_model = train.model.preset
   config.tokenizer = ""
   config.embedder = train.embedder

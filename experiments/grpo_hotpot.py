@@ -10,19 +10,11 @@ The embedded default (CPU, no downloads): SFT on the oracle's trajectories, then
 
   python -m atommem_jax.train --config experiments/grpo_hotpot.py:tiny --workdir RUN
 """
-import importlib.util
-import pathlib
-
-
-def _base():
-  spec = importlib.util.spec_from_file_location("train_base", pathlib.Path(__file__).with_name("train_base.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from atommem_jax import configlib
 
 
 def get_config(arg: str | None = None):
-  base = _base()
+  base = configlib.load_config_file(__file__, "train_base")
   if arg == "tiny":
     return base.tiny()
   if arg:

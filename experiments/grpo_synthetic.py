@@ -6,21 +6,13 @@ r"""GRPO on the synthetic task from an SFT'd checkpoint (e.g. the output of expe
 
 The KL reference is the starting checkpoint. experiments/grpo_hotpot.py:tiny runs both stages in one job.
 """
-import importlib.util
-import pathlib
-
-
-def _base():
-  spec = importlib.util.spec_from_file_location("train_base", pathlib.Path(__file__).with_name("train_base.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from atommem_jax import configlib
 
 
 def get_config(arg: str | None = None):
   if arg:
     raise ValueError(f"unknown config argument {arg!r}; this file takes none")
-  config = _base().tiny()
+  config = configlib.load_config_file(__file__, "train_base").tiny()
   config.sft.steps = 0
   config.total_steps = 40
   config.checkpoint_every = 10

@@ -10,21 +10,14 @@ teacher_pairs.jsonl holds {"prompt", "completion"} lines: every turn of teacher 
 
   python -m atommem_jax.train --config experiments/sft_hotpot.py:tiny --workdir RUN   # CPU, synthetic task
 """
-import importlib.util
-import pathlib
-
-
-def _base():
-  spec = importlib.util.spec_from_file_location("train_base", pathlib.Path(__file__).with_name("train_base.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from atommem_jax import configlib
 
 
 def get_config(arg: str | None = None):
-  base = _base()
+  base = configlib.load_config_file(__file__, "train_base")
   if arg == "tiny":
     config = base.tiny()
+    config.total_steps = config.sft.steps  # the tiny default's SFT stage alone
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; use '' (HotpotQA, released settings) or 'tiny'")
   else:

@@ -5,19 +5,11 @@ r"""SFT on the oracle's trajectories on the synthetic task (no downloads): the t
 `:small` is a shorter run for smoke tests. The oracle's (prompt, completion) pairs are written to RUN/sft_pairs.jsonl;
 RUN/params is the Orbax parameter dir experiments/grpo_synthetic.py can start from.
 """
-import importlib.util
-import pathlib
-
-
-def _base():
-  spec = importlib.util.spec_from_file_location("train_base", pathlib.Path(__file__).with_name("train_base.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from atommem_jax import configlib
 
 
 def get_config(arg: str | None = None):
-  config = _base().tiny()
+  config = configlib.load_config_file(__file__, "train_base").tiny()
   if arg == "small":
     config.total_steps = 10
     config.checkpoint_every = 5

@@ -1,6 +1,5 @@
 """Evaluation from an Orbax checkpoint: deterministic, mesh-independent, and all-or-nothing on bad input."""
 import dataclasses
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -21,10 +20,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def experiment_module(name: str):
-  spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return configlib.load_config_file(REPO / "experiments" / f"{name}.py")
 
 
 def experiment(name: str, arg: str):

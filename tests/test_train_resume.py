@@ -92,11 +92,7 @@ def test_resume_with_incompatible_config_is_refused(runs):
 
 
 def _config_dict(**changes):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("grpo_hotpot", EXPERIMENT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("tiny")
+  config = configlib.load_config_file(EXPERIMENT).get_config("tiny")
   for override in OVERRIDES:
     key, value = override.removeprefix("--config.").split("=")
     node = config
