@@ -81,3 +81,21 @@ def test_recitation_pairs_state_each_sentence_of_the_prompt_once():
     assert sorted(stated) == sorted(expected)
     orders.add(stated == expected)
   assert False in orders  # shuffled, not merely copied in order
+
+
+def test_copy_drills_repeat_the_prompt_names_and_depend_only_on_seed_and_step():
+  tokenizer = load_tiny_tokenizer()
+  batch = inputs.copy_drill_batch(tokenizer, seed=0, step=7, batch_size=8)
+  again = inputs.copy_drill_batch(tokenizer, seed=0, step=7, batch_size=8)
+  other = inputs.copy_drill_batch(tokenizer, seed=0, step=8, batch_size=8)
+  assert (batch.tokens_NxT == again.tokens_NxT).all() and not (batch.tokens_NxT == other.tokens_NxT).all()
+  assert batch.tokens_NxT.shape == (8, inputs.COPY_ROW_TOKENS)
+  for row in range(8):
+    ids = batch.tokens_NxT[row][batch.mask_NxT[row]].tolist()
+    completion = batch.tokens_NxT[row][batch.loss_mask_NxT[row]].tolist()
+    assert completion[-1] == tokenizer.eos_token_id
+    names = tokenizer.decode(completion[:-1])
+    assert inputs.COPY_LENGTHS[0] <= len(names.split()) <= inputs.COPY_LENGTHS[1]
+    assert set(names.split()) <= set(synthetic.SHORT_NAMES)
+    assert len(completion) - 1 == len(names.split())  # one token per name: every loss token is a copy target
+    assert tokenizer.decode(ids[:len(ids) - len(completion)]) == names + "\n"

@@ -1,8 +1,9 @@
 """The main job killed with SIGKILL and rerun ends bit-identical to an uninterrupted run; config errors are clear.
 
-Runs `python -m atommem_jax.train` as a subprocess on a shrunken embedded default (2 SFT + 2 GRPO steps, a
-checkpoint every step). One run is killed after step 1 (during SFT, its checkpoint possibly still being written) and
-again after step 3 (during GRPO), then finishes; its parameters and metrics must equal the uninterrupted run's.
+Runs `python -m atommem_jax.train` as a subprocess on a shrunken embedded default (1 copy-drill + 2 SFT + 2 GRPO
+steps, a checkpoint every step). One run is killed after step 2 (during SFT, its checkpoint possibly still being
+written) and again after step 4 (during GRPO), then finishes; its parameters and metrics must equal the uninterrupted
+run's.
 """
 import json
 import os
@@ -23,8 +24,8 @@ from atommem_jax.train.config import TrainConfig
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENT = str(ROOT / "experiments" / "grpo_hotpot.py")
 OVERRIDES = [
-    "--config.total_steps=4", "--config.checkpoint_every=1", "--config.keep_checkpoints=2",
-    "--config.sft.steps=2", "--config.sft.batch_size=4", "--config.sft.oracle_episodes=4",
+    "--config.total_steps=5", "--config.checkpoint_every=1", "--config.keep_checkpoints=2",
+    "--config.sft.steps=3", "--config.sft.copy_steps=1", "--config.sft.copy_batch_size=4", "--config.sft.batch_size=4", "--config.sft.oracle_episodes=4",
     "--config.task.synthetic_worlds=8", "--config.task.num_eval_episodes=2", "--config.eval.num_episodes=0",
     "--config.agent.max_steps=3", "--config.grpo.prompts_per_rollout=2", "--config.grpo.loss.num_generations=2",
     "--config.grpo.sampler.max_new_tokens=12", "--config.grpo.microbatch_rows=8",
@@ -57,7 +58,7 @@ def runs(tmp_path_factory):
   straight, killed = base / "straight", base / "killed"
   done = _train(straight)
   assert done.returncode == 0, done.stderr[-4000:]
-  for kill_at in (1, 3):
+  for kill_at in (2, 4):
     result = _train(killed, f"--config.debug_kill_at_step={kill_at}")
     assert result.returncode == -signal.SIGKILL, (result.returncode, result.stderr[-4000:])
   result = _train(killed)
@@ -71,13 +72,14 @@ def test_killed_and_resumed_run_is_bit_identical(runs):
   jax.tree.map(np.testing.assert_array_equal, got, want)
   assert _metrics(killed) == _metrics(straight)
   steps = [row["step"] for row in _metrics(killed)]
-  assert steps == [1, 2, 3, 4]  # every step logged exactly once
+  assert steps == [1, 2, 3, 4, 5]  # every step logged exactly once
+  assert [row["phase"] for row in _metrics(killed)] == ["copy", "sft", "sft", "grpo", "grpo"]
   for row in _metrics(straight):
     for key in ("loss", "reward_mean", "reward_std", "em", "kl", "clip_fraction", "entropy", "op_rate/create",
                 "op_rate/update", "op_rate/delete", "op_rate/read", "op_rate/scratchpad", "storage_size_mean"):
       if row["phase"] == "grpo" or key in ("loss", "reward_mean"):
         assert key in row, (key, row)
-  assert sorted(int(p.name) for p in (straight / "checkpoints").iterdir() if p.name.isdigit()) == [3, 4]
+  assert sorted(int(p.name) for p in (straight / "checkpoints").iterdir() if p.name.isdigit()) == [4, 5]
 
 
 def test_resume_with_incompatible_config_is_refused(runs):
@@ -88,7 +90,7 @@ def test_resume_with_incompatible_config_is_refused(runs):
     checkpoints.check_compatible(checkpoints.latest_step())
   # Keys that do not change what was trained may differ.
   same = configlib.from_dict(TrainConfig, _config_dict(total_steps=10))
-  assert checkpointing.RunCheckpoints(straight, same).check_compatible(4)["step"] == 4
+  assert checkpointing.RunCheckpoints(straight, same).check_compatible(5)["step"] == 5
 
 
 def _config_dict(**changes):

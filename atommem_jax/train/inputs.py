@@ -23,7 +23,7 @@ from atommem_jax.data import long_context, pipeline, readers, synthetic
 from atommem_jax.data.long_context import LongContextExample
 from atommem_jax.data.tokenizer import load_tiny_tokenizer, tiny_tokenizer_dir
 from atommem_jax.model import Qwen3Config, get_preset
-from atommem_jax.train import sft, step as step_lib
+from atommem_jax.train import batching, sft, step as step_lib
 from atommem_jax.train.config import ModelInitConfig, TaskConfig, TrainConfig
 
 SFT_PAIRS_FILE = "sft_pairs.jsonl"
@@ -158,6 +158,37 @@ def recitation_pairs(examples: Sequence[LongContextExample], tokenizer: Any, see
     pairs.append({"prompt": protocol.chat_prompt(tokenizer, RECITE_SYSTEM, example.context),
                   "completion": " ".join(sentences) + tokenizer.eos_token})
   return pairs
+
+
+COPY_LENGTHS = (16, 32)  # names per drill, inclusive range
+COPY_ROW_TOKENS = 72  # a drill's row: the names, a newline, the names again, end-of-sequence
+
+
+def copy_pairs(count: int, tokenizer: Any, seed: int | str) -> list[dict[str, str]]:
+  """Copy drills: the prompt is a line of random short names, the completion repeats it."""
+  rng = random.Random(f"copy-{seed}")
+  pairs = []
+  for _ in range(count):
+    names = "".join(" " + rng.choice(synthetic.SHORT_NAMES) for _ in range(rng.randint(*COPY_LENGTHS)))
+    pairs.append({"prompt": names + "\n", "completion": names + tokenizer.eos_token})
+  return pairs
+
+
+def copy_drill_batch(tokenizer: Any, seed: int, step: int, batch_size: int) -> batching.TrainBatch:
+  """SFT step `step`'s copy drills (`sft.copy_steps`): a pure function of (seed, step), so resuming needs no state.
+
+  A randomly initialised model has to learn to copy from its context (an induction head) before it can store or
+  answer from a fact it was shown. With every name a copy target, the tiny model learns it in about 250 steps at
+  learning rate 1e-3 (not at 3e-3, nor with a chat header between the two copies; BUILD_NOTES.md "Training").
+  """
+  pairs = copy_pairs(batch_size, tokenizer, seed=f"{seed}-{step}")
+  prompts = [tokenizer.encode(p["prompt"], add_special_tokens=False) for p in pairs]
+  completions = [tokenizer.encode(p["completion"], add_special_tokens=False) for p in pairs]
+  batch, stats = batching.pack_rows(prompts, completions, buckets=(COPY_ROW_TOKENS,), pad_id=tokenizer.pad_token_id)
+  if stats["truncated_rows"]:
+    raise ValueError(f"copy drills exceed {COPY_ROW_TOKENS} tokens with this tokenizer; they need single-token "
+                     f"names (the tiny tokenizer)")
+  return batch
 
 
 def init_model(config: ModelInitConfig, seed: int, mesh: Mesh

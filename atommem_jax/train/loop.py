@@ -203,7 +203,12 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
   try:
     for step in range(start_step, config.total_steps):
       extras: dict[str, Any] = {}
-      if step < config.sft.steps:
+      if step < config.sft.copy_steps:
+        host_batch = inputs.copy_drill_batch(tokenizer, config.seed, step, config.sft.copy_batch_size)
+        state, device_metrics = sft_step(state, step_lib.shard_batch(batching.split_microbatches(host_batch, 1),
+                                                                     batch_sharding))
+        extras.update(phase="copy", reward_mean=None, num_tokens=float(host_batch.mask_NxT.sum()))
+      elif step < config.sft.steps:
         raw = next(sft_iter)
         batch = step_lib.shard_batch(_sft_batch(raw, config.sft.num_microbatches), batch_sharding)
         state, device_metrics = sft_step(state, batch)
