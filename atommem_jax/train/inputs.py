@@ -179,7 +179,7 @@ def copy_drill_batch(tokenizer: Any, seed: int, step: int, batch_size: int) -> b
 
   A randomly initialised model has to learn to copy from its context (an induction head) before it can store or
   answer from a fact it was shown. With every name a copy target, the tiny model learns it in about 250 steps at
-  learning rate 1e-3 (not at 3e-3, nor with a chat header between the two copies; BUILD_NOTES.md "Training").
+  learning rate 1e-3 (later at 3e-3; not within 300 steps with a chat header between the copies; BUILD_NOTES.md).
   """
   pairs = copy_pairs(batch_size, tokenizer, seed=f"{seed}-{step}")
   prompts = [tokenizer.encode(p["prompt"], add_special_tokens=False) for p in pairs]

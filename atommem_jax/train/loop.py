@@ -85,7 +85,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
   embed_fn = HashingEmbedder(dim=config.memory.embed_dim)
   eval_episodes = task.eval_episodes[:config.eval.num_episodes]
   sft_iter = grpo_iter = None
-  if config.sft.steps:
+  if config.sft.steps > config.sft.copy_steps:  # copy drills need no pairs
     pairs = inputs.sft_pairs(config, task, tokenizer, embed_fn, workdir)
     sft_iter = iter(pipeline.sft_dataset(
         pairs, pipeline.PipelineConfig(batch_size=config.sft.batch_size, seed=config.seed, num_threads=0,
