@@ -25,8 +25,8 @@ def released() -> ml_collections.ConfigDict:
   c.memory = dict(capacity=256, entry_tokens=256, scratchpad_tokens=1024, query_tokens=128, embed_dim=256, top_k=6,
                   overflow="evict_oldest", max_ops_per_turn=16)
   c.embedder = "hashing"
-  c.sft = dict(steps=0, pairs_path="", oracle_episodes=64, min_reward=0.5, recitation_pairs=0, copy_steps=0,
-               copy_batch_size=32, batch_size=64, num_microbatches=8, max_prompt_tokens=8192,
+  c.sft = dict(steps=0, pairs_path="", oracle_episodes=64, min_reward=0.5, recitation_pairs=0, drill="copy",
+               drill_steps=0, drill_every=0, drill_batch_size=32, batch_size=64, num_microbatches=8, max_prompt_tokens=8192,
                max_completion_tokens=4096,
                optimizer=dict(learning_rate=1e-5, warmup_steps=10, decay_steps=200, end_learning_rate_ratio=0.1,
                               weight_decay=0.01, max_grad_norm=1.0))
@@ -52,7 +52,7 @@ def tiny() -> ml_collections.ConfigDict:
   each turn near 180 tokens.
   """
   c = released()
-  c.total_steps = 530  # 500 SFT + 30 GRPO
+  c.total_steps = 880  # 850 SFT (250 recitation drills, then every third step one) + 30 GRPO
   c.checkpoint_every = 100
   c.model.preset = "tiny_default"
   c.task.dataset = "synthetic"
@@ -63,9 +63,9 @@ def tiny() -> ml_collections.ConfigDict:
   c.agent.update(chunk_tokens=96, overlap_tokens=8, max_chunks=8, max_steps=6, query_limit=3, template_dir="compact")
   c.memory = dict(capacity=16, entry_tokens=32, scratchpad_tokens=48, query_tokens=32, embed_dim=64, top_k=4,
                   overflow="evict_oldest", max_ops_per_turn=4)
-  c.sft.update(steps=500, oracle_episodes=1500, batch_size=16, num_microbatches=1, max_prompt_tokens=320,
-               max_completion_tokens=64)
-  c.sft.optimizer.update(learning_rate=3e-3, warmup_steps=20, decay_steps=500)
+  c.sft.update(steps=850, oracle_episodes=1500, drill="recite", drill_steps=250, drill_every=3, batch_size=16,
+               num_microbatches=1, max_prompt_tokens=216, max_completion_tokens=40)
+  c.sft.optimizer.update(learning_rate=1e-3, warmup_steps=20, decay_steps=850)
   c.grpo.loss.num_generations = 4
   c.grpo.update(prompts_per_rollout=4, microbatch_rows=16, length_buckets=(384, 512))
   c.grpo.sampler.update(max_new_tokens=64, prompt_buckets=(256, 384))

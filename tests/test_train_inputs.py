@@ -99,3 +99,29 @@ def test_copy_drills_repeat_the_prompt_names_and_depend_only_on_seed_and_step():
     assert set(names.split()) <= set(synthetic.SHORT_NAMES)
     assert len(completion) - 1 == len(names.split())  # one token per name: every loss token is a copy target
     assert tokenizer.decode(ids[:len(ids) - len(completion)]) == names + "\n"
+
+
+def test_recitation_drills_target_the_evidence_chain_and_the_objects_and_depend_only_on_seed_and_step():
+  task = inputs.build_task(TaskConfig(synthetic=SMALL_WORLD, synthetic_worlds=6, num_eval_episodes=4,
+                                      long_context=LongContextConfig(num_docs=4, seed=0)))
+  tokenizer = load_tiny_tokenizer()
+  config = SFTStageConfig(steps=10, drill="recite", drill_steps=2, drill_every=3, drill_batch_size=8)
+  assert [inputs.is_drill_step(config, s) for s in range(11)] == [True, True, True, False, False, True, False,
+                                                                   False, True, False, False]
+  batch = inputs.drill_batch(config, tokenizer, task.train_examples, seed=0, step=7)
+  again = inputs.drill_batch(config, tokenizer, task.train_examples, seed=0, step=7)
+  other = inputs.drill_batch(config, tokenizer, task.train_examples, seed=0, step=8)
+  assert (batch.tokens_NxT == again.tokens_NxT).all() and not (batch.tokens_NxT == other.tokens_NxT).all()
+  contexts = {e.context: e for e in task.train_examples}
+  for row in range(8):
+    text = tokenizer.decode(batch.tokens_NxT[row][batch.mask_NxT[row]])
+    example = next(e for c, e in contexts.items() if text.startswith(c))  # the row opens with one example
+    chain = f"{example.questions[0]} {' '.join(example.supporting_facts[0])}\n"
+    assert chain in text
+    targets = batch.tokens_NxT[row][batch.loss_mask_NxT[row]].tolist()
+    evidence = tokenizer.encode(" " + " ".join(example.supporting_facts[0]), add_special_tokens=False)
+    assert targets[:len(evidence)] == evidence  # the whole evidence chain, then one object per restated fact
+    recited = text.split(chain, 1)[1].split(". ")
+    objects = [tokenizer.decode([t]).strip() for t in targets[len(evidence):]]
+    assert objects == [s.removesuffix(".").rsplit(" ", 1)[1] for s in recited if s.strip()]
+    assert not any(o.isdigit() for o in objects) and all(o in example.context for o in objects)

@@ -25,7 +25,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENT = str(ROOT / "experiments" / "grpo_hotpot.py")
 OVERRIDES = [
     "--config.total_steps=5", "--config.checkpoint_every=1", "--config.keep_checkpoints=2",
-    "--config.sft.steps=3", "--config.sft.copy_steps=1", "--config.sft.copy_batch_size=4", "--config.sft.batch_size=4", "--config.sft.oracle_episodes=4",
+    "--config.sft.steps=3", "--config.sft.drill_steps=0", "--config.sft.drill_every=2", "--config.sft.drill_batch_size=4",
+    "--config.sft.batch_size=4", "--config.sft.oracle_episodes=4",
     "--config.task.synthetic_worlds=8", "--config.task.num_eval_episodes=2", "--config.eval.num_episodes=0",
     "--config.agent.max_steps=3", "--config.grpo.prompts_per_rollout=2", "--config.grpo.loss.num_generations=2",
     "--config.grpo.sampler.max_new_tokens=12", "--config.grpo.microbatch_rows=8",
@@ -73,7 +74,7 @@ def test_killed_and_resumed_run_is_bit_identical(runs):
   assert _metrics(killed) == _metrics(straight)
   steps = [row["step"] for row in _metrics(killed)]
   assert steps == [1, 2, 3, 4, 5]  # every step logged exactly once
-  assert [row["phase"] for row in _metrics(killed)] == ["copy", "sft", "sft", "grpo", "grpo"]
+  assert [row["phase"] for row in _metrics(killed)] == ["recite", "sft", "recite", "grpo", "grpo"]
   for row in _metrics(straight):
     for key in ("loss", "reward_mean", "reward_std", "em", "kl", "clip_fraction", "entropy", "op_rate/create",
                 "op_rate/update", "op_rate/delete", "op_rate/read", "op_rate/scratchpad", "storage_size_mean"):

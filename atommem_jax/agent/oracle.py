@@ -82,8 +82,10 @@ class OraclePolicy:
     visible = [f for f in question.facts if any(f.sentence in entry for entry in shown) or f.sentence in scratchpad]
     missing = [f for f in question.facts if f not in visible]
     if not missing:
-      return f"All the facts are in view.<final_answer>\\boxed{{{_derive(question.kind, visible)}}}" \
-             f"</final_answer>"
+      # The facts first, in reasoning order: each step of the chain is then a lookup in view, and the answer is
+      # the last word just written.
+      reasoning = " ".join(f.sentence for f in question.facts)
+      return f"{reasoning}<final_answer>\\boxed{{{_derive(question.kind, visible)}}}</final_answer>"
     keep = " ".join(f.sentence for f in visible) or "Looking for the facts."
     return f"<update_memory>{keep}</update_memory><update_query>{missing[0].sentence}</update_query>"
 

@@ -12,6 +12,7 @@ import shutil
 from typing import Any, Sequence
 
 import jax
+import numpy as np
 from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
@@ -24,7 +25,7 @@ from atommem_jax.data.long_context import LongContextExample
 from atommem_jax.data.tokenizer import load_tiny_tokenizer, tiny_tokenizer_dir
 from atommem_jax.model import Qwen3Config, get_preset
 from atommem_jax.train import batching, sft, step as step_lib
-from atommem_jax.train.config import ModelInitConfig, TaskConfig, TrainConfig
+from atommem_jax.train.config import ModelInitConfig, SFTStageConfig, TaskConfig, TrainConfig
 
 SFT_PAIRS_FILE = "sft_pairs.jsonl"
 
@@ -160,8 +161,34 @@ def recitation_pairs(examples: Sequence[LongContextExample], tokenizer: Any, see
   return pairs
 
 
-COPY_LENGTHS = (16, 32)  # names per drill, inclusive range
-COPY_ROW_TOKENS = 72  # a drill's row: the names, a newline, the names again, end-of-sequence
+COPY_LENGTHS = (16, 32)  # names per copy drill, inclusive range
+COPY_ROW_TOKENS = 72  # a copy drill's row: the names, a newline, the names again, end-of-sequence
+RECITE_ROW_BUCKETS = (128, 192, 256)  # a recitation drill's row: the documents, then one line per fact
+
+
+def is_drill_step(config: SFTStageConfig, step: int) -> bool:
+  """Whether SFT step `step` trains on drills: the first `drill_steps`, then every `drill_every`-th step."""
+  if step >= config.steps:
+    return False
+  if step < config.drill_steps:
+    return True
+  return bool(config.drill_every) and (step - config.drill_steps) % config.drill_every == 0
+
+
+def drill_batch(config: SFTStageConfig, tokenizer: Any, examples: Sequence[LongContextExample], seed: int,
+                step: int) -> batching.TrainBatch:
+  """SFT step `step`'s drills (`sft.drill`): a pure function of (seed, step), so resuming needs no state.
+
+  A pretrained LLM arrives knowing how to find and copy a fact from its context; a randomly initialised tiny model
+  does not, and the oracle's turns teach it slowly (a few names per turn). Drills give that skill a dense signal:
+  - "copy": a line of 16-32 random names, then the same line; every name is a copy target (an induction head).
+  - "recite": an example's documents, then its questions, each followed by its supporting facts in reasoning order
+    (the first subject is copied from the question, each object looked up by its subject: the steps of a note or an
+    answer), then every other fact of the documents (years left out) restated in a shuffled order, its object the target.
+  """
+  if config.drill == "copy":
+    return copy_drill_batch(tokenizer, seed, step, config.drill_batch_size)
+  return recite_drill_batch(tokenizer, examples, seed, step, config.drill_batch_size)
 
 
 def copy_pairs(count: int, tokenizer: Any, seed: int | str) -> list[dict[str, str]]:
@@ -175,12 +202,8 @@ def copy_pairs(count: int, tokenizer: Any, seed: int | str) -> list[dict[str, st
 
 
 def copy_drill_batch(tokenizer: Any, seed: int, step: int, batch_size: int) -> batching.TrainBatch:
-  """SFT step `step`'s copy drills (`sft.copy_steps`): a pure function of (seed, step), so resuming needs no state.
-
-  A randomly initialised model has to learn to copy from its context (an induction head) before it can store or
-  answer from a fact it was shown. With every name a copy target, the tiny model learns it in about 250 steps at
-  learning rate 1e-3 (later at 3e-3; not within 300 steps with a chat header between the copies; BUILD_NOTES.md).
-  """
+  """Copy drills; with every name a copy target the tiny model learns to copy in about 250 steps at learning rate
+  1e-3 (later at 3e-3; not within 300 steps with a chat header between the copies; BUILD_NOTES.md)."""
   pairs = copy_pairs(batch_size, tokenizer, seed=f"{seed}-{step}")
   prompts = [tokenizer.encode(p["prompt"], add_special_tokens=False) for p in pairs]
   completions = [tokenizer.encode(p["completion"], add_special_tokens=False) for p in pairs]
@@ -189,6 +212,46 @@ def copy_drill_batch(tokenizer: Any, seed: int, step: int, batch_size: int) -> b
     raise ValueError(f"copy drills exceed {COPY_ROW_TOKENS} tokens with this tokenizer; they need single-token "
                      f"names (the tiny tokenizer)")
   return batch
+
+
+def recite_drill_batch(tokenizer: Any, examples: Sequence[LongContextExample], seed: int, step: int,
+                       batch_size: int) -> batching.TrainBatch:
+  """Recitation drills: the loss is on the supporting facts and on each restated fact's object (its subject and
+  relation are the cue)."""
+  if not examples:
+    raise ValueError("recitation drills need training examples")
+  rng = random.Random(f"recite-{seed}-{step}")
+  rows = []
+  for _ in range(batch_size):
+    example = examples[rng.randrange(len(examples))]
+    ids = tokenizer.encode(example.context + "\n", add_special_tokens=False)
+    targets = [False] * len(ids)
+    for question, evidence in zip(example.questions, example.supporting_facts):
+      for text, is_target in ((question, False), (" " + " ".join(evidence), True), ("\n", False)):
+        piece = tokenizer.encode(text, add_special_tokens=False)
+        ids += piece
+        targets += [is_target] * len(piece)
+    stated = {s.removesuffix(".") for evidence in example.supporting_facts for s in evidence}
+    sentences = [s.removesuffix(".") for d in example.documents for s in d.text.split(". ")
+                 if s.removesuffix(".") not in stated]
+    facts = [s.rsplit(" ", 1) for s in sentences if not s.rsplit(" ", 1)[-1].isdigit()]
+    rng.shuffle(facts)
+    for cue, obj in facts:
+      for text, is_target in ((" " + cue, False), (" " + obj, True), (".", False)):
+        piece = tokenizer.encode(text, add_special_tokens=False)
+        ids += piece
+        targets += [is_target] * len(piece)
+    rows.append((ids, targets))
+  length = batching.bucket_length(max(len(ids) for ids, _ in rows), RECITE_ROW_BUCKETS)
+  tokens = np.full((batch_size, length), tokenizer.pad_token_id, np.int32)
+  mask = np.zeros((batch_size, length), bool)
+  loss_mask = np.zeros((batch_size, length), bool)
+  for i, (ids, targets) in enumerate(rows):
+    tokens[i, :len(ids)], mask[i, :len(ids)], loss_mask[i, :len(ids)] = ids, True, targets
+  zeros = np.zeros((batch_size, length), np.float32)
+  return batching.TrainBatch(tokens_NxT=tokens, positions_NxT=np.where(mask, np.arange(length), 0).astype(np.int32),
+                             mask_NxT=mask, loss_mask_NxT=loss_mask, old_logprobs_NxT=zeros, ref_logprobs_NxT=zeros,
+                             advantage_N=np.zeros((batch_size,), np.float32))
 
 
 def init_model(config: ModelInitConfig, seed: int, mesh: Mesh

@@ -85,7 +85,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
   embed_fn = HashingEmbedder(dim=config.memory.embed_dim)
   eval_episodes = task.eval_episodes[:config.eval.num_episodes]
   sft_iter = grpo_iter = None
-  if config.sft.steps > config.sft.copy_steps:  # copy drills need no pairs
+  if any(not inputs.is_drill_step(config.sft, s) for s in range(config.sft.steps)):  # drills need no pairs
     pairs = inputs.sft_pairs(config, task, tokenizer, embed_fn, workdir)
     sft_iter = iter(pipeline.sft_dataset(
         pairs, pipeline.PipelineConfig(batch_size=config.sft.batch_size, seed=config.seed, num_threads=0,
@@ -203,11 +203,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
   try:
     for step in range(start_step, config.total_steps):
       extras: dict[str, Any] = {}
-      if step < config.sft.copy_steps:
-        host_batch = inputs.copy_drill_batch(tokenizer, config.seed, step, config.sft.copy_batch_size)
+      if inputs.is_drill_step(config.sft, step):
+        host_batch = inputs.drill_batch(config.sft, tokenizer, task.train_examples, config.seed, step)
         state, device_metrics = sft_step(state, step_lib.shard_batch(batching.split_microbatches(host_batch, 1),
                                                                      batch_sharding))
-        extras.update(phase="copy", reward_mean=None, num_tokens=float(host_batch.mask_NxT.sum()))
+        extras.update(phase=config.sft.drill, reward_mean=None, num_tokens=float(host_batch.mask_NxT.sum()))
       elif step < config.sft.steps:
         raw = next(sft_iter)
         batch = step_lib.shard_batch(_sft_batch(raw, config.sft.num_microbatches), batch_sharding)
