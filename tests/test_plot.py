@@ -115,6 +115,8 @@ def test_phase_boundaries_follow_the_phase_key(tmp_path):
   rows = plots.read_metrics(write_metrics(tmp_path / "metrics.jsonl", steps=8, sft_steps=3))
   assert plots.phase_starts(rows) == [(1, "sft"), (4, "grpo")]
   assert plots.series(rows, "reward_mean")[0] == [4, 5, 6, 7, 8]  # null SFT rewards are not drawn
+  interleaved = [{"step": s, "phase": p} for s, p in enumerate(["recite", "recite", "sft", "recite", "sft", "grpo"], 1)]
+  assert plots.phase_starts(interleaved) == [(1, "sft"), (6, "grpo")]  # drill steps are part of SFT
 
 
 def test_em_vs_documents_plot(tmp_path):

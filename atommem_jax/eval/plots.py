@@ -107,11 +107,16 @@ def _line_figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
   return fig, ax
 
 
+# SFT drill steps (`sft.drill`) interleave with the oracle's steps; they are marked as part of SFT.
+SFT_DRILL_PHASES = ("copy", "recite")
+
+
 def phase_starts(rows: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
-  """(first step, phase) wherever the `phase` key (e.g. sft -> grpo) changes."""
+  """(first step, phase) wherever the `phase` key (e.g. sft -> grpo) changes; drill steps count as sft."""
   starts, previous = [], None
   for row in rows:
     phase = row.get("phase")
+    phase = "sft" if phase in SFT_DRILL_PHASES else phase
     if phase is not None and phase != previous:
       starts.append((row["step"], str(phase)))
       previous = phase

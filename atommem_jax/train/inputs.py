@@ -203,7 +203,7 @@ def copy_pairs(count: int, tokenizer: Any, seed: int | str) -> list[dict[str, st
 
 def copy_drill_batch(tokenizer: Any, seed: int, step: int, batch_size: int) -> batching.TrainBatch:
   """Copy drills; with every name a copy target the tiny model learns to copy in about 250 steps at learning rate
-  1e-3 (later at 3e-3; not within 300 steps with a chat header between the copies; BUILD_NOTES.md)."""
+  1e-3 (about 125 steps later at 3e-3)."""
   pairs = copy_pairs(batch_size, tokenizer, seed=f"{seed}-{step}")
   prompts = [tokenizer.encode(p["prompt"], add_special_tokens=False) for p in pairs]
   completions = [tokenizer.encode(p["completion"], add_special_tokens=False) for p in pairs]
