@@ -26,8 +26,8 @@ def released() -> ml_collections.ConfigDict:
                   overflow="evict_oldest", max_ops_per_turn=16)
   c.embedder = "hashing"
   c.sft = dict(steps=0, pairs_path="", oracle_episodes=64, min_reward=0.5, recitation_pairs=0, drill="copy",
-               drill_steps=0, drill_every=0, drill_batch_size=32, batch_size=64, num_microbatches=8, max_prompt_tokens=8192,
-               max_completion_tokens=4096,
+               drill_steps=0, drill_every=0, drill_batch_size=32, batch_size=64, num_microbatches=8,
+               max_prompt_tokens=8192, max_completion_tokens=4096,
                optimizer=dict(learning_rate=1e-5, warmup_steps=10, decay_steps=200, end_learning_rate_ratio=0.1,
                               weight_decay=0.01, max_grad_norm=1.0))
   c.grpo = dict(

@@ -25,7 +25,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENT = str(ROOT / "experiments" / "grpo_hotpot.py")
 OVERRIDES = [
     "--config.total_steps=5", "--config.checkpoint_every=1", "--config.keep_checkpoints=2",
-    "--config.sft.steps=3", "--config.sft.drill_steps=0", "--config.sft.drill_every=2", "--config.sft.drill_batch_size=4",
+    "--config.sft.steps=3", "--config.sft.drill_steps=0", "--config.sft.drill_every=2",
+    "--config.sft.drill_batch_size=4",
     "--config.sft.batch_size=4", "--config.sft.oracle_episodes=4",
     "--config.task.synthetic_worlds=8", "--config.task.num_eval_episodes=2", "--config.eval.num_episodes=0",
     "--config.agent.max_steps=3", "--config.grpo.prompts_per_rollout=2", "--config.grpo.loss.num_generations=2",

@@ -184,7 +184,8 @@ def drill_batch(config: SFTStageConfig, tokenizer: Any, examples: Sequence[LongC
   - "copy": a line of 16-32 random names, then the same line; every name is a copy target (an induction head).
   - "recite": an example's documents, then its questions, each followed by its supporting facts in reasoning order
     (the first subject is copied from the question, each object looked up by its subject: the steps of a note or an
-    answer), then every other fact of the documents (years left out) restated in a shuffled order, its object the target.
+    answer), then every other fact of the documents (years left out) restated in a shuffled order, its object the
+    target.
   """
   if config.drill == "copy":
     return copy_drill_batch(tokenizer, seed, step, config.drill_batch_size)
