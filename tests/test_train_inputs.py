@@ -125,3 +125,13 @@ def test_recitation_drills_target_the_evidence_chain_and_the_objects_and_depend_
     objects = [tokenizer.decode([t]).strip() for t in targets[len(evidence):]]
     assert objects == [s.removesuffix(".").rsplit(" ", 1)[1] for s in recited if s.strip()]
     assert not any(o.isdigit() for o in objects) and all(o in example.context for o in objects)
+
+
+def test_drill_settings_are_checked():
+  with pytest.raises(ValueError, match="sft.drill_every"):
+    TrainConfig(sft=SFTStageConfig(steps=4, drill_every=-1))
+  with pytest.raises(ValueError, match="drill_batch_size"):
+    TrainConfig(sft=SFTStageConfig(steps=4, drill_batch_size=3), mesh=dataclasses.replace(TrainConfig().mesh, data=2))
+  # More drill steps than SFT steps: all of SFT is drills (a GRPO-only run keeps the tiny default's drill_steps).
+  config = SFTStageConfig(steps=3, drill_steps=250)
+  assert [inputs.is_drill_step(config, s) for s in range(5)] == [True, True, True, False, False]

@@ -58,7 +58,8 @@ class SFTStageConfig:
   oracle_episodes: int = 64  # training episodes the oracle plays to make the pairs
   min_reward: float = 0.5  # every turn of a teacher trajectory at least this good becomes a pair
   recitation_pairs: int = 0  # reading practice for a model trained from scratch (`inputs.recitation_pairs`)
-  # Drills (`inputs.drill_batch`): the first `drill_steps` SFT steps, then every `drill_every`-th (0 = none).
+  # Drills (`inputs.drill_batch`): the first `drill_steps` SFT steps (all of them if more), then every
+  # `drill_every`-th (0 = none).
   drill: Literal["copy", "recite"] = "copy"
   drill_steps: int = 0
   drill_every: int = 0
@@ -131,10 +132,10 @@ class TrainConfig:
     if self.sft.batch_size % (self.sft.num_microbatches * self.mesh.data * self.mesh.fsdp):
       raise ValueError(f"sft.batch_size ({self.sft.batch_size}) must be a multiple of sft.num_microbatches x mesh "
                        f"data x fsdp")
-    if (not 0 <= self.sft.drill_steps <= self.sft.steps or self.sft.drill_every < 0
+    if (self.sft.drill_steps < 0 or self.sft.drill_every < 0
         or self.sft.drill_batch_size % (self.mesh.data * self.mesh.fsdp)):
-      raise ValueError(f"sft.drill_steps ({self.sft.drill_steps}) must be in [0, sft.steps={self.sft.steps}], "
-                       f"sft.drill_every ({self.sft.drill_every}) >= 0 and sft.drill_batch_size "
-                       f"({self.sft.drill_batch_size}) a multiple of mesh data x fsdp")
+      raise ValueError(f"sft.drill_steps ({self.sft.drill_steps}) and sft.drill_every ({self.sft.drill_every}) must "
+                       f"be >= 0 and sft.drill_batch_size ({self.sft.drill_batch_size}) a multiple of mesh data x "
+                       f"fsdp")
     if self.keep_checkpoints < 1 or self.log_every < 1 or self.max_nonfinite_streak < 1:
       raise ValueError("keep_checkpoints, log_every and max_nonfinite_streak must be >= 1")

@@ -225,23 +225,28 @@ def recite_drill_batch(tokenizer: Any, examples: Sequence[LongContextExample], s
   rows = []
   for _ in range(batch_size):
     example = examples[rng.randrange(len(examples))]
-    ids = tokenizer.encode(example.context + "\n", add_special_tokens=False)
-    targets = [False] * len(ids)
+    ids: list[int] = []
+    targets: list[bool] = []
+
+    def add(text: str, is_target: bool) -> None:
+      piece = tokenizer.encode(text, add_special_tokens=False)
+      ids.extend(piece)
+      targets.extend([is_target] * len(piece))
+
+    add(example.context + "\n", False)
     for question, evidence in zip(example.questions, example.supporting_facts):
-      for text, is_target in ((question, False), (" " + " ".join(evidence), True), ("\n", False)):
-        piece = tokenizer.encode(text, add_special_tokens=False)
-        ids += piece
-        targets += [is_target] * len(piece)
+      add(question, False)
+      add(" " + " ".join(evidence), True)
+      add("\n", False)
     stated = {s.removesuffix(".") for evidence in example.supporting_facts for s in evidence}
     sentences = [s.removesuffix(".") for d in example.documents for s in d.text.split(". ")
                  if s.removesuffix(".") not in stated]
     facts = [s.rsplit(" ", 1) for s in sentences if not s.rsplit(" ", 1)[-1].isdigit()]
     rng.shuffle(facts)
     for cue, obj in facts:
-      for text, is_target in ((" " + cue, False), (" " + obj, True), (".", False)):
-        piece = tokenizer.encode(text, add_special_tokens=False)
-        ids += piece
-        targets += [is_target] * len(piece)
+      add(" " + cue, False)
+      add(" " + obj, True)
+      add(".", False)
     rows.append((ids, targets))
   length = batching.bucket_length(max(len(ids) for ids, _ in rows), RECITE_ROW_BUCKETS)
   tokens = np.full((batch_size, length), tokenizer.pad_token_id, np.int32)
