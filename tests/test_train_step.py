@@ -1,4 +1,5 @@
-"""The jitted train step: accumulation equals the full batch, a (2, 2, 2) mesh equals one device, NaN is skipped."""
+"""The jitted train step: accumulation equals the full batch, a (2, 2, 2) mesh equals one device, NaN is skipped,
+the advantage's sign decides which way a response moves."""
 import jax
 import numpy as np
 import pytest
@@ -80,3 +81,29 @@ def test_nonfinite_loss_skips_update_and_counts():
   assert int(state.nonfinite_streak) == 0 and int(state.skipped_updates) == 1 and int(state.step) == 3
   changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), jax.device_get(state.params), before)
   assert any(jax.tree.leaves(changed))
+
+
+def test_grpo_updates_raise_rewarded_responses_and_lower_penalised_ones():
+  """End to end through the jitted step: the sign of the advantage decides which way a response's logprob moves."""
+  mesh = sharding.make_mesh(sharding.MeshConfig(), jax.devices()[:1])
+  graphdef, params, params_sharding = step.init_params(MODEL, seed=0, mesh=mesh)
+  tx = step.make_optimizer(step.OptimizerConfig(learning_rate=1e-3, warmup_steps=1, decay_steps=10, weight_decay=0.0))
+  shardings = step.state_shardings(tx, params_sharding, jax.eval_shape(lambda: params), mesh)
+  state = step.init_train_state(params, tx, shardings)
+  config = step.StepConfig(objective="grpo", grpo=grpo.GRPOConfig(use_kl=False))
+  step_fn = step.make_train_step(graphdef, tx, config, shardings, mesh)
+  logprobs_fn = step.make_logprobs_fn(graphdef, params_sharding, mesh)
+  prompt = [5, 6, 7, 8]
+  batch, _ = batching.pack_rows([prompt] * 4, [[11, 12, 13], [21, 22, 23], [31, 32], [41, 42, 43, 44]], buckets=(16,),
+                                pad_id=0, advantages=[0.75, -0.25, -0.25, -0.25])
+  batch = step.shard_batch(batching.split_microbatches(batch, 1), step.batch_shardings(mesh))
+
+  def response_logprobs(params):
+    return np.asarray((logprobs_fn(params, batch) * batch.loss_mask_NxT).sum(-1))[0]
+
+  before = response_logprobs(state.params)
+  for _ in range(3):  # the first update is at warm-up lr 0; old logprobs are the current policy's (on-policy)
+    state, _ = step_fn(state, batch.replace(old_logprobs_NxT=logprobs_fn(state.params, batch)))
+  change = response_logprobs(state.params) - before
+  assert change[0] > 0.1, change
+  assert np.all(change[1:] < 0), change
