@@ -1,7 +1,7 @@
 """The response parser and the environment step: hand-written transcripts, then random and adversarial fuzz."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from atommem_jax.agent import env, protocol
 from atommem_jax.agent.config import AgentConfig
@@ -161,6 +161,7 @@ def test_memagent_always_advances_and_rag_answers_each_question_once():
 
 
 @settings(max_examples=60, deadline=None)
+@example(turns=[[2, 2, 2, 6]], num_chunks=0, num_questions=2, action="give_up", method="atommem")  # give up, answer
 @given(st.lists(st.lists(st.integers(0, 6), max_size=6), min_size=1, max_size=25), st.integers(0, 4),
        st.integers(1, 3), st.sampled_from(["give_up", "force_forward"]), st.sampled_from(["atommem", "memagent"]))
 def test_env_fuzz_keeps_pointer_invariants(turns, num_chunks, num_questions, action, method):
@@ -181,7 +182,9 @@ def test_env_fuzz_keeps_pointer_invariants(turns, num_chunks, num_questions, act
     if bool(previous.done_B[0]):
       assert not result.accepted_BxO.any()
       assert int(state.step_B[0]) == int(previous.step_B[0])
+    # Answers go to successive questions of this turn's range; a Read given up on skips a question unanswered.
     answered = result.answered_question_BxO[0][result.answered_question_BxO[0] >= 0].tolist()
-    assert answered == list(range(int(previous.question_index_B[0]), int(previous.question_index_B[0]) + len(answered)))
+    assert answered == sorted(set(answered))
+    assert all(int(previous.question_index_B[0]) <= q < int(state.question_index_B[0]) for q in answered)
     previous = state
   assert bool(state.done_B[0]) or int(state.step_B[0]) < 12
