@@ -31,11 +31,12 @@ def _setup(mesh_config: sharding.MeshConfig, config: step.StepConfig = GRPO):
   tx = step.make_optimizer(OPT)
   shardings = step.state_shardings(tx, params_sharding, jax.eval_shape(lambda: params), mesh)
   state = step.init_train_state(params, tx, shardings)
-  return mesh, state, step.make_train_step(graphdef, tx, config, shardings, mesh)
+  return mesh, state, step.make_train_step(graphdef, tx, config, shardings, mesh), step.make_logprobs_fn(
+      graphdef, params_sharding, mesh)
 
 
 def _run(mesh_config, microbatches, num_steps=2):
-  mesh, state, step_fn = _setup(mesh_config)
+  mesh, state, step_fn, _ = _setup(mesh_config)
   losses = []
   for i in range(num_steps):
     batch = step.shard_batch(_batch(i, microbatches=microbatches), step.batch_shardings(mesh))
@@ -67,7 +68,7 @@ def test_data_fsdp_tensor_mesh_matches_single_device(single_device_run):
 
 
 def test_nonfinite_loss_skips_update_and_counts():
-  mesh, state, step_fn = _setup(sharding.MeshConfig())
+  mesh, state, step_fn, _ = _setup(sharding.MeshConfig())
   before = jax.device_get(state.params)
   bad = _batch(0)
   bad = bad.replace(advantage_N=np.full_like(bad.advantage_N, np.nan))
@@ -85,14 +86,8 @@ def test_nonfinite_loss_skips_update_and_counts():
 
 def test_grpo_updates_raise_rewarded_responses_and_lower_penalised_ones():
   """End to end through the jitted step: the sign of the advantage decides which way a response's logprob moves."""
-  mesh = sharding.make_mesh(sharding.MeshConfig(), jax.devices()[:1])
-  graphdef, params, params_sharding = step.init_params(MODEL, seed=0, mesh=mesh)
-  tx = step.make_optimizer(step.OptimizerConfig(learning_rate=1e-3, warmup_steps=1, decay_steps=10, weight_decay=0.0))
-  shardings = step.state_shardings(tx, params_sharding, jax.eval_shape(lambda: params), mesh)
-  state = step.init_train_state(params, tx, shardings)
-  config = step.StepConfig(objective="grpo", grpo=grpo.GRPOConfig(use_kl=False))
-  step_fn = step.make_train_step(graphdef, tx, config, shardings, mesh)
-  logprobs_fn = step.make_logprobs_fn(graphdef, params_sharding, mesh)
+  mesh, state, step_fn, logprobs_fn = _setup(
+      sharding.MeshConfig(), step.StepConfig(objective="grpo", grpo=grpo.GRPOConfig(use_kl=False)))
   prompt = [5, 6, 7, 8]
   batch, _ = batching.pack_rows([prompt] * 4, [[11, 12, 13], [21, 22, 23], [31, 32], [41, 42, 43, 44]], buckets=(16,),
                                 pad_id=0, advantages=[0.75, -0.25, -0.25, -0.25])
