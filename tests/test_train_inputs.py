@@ -10,7 +10,7 @@ from atommem_jax.data.tokenizer import load_tiny_tokenizer
 from atommem_jax.memory.embedders import HashingEmbedder
 from atommem_jax.train import inputs
 from atommem_jax.memory.config import MemoryConfig
-from atommem_jax.train.config import SFTStageConfig, TaskConfig, TrainConfig
+from atommem_jax.train.config import ModelInitConfig, SFTStageConfig, TaskConfig, TrainConfig
 
 SMALL_WORLD = synthetic.SyntheticConfig(seed=3, num_documents=16, num_questions=4, question_kinds=("birth_country",))
 
@@ -135,3 +135,11 @@ def test_drill_settings_are_checked():
   # More drill steps than SFT steps: all of SFT is drills (a GRPO-only run keeps the tiny default's drill_steps).
   config = SFTStageConfig(steps=3, drill_steps=250)
   assert [inputs.is_drill_step(config, s) for s in range(5)] == [True, True, True, False, False]
+
+
+def test_a_missing_tokenizer_or_checkpoint_directory_is_one_clear_error(tmp_path):
+  missing = tmp_path / "no_such_run" / "params_sft"
+  with pytest.raises(FileNotFoundError, match=r"model\.checkpoint: no directory .*no_such_run/params_sft"):
+    inputs.load_tokenizer(ModelInitConfig(checkpoint=str(missing)))
+  with pytest.raises(FileNotFoundError, match=r"model\.tokenizer: no directory"):
+    inputs.load_tokenizer(ModelInitConfig(tokenizer=str(missing)))

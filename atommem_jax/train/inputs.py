@@ -50,6 +50,9 @@ def load_tokenizer(config: ModelInitConfig) -> Any:
   source = tokenizer_source(config)
   if source == tiny_tokenizer_dir():
     return load_tiny_tokenizer()
+  if not pathlib.Path(source).is_dir():
+    field = "model.tokenizer" if config.tokenizer else "model.checkpoint"
+    raise FileNotFoundError(f"{field}: no directory {source} (tokenizers are read from local directories only)")
   import transformers  # pylint: disable=g-import-not-at-top
   tokenizer = transformers.AutoTokenizer.from_pretrained(source)
   for name in ("eos_token_id", "pad_token_id"):
