@@ -217,3 +217,29 @@ def test_embedder_width_must_be_the_memory_width(checkpoint_dir, tmp_path):
   config = tiny_eval_config(checkpoint_dir, embedder=str(embedder_dir), memory=dict(embed_dim=32))
   _assert_error_writes_nothing(config, tmp_path / "out",
                                match=r"qwen3_embedding has width 64, but memory.embed_dim is \{'atommem': 32\}")
+
+
+def test_many_synthetic_worlds_give_exactly_the_trainers_held_out_episodes(tmp_path):
+  """`synthetic_worlds` builds each world on its own, as the trainer builds its held-out worlds; with the trainer's
+  seeds and sizes the evaluation reads the very episodes the trainer reports EM on."""
+  from atommem_jax.agent import rollout as rollout_lib
+  from atommem_jax.train import inputs
+  from atommem_jax.train.config import TrainConfig
+
+  train = configlib.from_dict(TrainConfig, experiment_module("train_base").tiny())
+  task_config = dataclasses.replace(train.task, synthetic_worlds=5, num_eval_episodes=12)
+  held_out = inputs.build_task(task_config).eval_episodes
+  synthetic = dict(num_docs=(task_config.long_context.num_docs,), max_examples=12, seed=task_config.synthetic.seed,
+                   synthetic_num_documents=task_config.synthetic.num_documents,
+                   synthetic_num_questions=task_config.synthetic.num_questions,
+                   synthetic_question_kinds=task_config.synthetic.question_kinds, synthetic_worlds=3)
+  config = tiny_eval_config(tmp_path, datasets={"synthetic": synthetic})
+  (task,) = runner.prepare_tasks(config)
+  assert len(task.examples) == len(held_out) == 12  # three worlds of four questions
+  assert tuple(rollout_lib.Episode.from_example(e) for e in task.examples) == held_out
+  assert len({e.id.split("-")[1] for e in task.examples}) == 3  # ids name their world's seed
+
+
+def test_synthetic_worlds_is_checked():
+  with pytest.raises(configlib.ConfigError, match="synthetic_worlds must be >= 1"):
+    tiny_eval_config(pathlib.Path("ckpt"), datasets={"synthetic": dict(synthetic_worlds=0)})

@@ -28,7 +28,9 @@ class DatasetSpec:
     identifier for `--config.datasets.KEY...` to reach it, hence `twowiki` with format and label "2wiki".
   path: the native file (unused for `synthetic`). max_examples: the first examples only (0 = all).
   seed: distractors, document order and bundling (and the synthetic world) derive from it.
-  synthetic_*: the synthetic world's size (0 documents = max(2N, 64)) and question kinds (() = all).
+  synthetic_*: the synthetic world's size (0 documents = max(2N, 64)) and question kinds (() = all);
+    `synthetic_worlds` worlds (seeds seed, seed + 1, ...), each bundled on its own with its own seed, as the trainer
+    builds its held-out worlds (so seed 0 with the trainer's sizes gives exactly its held-out episodes).
   """
 
   format: str = ""
@@ -43,6 +45,7 @@ class DatasetSpec:
   synthetic_num_questions: int = 64
   synthetic_num_documents: int = 0
   synthetic_question_kinds: tuple[str, ...] = ()
+  synthetic_worlds: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +119,9 @@ class EvalConfig:
         raise configlib.ConfigError(f"EvalConfig.datasets.{name}.num_docs must be positive, got {spec.num_docs}")
       if dataset_format(name, spec) != "synthetic" and not spec.path:
         raise configlib.ConfigError(f"EvalConfig.datasets.{name}.path is empty: give the native {name} file")
+      if spec.synthetic_worlds < 1 or (spec.synthetic_worlds > 1 and dataset_format(name, spec) != "synthetic"):
+        raise configlib.ConfigError(f"EvalConfig.datasets.{name}.synthetic_worlds must be >= 1 (and 1 unless the "
+                                    f"format is synthetic), got {spec.synthetic_worlds}")
     for field, names in (("variant_order", self.variants), ("dataset_order", self.datasets)):
       unknown = sorted(set(getattr(self, field)) - set(names))
       if unknown:

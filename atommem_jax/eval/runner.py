@@ -58,27 +58,38 @@ def resolve_mesh(spec: MeshSpec, devices: Sequence[jax.Device]) -> jax.sharding.
     raise EvalError(str(e)) from None
 
 
-def load_corpus(name: str, spec: DatasetSpec, num_docs: int) -> Corpus:
+def load_corpus(name: str, spec: DatasetSpec, num_docs: int, world: int = 0) -> Corpus:
+  """The dataset's native file, or synthetic world number `world` (seed `spec.seed + world`)."""
   if dataset_format(name, spec) != "synthetic":
     return readers.read_dataset(dataset_format(name, spec), spec.path)
-  world = synthetic.SyntheticConfig(
-      seed=spec.seed, num_documents=spec.synthetic_num_documents or max(2 * num_docs, 64),
+  world_config = synthetic.SyntheticConfig(
+      seed=spec.seed + world, num_documents=spec.synthetic_num_documents or max(2 * num_docs, 64),
       num_questions=spec.synthetic_num_questions,
       question_kinds=spec.synthetic_question_kinds or synthetic.QUESTION_KINDS)
-  return synthetic.generate(world).corpus()
+  return synthetic.generate(world_config).corpus()
+
+
+def _build(corpus: Corpus, spec: DatasetSpec, num_docs: int, seed: int) -> list[long_context.LongContextExample]:
+  return long_context.build_examples(corpus, long_context.LongContextConfig(
+      num_docs=num_docs, seed=seed, single_question_fraction=spec.single_question_fraction,
+      min_bundle_size=spec.min_bundle_size, max_bundle_size=spec.max_bundle_size))
 
 
 def prepare_tasks(config: EvalConfig) -> list[Task]:
-  """Reads every dataset and builds its examples at every N (the builder's errors name the file/row/example)."""
+  """Reads every dataset and builds its examples at every N (the builder's errors name the file/row/example).
+
+  Synthetic worlds are bundled one by one (world w with seed `spec.seed + w`), so no example mixes two worlds.
+  """
   tasks = []
   for name, spec in config.datasets.items():
     corpus = None
     for num_docs in spec.num_docs:
-      if corpus is None or dataset_format(name, spec) == "synthetic":  # a native file is read once
-        corpus = load_corpus(name, spec, num_docs)
-      built = long_context.build_examples(corpus, long_context.LongContextConfig(
-          num_docs=num_docs, seed=spec.seed, single_question_fraction=spec.single_question_fraction,
-          min_bundle_size=spec.min_bundle_size, max_bundle_size=spec.max_bundle_size))
+      if dataset_format(name, spec) == "synthetic":
+        built = [example for world in range(spec.synthetic_worlds)
+                 for example in _build(load_corpus(name, spec, num_docs, world), spec, num_docs, spec.seed + world)]
+      else:
+        corpus = corpus or load_corpus(name, spec, num_docs)  # a native file is read once
+        built = _build(corpus, spec, num_docs, spec.seed)
       if spec.max_examples:
         built = built[:spec.max_examples]
       if not built:

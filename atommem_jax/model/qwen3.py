@@ -181,7 +181,7 @@ def decode_layer(config: Qwen3Config, rules: sharding_lib.ShardingRules, p: dict
                  v_BxKxSxH: jax.Array, index: jax.Array):
   """`decoder_layer` for one token per row, on `Qwen3.decode_weights` and one `DecodeKV` layer; the same math."""
   dtype, eps = x_BxD.dtype, config.rms_norm_eps
-  b, k, g = x_BxD.shape[0], config.num_kv_heads, config.num_heads // config.num_kv_heads
+  b, g = x_BxD.shape[0], config.num_heads // config.num_kv_heads
   with jax.named_scope("attention"):
     h_BxD = rms_norm(x_BxD, p["attn_norm"], eps)
     qkv_BxKxCxH = jnp.einsum("bd,dkch->bkch", h_BxD, p["qkv_DxKxCxH"])
