@@ -13,6 +13,7 @@ import hashlib
 import random
 from typing import Any, Sequence
 
+from atommem_jax.data import synthetic
 from atommem_jax.data.records import Corpus, DataFormatError, Paragraph, QARecord
 
 
@@ -186,3 +187,12 @@ def build_examples(corpus: Corpus, config: LongContextConfig) -> list[LongContex
                      f"{config.num_docs}")
   pool_index = {p: i for i, p in enumerate(corpus.pool)}
   return [build_example(group, corpus.pool, pool_index, config) for group in bundle_records(corpus.records, config)]
+
+
+def build_synthetic_world(world: synthetic.SyntheticConfig, bundling: LongContextConfig, index: int
+                          ) -> tuple[list[LongContextExample], tuple[synthetic.SyntheticQuestion, ...]]:
+  """World `index` of a many-world synthetic task, as `(examples, questions)`: generated with seed
+  `world.seed + index` and bundled on its own with seed `bundling.seed + index`, so no example mixes two worlds
+  (worlds reuse names). The trainer's held-out worlds and the evaluation's `synthetic_worlds` are both built here."""
+  task = synthetic.generate(dataclasses.replace(world, seed=world.seed + index))
+  return build_examples(task.corpus(), dataclasses.replace(bundling, seed=bundling.seed + index)), task.questions

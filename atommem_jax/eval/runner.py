@@ -21,7 +21,6 @@ from atommem_jax import configlib
 from atommem_jax import sharding as sharding_lib
 from atommem_jax.agent import rollout as rollout_lib
 from atommem_jax.data import long_context, readers, synthetic
-from atommem_jax.data.records import Corpus
 from atommem_jax.eval import checkpoints
 from atommem_jax.eval import plots
 from atommem_jax.eval import results as results_lib
@@ -58,38 +57,36 @@ def resolve_mesh(spec: MeshSpec, devices: Sequence[jax.Device]) -> jax.sharding.
     raise EvalError(str(e)) from None
 
 
-def load_corpus(name: str, spec: DatasetSpec, num_docs: int, world: int = 0) -> Corpus:
-  """The dataset's native file, or synthetic world number `world` (seed `spec.seed + world`)."""
-  if dataset_format(name, spec) != "synthetic":
-    return readers.read_dataset(dataset_format(name, spec), spec.path)
-  world_config = synthetic.SyntheticConfig(
-      seed=spec.seed + world, num_documents=spec.synthetic_num_documents or max(2 * num_docs, 64),
+def _bundling(spec: DatasetSpec, num_docs: int) -> long_context.LongContextConfig:
+  return long_context.LongContextConfig(
+      num_docs=num_docs, seed=spec.seed, single_question_fraction=spec.single_question_fraction,
+      min_bundle_size=spec.min_bundle_size, max_bundle_size=spec.max_bundle_size)
+
+
+def _synthetic_world(spec: DatasetSpec, num_docs: int) -> synthetic.SyntheticConfig:
+  return synthetic.SyntheticConfig(
+      seed=spec.seed, num_documents=spec.synthetic_num_documents or max(2 * num_docs, 64),
       num_questions=spec.synthetic_num_questions,
       question_kinds=spec.synthetic_question_kinds or synthetic.QUESTION_KINDS)
-  return synthetic.generate(world_config).corpus()
-
-
-def _build(corpus: Corpus, spec: DatasetSpec, num_docs: int, seed: int) -> list[long_context.LongContextExample]:
-  return long_context.build_examples(corpus, long_context.LongContextConfig(
-      num_docs=num_docs, seed=seed, single_question_fraction=spec.single_question_fraction,
-      min_bundle_size=spec.min_bundle_size, max_bundle_size=spec.max_bundle_size))
 
 
 def prepare_tasks(config: EvalConfig) -> list[Task]:
   """Reads every dataset and builds its examples at every N (the builder's errors name the file/row/example).
 
-  Synthetic worlds are bundled one by one (world w with seed `spec.seed + w`), so no example mixes two worlds.
+  A synthetic dataset is `synthetic_worlds` worlds, each bundled on its own as the trainer's held-out worlds are.
   """
   tasks = []
   for name, spec in config.datasets.items():
     corpus = None
     for num_docs in spec.num_docs:
       if dataset_format(name, spec) == "synthetic":
-        built = [example for world in range(spec.synthetic_worlds)
-                 for example in _build(load_corpus(name, spec, num_docs, world), spec, num_docs, spec.seed + world)]
+        world = _synthetic_world(spec, num_docs)
+        built = [example for index in range(spec.synthetic_worlds)
+                 for example in long_context.build_synthetic_world(world, _bundling(spec, num_docs), index)[0]]
       else:
-        corpus = corpus or load_corpus(name, spec, num_docs)  # a native file is read once
-        built = _build(corpus, spec, num_docs, spec.seed)
+        if corpus is None:  # a native file is read once
+          corpus = readers.read_dataset(dataset_format(name, spec), spec.path)
+        built = long_context.build_examples(corpus, _bundling(spec, num_docs))
       if spec.max_examples:
         built = built[:spec.max_examples]
       if not built:

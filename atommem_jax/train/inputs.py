@@ -68,10 +68,8 @@ def build_task(config: TaskConfig) -> Task:
   training never sees, and every example draws its documents from one world only.
   """
   if config.dataset == "synthetic" and not config.examples_path:
-    worlds = [synthetic.generate(dataclasses.replace(config.synthetic, seed=config.synthetic.seed + w))
+    groups = [long_context.build_synthetic_world(config.synthetic, config.long_context, w)
               for w in range(config.synthetic_worlds)]
-    groups = [(long_context.build_examples(world.corpus(), dataclasses.replace(
-        config.long_context, seed=config.long_context.seed + w)), world.questions) for w, world in enumerate(worlds)]
   elif config.examples_path:
     groups = [(pipeline.read_examples(config.examples_path), ())]
   else:
