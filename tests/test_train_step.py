@@ -3,6 +3,7 @@ the advantage's sign decides which way a response moves."""
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from atommem_jax import sharding
 from atommem_jax.model.config import PRESETS
@@ -102,3 +103,32 @@ def test_grpo_updates_raise_rewarded_responses_and_lower_penalised_ones():
   change = response_logprobs(state.params) - before
   assert change[0] > 0.1, change
   assert np.all(change[1:] < 0), change
+
+
+def test_grpo_trains_the_tempered_policy_the_sampler_draws_from():
+  """With a sampler temperature T, log pi, pi_old, the reference and the entropy metric are all softmax(logits / T)'s,
+  so old logprobs recomputed at T make the first update exactly on-policy (ratio 1)."""
+  temperature = 0.5
+  config = step.StepConfig(objective="grpo", grpo=grpo.GRPOConfig(use_kl=False), temperature=temperature)
+  mesh, state, step_fn, _ = _setup(sharding.MeshConfig(), config)
+  graphdef, params, params_sharding = step.init_params(MODEL, seed=0, mesh=mesh)
+  tempered_logprobs_fn = step.make_logprobs_fn(graphdef, params_sharding, mesh, temperature=temperature)
+  batch = step.shard_batch(_batch(0), step.batch_shardings(mesh))
+
+  micro = jax.tree.map(lambda x: x[0], batch)
+  logits, _ = nnx.merge(graphdef, params)(micro.tokens_NxT, micro.positions_NxT, micro.mask_NxT)
+  by_hand = jax.nn.log_softmax(np.asarray(logits, np.float32)[:, :-1] / temperature, axis=-1)
+  expected = np.take_along_axis(by_hand, np.asarray(micro.tokens_NxT)[:, 1:, None], axis=-1)[..., 0]
+  mask = np.asarray(micro.loss_mask_NxT)[:, 1:]
+  got = np.asarray(tempered_logprobs_fn(params, batch))[0, :, 1:]
+  np.testing.assert_allclose(got[mask], expected[mask], atol=1e-5)
+  untempered = np.asarray(step.make_logprobs_fn(graphdef, params_sharding, mesh)(params, batch))[0, :, 1:]
+  assert np.abs(untempered[mask] - expected[mask]).max() > 0.1
+
+  on_policy = batch.replace(old_logprobs_NxT=tempered_logprobs_fn(params, batch))
+  _, metrics = step_fn(state, on_policy)
+  entropy = -(np.exp(by_hand) * by_hand).sum(-1)
+  assert float(metrics["clip_fraction"]) == 0.0
+  np.testing.assert_allclose(float(metrics["entropy"]), entropy[mask].mean(), rtol=1e-5)
+  advantages = np.asarray(micro.advantage_N)[:, None] * mask
+  np.testing.assert_allclose(float(metrics["policy_loss"]), -advantages.sum() / mask.sum(), rtol=1e-5, atol=1e-6)

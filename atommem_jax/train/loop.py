@@ -119,9 +119,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
 
   # ---- update steps
   sft_step = step_lib.make_train_step(graphdef, sft_tx, step_lib.StepConfig("sft"), state_sharding, mesh)
-  grpo_step = step_lib.make_train_step(graphdef, grpo_tx, step_lib.StepConfig("grpo", config.grpo.loss),
+  temperature = config.grpo.sampler.temperature
+  grpo_step = step_lib.make_train_step(graphdef, grpo_tx,
+                                       step_lib.StepConfig("grpo", config.grpo.loss, temperature=temperature),
                                        state_sharding, mesh)
-  logprobs_fn = step_lib.make_logprobs_fn(graphdef, params_sharding, mesh)
+  logprobs_fn = step_lib.make_logprobs_fn(graphdef, params_sharding, mesh, temperature=temperature)
 
   # ---- checkpoint restore
   checkpoints = checkpointing.RunCheckpoints(workdir, config)

@@ -53,6 +53,8 @@ class StepConfig:
 
   objective: Literal["sft", "grpo"]
   grpo: grpo.GRPOConfig = grpo.GRPOConfig()
+  # GRPO trains the policy the sampler draws from: softmax(logits / temperature) (truncation aside), as verl does.
+  temperature: float = 1.0
 
 
 @flax.struct.dataclass
@@ -144,12 +146,17 @@ def shard_batch(batch: batching.TrainBatch, shardings: batching.TrainBatch) -> b
   return jax.tree.map(place, batch, shardings)
 
 
+def tempered(logits: jax.Array, temperature: float) -> jax.Array:
+  return logits if temperature == 1.0 else logits.astype(jnp.float32) / temperature
+
+
 def _microbatch_loss(params: Params, graphdef: nnx.GraphDef, micro: batching.TrainBatch, num_tokens: jax.Array,
                      num_rows: jax.Array, config: StepConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
   model = nnx.merge(graphdef, params)
   logits_NxTxV, _ = model(micro.tokens_NxT, micro.positions_NxT, micro.mask_NxT)
   if config.objective == "sft":
     return sft.sft_loss(logits_NxTxV, micro.tokens_NxT, micro.loss_mask_NxT, num_tokens)
+  logits_NxTxV = tempered(logits_NxTxV, config.temperature)
   logprobs_NxT = batching.token_logprobs(logits_NxTxV, micro.tokens_NxT)
   entropy_NxT = batching.shifted_entropy(logits_NxTxV)
   loss, metrics = grpo.grpo_loss(logprobs_NxT, micro.old_logprobs_NxT, micro.ref_logprobs_NxT, micro.advantage_N,
@@ -216,19 +223,21 @@ def _under_mesh(fn, mesh: Mesh):
   return wrapped
 
 
-def sequence_logprobs(params: Params, batch: batching.TrainBatch, *, graphdef: nnx.GraphDef) -> jax.Array:
-  """Per-token log-probabilities `[M, n, T]` of a batch under `params` (pi_old recomputed, or the reference)."""
+def sequence_logprobs(params: Params, batch: batching.TrainBatch, *, graphdef: nnx.GraphDef,
+                      temperature: float = 1.0) -> jax.Array:
+  """Per-token log-probabilities `[M, n, T]` of a batch under `params` at `temperature` (pi_old recomputed, or the
+  reference)."""
   model = nnx.merge(graphdef, params)
 
   def one(_, micro):
     logits_NxTxV, _ = model(micro.tokens_NxT, micro.positions_NxT, micro.mask_NxT)
-    return None, batching.token_logprobs(logits_NxTxV, micro.tokens_NxT)
+    return None, batching.token_logprobs(tempered(logits_NxTxV, temperature), micro.tokens_NxT)
 
   return jax.lax.scan(one, None, batch)[1]
 
 
-def make_logprobs_fn(graphdef: nnx.GraphDef, params_sharding: Params, mesh: Mesh):
-  jitted = jax.jit(functools.partial(sequence_logprobs, graphdef=graphdef),
+def make_logprobs_fn(graphdef: nnx.GraphDef, params_sharding: Params, mesh: Mesh, temperature: float = 1.0):
+  jitted = jax.jit(functools.partial(sequence_logprobs, graphdef=graphdef, temperature=temperature),
                    in_shardings=(params_sharding, batch_shardings(mesh)),
                    out_shardings=sharding_lib.DEFAULT_RULES.named(mesh, (None, "batch", "length")))
   return _under_mesh(jitted, mesh)
