@@ -51,11 +51,11 @@ def greedy_output(greedy):
   return greedy.generate(PROMPTS)
 
 
-def hf_logprobs(hf_model, prompt, generated):
-  """log-softmax of HF's full forward over prompt + generated, at the generated tokens."""
+def hf_logprobs(hf_model, prompt, generated, temperature=1.0):
+  """log-softmax of HF's full forward over prompt + generated (logits / temperature), at the generated tokens."""
   ids = torch.tensor([list(prompt) + list(generated)])
   with torch.no_grad():
-    logprobs = torch.log_softmax(hf_model(ids).logits[0].double(), dim=-1)
+    logprobs = torch.log_softmax(hf_model(ids).logits[0].double() / temperature, dim=-1)
   return logprobs[len(prompt) - 1:-1].gather(-1, ids[0, len(prompt):, None])[:, 0].numpy()
 
 
@@ -75,14 +75,17 @@ def test_greedy_equals_hf_generate_on_left_padded_batch(hf_dir_and_model, greedy
   assert greedy_output.stop_reasons_R.tolist() == [StopReason.LENGTH] * len(PROMPTS)
 
 
-def test_logprobs_are_the_unmodified_model_distribution(hf_dir_and_model, greedy_output, sampled):
+def test_logprobs_are_the_tempered_untruncated_model_distribution(hf_dir_and_model, greedy_output, sampled):
+  """Greedy rows report log softmax(logits); rows sampled at T report log softmax(logits / T), before top-k/top-p:
+  the policy GRPO trains."""
   hf_model = hf_dir_and_model[1]
   sampled_output = sampled.generate(PROMPTS, seed=3)
-  for output in (greedy_output, sampled_output):
+  for output, temperature in ((greedy_output, 1.0), (sampled_output, SAMPLED.temperature)):
     for row, prompt in enumerate(PROMPTS):
-      reference = hf_logprobs(hf_model, prompt, output.token_ids(row))
+      reference = hf_logprobs(hf_model, prompt, output.token_ids(row), temperature)
       np.testing.assert_allclose(output.logprobs_RxN[row], reference, atol=1e-4)
-  # Under temperature 0.9 and truncation the sampling distribution differs from the model's, and is sharper.
+    assert output.logprobs_RxN.any()
+  # Truncation renormalises onto fewer tokens: the distribution actually sampled is sharper.
   assert np.all(sampled_output.sampling_logprobs_RxN >= sampled_output.logprobs_RxN - 1e-6)
   assert np.any(sampled_output.sampling_logprobs_RxN > sampled_output.logprobs_RxN + 1e-3)
 
@@ -130,8 +133,8 @@ def test_num_samples_share_one_prefill(hf_dir_and_model, sampled):
     assert len({tuple(r) for r in rows.tolist()}) == 3
     for g in range(3):
       row = 3 * prompt_index + g
-      np.testing.assert_allclose(grouped.logprobs_RxN[row], hf_logprobs(hf_model, prompt, grouped.token_ids(row)),
-                                 atol=1e-4)
+      np.testing.assert_allclose(grouped.logprobs_RxN[row],
+                                 hf_logprobs(hf_model, prompt, grouped.token_ids(row), SAMPLED.temperature), atol=1e-4)
 
 
 def _pick_stops(tokenizer, row_tokens):

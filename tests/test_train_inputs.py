@@ -137,15 +137,6 @@ def test_drill_settings_are_checked():
   assert [inputs.is_drill_step(config, s) for s in range(5)] == [True, True, True, False, False]
 
 
-def test_a_sampler_temperature_other_than_one_needs_recomputed_old_logprobs():
-  tempered = dataclasses.replace(TrainConfig().grpo, sampler=dataclasses.replace(TrainConfig().grpo.sampler,
-                                                                                  temperature=0.7))
-  with pytest.raises(ValueError, match="recompute_old_logprobs=True"):
-    TrainConfig(grpo=tempered)
-  TrainConfig(grpo=tempered, total_steps=4, sft=SFTStageConfig(steps=4))  # SFT only: no GRPO step to feed
-  TrainConfig(grpo=dataclasses.replace(tempered, loss=dataclasses.replace(tempered.loss, recompute_old_logprobs=True)))
-
-
 def test_a_missing_tokenizer_or_checkpoint_directory_is_one_clear_error(tmp_path):
   missing = tmp_path / "no_such_run" / "params_sft"
   with pytest.raises(FileNotFoundError, match=r"model\.checkpoint: no directory .*no_such_run/params_sft"):

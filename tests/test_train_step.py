@@ -7,6 +7,7 @@ from flax import nnx
 
 from atommem_jax import sharding
 from atommem_jax.model.config import PRESETS
+from atommem_jax.sampling import Sampler, SamplerConfig
 from atommem_jax.train import batching, grpo, step
 
 MODEL = PRESETS["tiny"]
@@ -132,3 +133,26 @@ def test_grpo_trains_the_tempered_policy_the_sampler_draws_from():
   np.testing.assert_allclose(float(metrics["entropy"]), entropy[mask].mean(), rtol=1e-5)
   advantages = np.asarray(micro.advantage_N)[:, None] * mask
   np.testing.assert_allclose(float(metrics["policy_loss"]), -advantages.sum() / mask.sum(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_samplers_logprobs_are_pi_old_of_the_tempered_policy():
+  """Rollouts sampled at temperature T report log softmax(logits / T) of their tokens: the step's tempered pi_old,
+  so GRPO at T != 1 needs no recomputation."""
+  temperature = 0.7
+  mesh = sharding.make_mesh(sharding.MeshConfig(), jax.devices()[:1])
+  graphdef, params, params_sharding = step.init_params(MODEL, seed=0, mesh=mesh)
+  sampler = Sampler(nnx.merge(graphdef, params), SamplerConfig(max_new_tokens=6, temperature=temperature, top_p=0.9,
+                                                               prompt_buckets=(16,), pad_id=0))
+  rng = np.random.default_rng(1)
+  prompts = [rng.integers(3, MODEL.vocab_size, n).tolist() for n in (3, 7, 5, 9)]
+  out = sampler.generate(prompts, seed=2, num_samples=2)
+  rows = range(out.tokens_RxN.shape[0])
+  batch, _ = batching.pack_rows([prompts[r // 2] for r in rows], [out.token_ids(r) for r in rows], buckets=(16,),
+                                pad_id=0, response_logprobs=[out.logprobs_RxN[r, :out.lengths_R[r]] for r in rows])
+  batch = step.shard_batch(batching.split_microbatches(batch, 1), step.batch_shardings(mesh))
+  mask = np.asarray(batch.loss_mask_NxT)
+  for temperature_fn, close in ((temperature, True), (1.0, False)):
+    recomputed = np.asarray(step.make_logprobs_fn(graphdef, params_sharding, mesh, temperature=temperature_fn)(
+        params, batch))
+    gap = np.abs(recomputed[mask] - np.asarray(batch.old_logprobs_NxT)[mask]).max()
+    assert (gap < 1e-4) == close, (temperature_fn, gap)

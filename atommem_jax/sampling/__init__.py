@@ -6,7 +6,7 @@ Public API:
           row_ids=None, params=None) -> SampleOutput
                                              -- one compilation per (prompt bucket, batch bucket, num_samples);
                                                 `sampler.params = new_state` swaps weights without recompiling
-  SampleOutput                               -- tokens_RxN, logprobs_RxN (model's own distribution: GRPO's pi_old),
+  SampleOutput                               -- tokens_RxN, logprobs_RxN (softmax(logits / T): GRPO's pi_old),
                                                 sampling_logprobs_RxN, lengths_R, stop_reasons_R, texts, token_ids(r)
   decode.prefill, decode.decode              -- the pure functions behind it (graphdef and configs static)
   law.sample_tokens, law.truncated_logits    -- greedy / temperature / top-k / top-p draws

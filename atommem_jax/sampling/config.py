@@ -48,6 +48,11 @@ class SamplerConfig:
   pad_id: int = 0
   cache_dtype: str | None = None
 
+  @property
+  def policy_temperature(self) -> float:
+    """The temperature of the policy whose log-probabilities `logprobs_RxN` reports (1 for greedy decoding)."""
+    return 1.0 if self.greedy else self.temperature
+
   def __post_init__(self):
     if self.max_new_tokens < 1:
       raise ValueError(f"SamplerConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")

@@ -33,7 +33,8 @@ CACHE_MASK_AXES = ("batch", "cache_length")
 class DecodeResult:
   """Per generated row (R = prompts x samples, prompt-major): ids padded with pad_id, logprobs padded with 0.
 
-  `logprobs_RxN` is log pi(token) under the model's own distribution (temperature 1, no truncation): GRPO's pi_old.
+  `logprobs_RxN` is log pi(token) under softmax(logits / temperature), no truncation (temperature 1 when greedy):
+  the policy GRPO trains, so these are its pi_old.
   `sampling_logprobs_RxN` is the log-probability under the tempered, truncated distribution actually sampled
   (0 when greedy). `lengths_R` counts generated tokens including a final EOS; `stop_reason_R` holds `StopReason`s.
   """
@@ -144,7 +145,7 @@ def decode(graphdef: nnx.GraphDef, params: nnx.State, cache, last_token_B: jax.A
     tokens_R, sampling_logprobs_R = law.sample_tokens(
         logits_RxV, step_keys_R, greedy=config.greedy, temperature=config.temperature, top_k=config.top_k,
         top_p=config.top_p)
-    logprobs_R = law.token_logprobs(logits_RxV, tokens_R)
+    logprobs_R = law.token_logprobs(logits_RxV, tokens_R, config.policy_temperature)
     live_R = ~state.done_R
     tokens_R = jnp.where(live_R, tokens_R, config.pad_id)
 

@@ -52,7 +52,7 @@ def sample_tokens(logits_BxV: jax.Array, keys_B: jax.Array, *, greedy: bool, tem
   return tokens_B, sampling_logprobs_B
 
 
-def token_logprobs(logits_BxV: jax.Array, tokens_B: jax.Array) -> jax.Array:
-  """log pi(token) under the model's own distribution (temperature 1, untruncated), in float32: GRPO's pi_old."""
-  logprobs_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)
+def token_logprobs(logits_BxV: jax.Array, tokens_B: jax.Array, temperature: float = 1.0) -> jax.Array:
+  """log pi_T(token) under softmax(logits / temperature), untruncated, in float32: the policy GRPO trains, pi_old."""
+  logprobs_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32) / temperature, axis=-1)
   return jnp.take_along_axis(logprobs_BxV, tokens_B[:, None], axis=-1)[:, 0]

@@ -30,9 +30,9 @@ class SampleOutput:
   """Host copies of one `generate` call. Rows are prompt-major: row `p * num_samples + g` is sample g of prompt p.
 
   `tokens_RxN` are generated ids only, padded with pad_id after `lengths_R`; a final EOS is included (and counted in
-  the length) because the policy produced it. `logprobs_RxN` is log pi(token) under the model's own distribution
-  (temperature 1, no top-k/top-p): GRPO's pi_old. `sampling_logprobs_RxN` is under the distribution actually sampled
-  (0 for greedy). `texts` (with a tokenizer) are the decoded rows without the EOS, cut just after the first stop
+  the length) because the policy produced it. `logprobs_RxN` is log pi(token) under softmax(logits / temperature),
+  no top-k/top-p (temperature 1 when greedy): the policy GRPO trains, so its pi_old. `sampling_logprobs_RxN` is under
+  the distribution actually sampled (0 for greedy). `texts` (with a tokenizer) are the decoded rows without the EOS, cut just after the first stop
   string.
   """
 

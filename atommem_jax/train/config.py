@@ -137,10 +137,5 @@ class TrainConfig:
       raise ValueError(f"sft.drill_steps ({self.sft.drill_steps}) and sft.drill_every ({self.sft.drill_every}) must "
                        f"be >= 0 and sft.drill_batch_size ({self.sft.drill_batch_size}) a multiple of mesh data x "
                        f"fsdp")
-    if (self.total_steps > self.sft.steps and self.grpo.sampler.temperature != 1.0
-        and not self.grpo.loss.recompute_old_logprobs):
-      # The sampler reports log pi at temperature 1; the policy trained is the tempered one (`StepConfig`).
-      raise ValueError(f"grpo.sampler.temperature={self.grpo.sampler.temperature} trains the tempered policy, whose "
-                       f"old logprobs the sampler does not report: set grpo.loss.recompute_old_logprobs=True")
     if self.keep_checkpoints < 1 or self.log_every < 1 or self.max_nonfinite_streak < 1:
       raise ValueError("keep_checkpoints, log_every and max_nonfinite_streak must be >= 1")

@@ -35,7 +35,7 @@ class GRPOConfig:
   use_kl: bool = True
   loss_aggregation: LossAggregation = "token-mean"  # verl's default
   entropy_coef: float = 0.0
-  recompute_old_logprobs: bool = False  # False: the sampler's logprobs (temperature 1) are pi_old
+  recompute_old_logprobs: bool = False  # False: the sampler's logprobs (at its temperature) are pi_old
 
   def __post_init__(self):
     if self.num_generations < 1:
