@@ -17,7 +17,7 @@ def released() -> ml_collections.ConfigDict:
   c.debug_kill_at_step = -1
   c.mesh = dict(data=1, fsdp=1, tensor=1)
   c.model = dict(preset="qwen3_8b", checkpoint="", tokenizer="")
-  c.task = dict(dataset="hotpotqa", path="", examples_path="", num_eval_episodes=64,
+  c.task = dict(dataset="hotpotqa", path="", examples_path="", num_eval_episodes=64, grpo_num_docs=0,
                 synthetic=dict(seed=0, num_documents=256, num_questions=64), synthetic_worlds=1,
                 long_context=dict(num_docs=200, seed=0, single_question_fraction=1.0))
   c.agent = dict(method="atommem", chunk_tokens=4000, overlap_tokens=100, max_chunks=40, max_steps=40,
@@ -49,10 +49,11 @@ def tiny() -> ml_collections.ConfigDict:
 
   1000 small worlds (16 documents, 4 birth-country questions each, two-syllable single-token names); the held-out
   episodes come from worlds never trained on, so they measure reading, not recall. The compact system prompt keeps
-  each turn near 180 tokens.
+  each turn near 180 tokens. SFT's oracle demonstrations read 4-document contexts (one chunk); GRPO reads
+  8-document ones (two chunks, memory carried between them), and the held-out questions are scored at both sizes.
   """
   c = released()
-  c.total_steps = 880  # 850 SFT (250 recitation drills, then every third step one) + 30 GRPO
+  c.total_steps = 890  # 850 SFT (250 recitation drills, then every third step one) + 40 GRPO
   c.checkpoint_every = 100
   c.model.preset = "tiny_default"
   c.task.dataset = "synthetic"
@@ -60,6 +61,7 @@ def tiny() -> ml_collections.ConfigDict:
   c.task.synthetic = dict(seed=0, num_documents=16, num_questions=4, question_kinds=("birth_country",))
   c.task.synthetic_worlds = 1000
   c.task.long_context = dict(num_docs=4, seed=0, single_question_fraction=1.0)
+  c.task.grpo_num_docs = 8  # SFT's demonstrations read one chunk; GRPO reads two (evaluated at both sizes)
   c.agent.update(chunk_tokens=96, overlap_tokens=8, max_chunks=8, max_steps=6, query_limit=3, template_dir="compact")
   c.memory = dict(capacity=16, entry_tokens=32, scratchpad_tokens=48, query_tokens=32, embed_dim=64, top_k=4,
                   overflow="evict_oldest", max_ops_per_turn=4)
@@ -69,6 +71,6 @@ def tiny() -> ml_collections.ConfigDict:
   c.grpo.loss.num_generations = 4
   c.grpo.update(prompts_per_rollout=4, microbatch_rows=16, length_buckets=(384, 512))
   c.grpo.sampler.update(max_new_tokens=64, prompt_buckets=(256, 384))
-  c.grpo.optimizer.update(learning_rate=5e-5, warmup_steps=2, decay_steps=30)
+  c.grpo.optimizer.update(learning_rate=5e-5, warmup_steps=2, decay_steps=40)
   c.eval = dict(num_episodes=64, max_new_tokens=64)
   return c

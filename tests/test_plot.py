@@ -28,7 +28,9 @@ def write_metrics(path: pathlib.Path, steps: int = 30, sft_steps: int = 5) -> pa
       }) + "\n")
   with path.with_name("eval.jsonl").open("w") as f:
     for step, label, em in ((0, "start", 0.0), (sft_steps, "after_sft", 0.4), (steps, "final", 0.6)):
-      f.write(json.dumps({"step": step, "label": label, "em": em, "reward_mean": em}) + "\n")
+      for num_docs in (4, 8):  # one row per size the run evaluates
+        f.write(json.dumps({"step": step, "label": label, "num_docs": num_docs, "em": em / (num_docs // 4),
+                            "reward_mean": em}) + "\n")
   return path
 
 

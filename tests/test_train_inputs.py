@@ -50,6 +50,35 @@ def test_one_world_holds_out_the_first_shuffled_episodes():
   assert len(task.eval_episodes) == 4 and len(task.train_examples) == 6 and len(ids) == 10
   with pytest.raises(ValueError, match="nothing to train on"):
     inputs.build_task(dataclasses.replace(config, num_eval_episodes=10))
+  # GRPO at 8 documents: the same questions held out, none of them in GRPO's examples.
+  longer = inputs.build_task(dataclasses.replace(config, grpo_num_docs=8))
+  held_out = [e.id for e in longer.eval_episodes]
+  assert [e.id for e in longer.grpo_eval_episodes] == held_out and longer.eval_episodes == task.eval_episodes
+  assert len(longer.grpo_examples) == 6 and not set(held_out) & {e.id for e in longer.grpo_examples}
+
+
+def test_grpo_can_read_longer_documents_than_sft_with_the_same_questions_held_out():
+  config = TaskConfig(synthetic=SMALL_WORLD, synthetic_worlds=6, num_eval_episodes=4, grpo_num_docs=8,
+                      long_context=LongContextConfig(num_docs=4, seed=5))
+  task = inputs.build_task(config)
+  assert {e.num_docs for e in task.train_examples} == {4} and {e.num_docs for e in task.grpo_examples} == {8}
+  assert task.rollout_examples == task.grpo_examples
+  # The same held-out questions at both sizes; no GRPO example asks one of them.
+  assert [e.questions for e in task.grpo_eval_episodes] == [e.questions for e in task.eval_episodes]
+  assert [e.id for e in task.grpo_eval_episodes] == [e.id for e in task.eval_episodes]
+  held_out_worlds = {_world_of(e.id) for e in task.eval_episodes}
+  assert not held_out_worlds & {_world_of(e.id) for e in task.grpo_examples}
+  assert len(task.grpo_examples) == len(task.train_examples) == 20
+  sets = task.eval_sets(limit=3)
+  assert [(n, len(episodes)) for n, episodes in sets] == [(4, 3), (8, 3)]
+  assert all(e.document.count("Document ") == 8 for e in sets[1][1])
+  # One size: GRPO reads SFT's examples, and there is one evaluation set.
+  same = inputs.build_task(dataclasses.replace(config, grpo_num_docs=4))
+  assert same.rollout_examples == same.train_examples and [n for n, _ in same.eval_sets(limit=4)] == [4]
+  with pytest.raises(ValueError, match="grpo_num_docs must be >= 0"):
+    TaskConfig(grpo_num_docs=-1)
+  with pytest.raises(ValueError, match="examples_path holds one size"):
+    TaskConfig(examples_path="built.jsonl", grpo_num_docs=8)
 
 
 def test_the_oracle_answers_every_episode_of_many_worlds(tmp_path):

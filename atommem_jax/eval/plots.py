@@ -138,17 +138,23 @@ def plot_curve(rows: Sequence[Mapping[str, Any]], spec: CurveSpec, out_dir: path
                points_label: str = "") -> pathlib.Path | None:
   """Writes `spec` as a PNG, or returns None when no row holds any of its keys.
 
-  `points` (e.g. held-out evaluations) are drawn as markers for the first key, unsmoothed.
+  `points` (e.g. held-out evaluations) are drawn as markers for the first key, unsmoothed, one series per
+  `num_docs` when the rows carry several.
   """
   drawn = [(key, *series(rows, key)) for key in spec.keys]
   drawn = [(key, steps, values) for key, steps, values in drawn if steps]
-  point_steps, point_values = series(points, spec.keys[0]) if points else ([], [])
-  if not drawn and not point_steps:
+  sizes = sorted({p.get("num_docs") for p in points}, key=lambda n: (n is None, n))
+  point_sets = [(n, *series([p for p in points if p.get("num_docs") == n], spec.keys[0])) for n in sizes]
+  point_sets = [(n, steps, values) for n, steps, values in point_sets if steps]
+  if not drawn and not point_sets:
     return None
   fig, ax = _line_figure(spec.title, "step", spec.ylabel)
   _mark_phases(ax, rows)
-  if point_steps:
-    ax.plot(point_steps, point_values, "k*", markersize=9, label=points_label or f"{spec.keys[0]} (eval)")
+  for i, (n, steps, values) in enumerate(point_sets):
+    marker = "*Ds^v"[i % 5]
+    label = points_label or f"{spec.keys[0]} (eval)"
+    ax.plot(steps, values, "k" + marker, markersize=9 if marker == "*" else 6,
+            label=label + (f", {n} docs" if len(point_sets) > 1 else ""))
   for key, steps, values in drawn:
     ax.plot(steps, smooth(values, smoothing), label=key, linewidth=1.5)
   if spec.band_key and drawn:  # an SFT-only run has evaluation points but no rollout curve to put a band on

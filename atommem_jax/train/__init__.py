@@ -11,7 +11,7 @@ Public API:
   python -m atommem_jax.train --config experiments/grpo_hotpot.py[:tiny] --workdir DIR [--config.key=value]
 
 Workdir layout: checkpoints/<step>/{state,data,meta} (Orbax; state = TrainState with params as a pure dict),
-reference/ (the frozen KL policy), metrics.jsonl (one row per optimizer step), eval.jsonl (greedy evaluations),
-tensorboard/, sft_pairs.jsonl (oracle pairs), params_sft/ and params/ (Orbax parameter dirs in the
-`checkpoint.save_params` layout, for evaluation).
+reference/ (the frozen KL policy), metrics.jsonl (one row per optimizer step), eval.jsonl (greedy evaluations,
+one row per size evaluated), tensorboard/, sft_pairs.jsonl (oracle pairs), params_sft/ and params/ (Orbax parameter
+dirs in the `checkpoint.save_params` layout, for evaluation).
 """

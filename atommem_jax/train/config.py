@@ -42,10 +42,17 @@ class TaskConfig:
   synthetic_worlds: int = 1
   long_context: LongContextConfig = LongContextConfig()
   num_eval_episodes: int = 16  # held out from training: the first worlds, or the first episodes of the shuffled list
+  # Documents per GRPO episode when GRPO reads longer documents than SFT's demonstrations (a length curriculum);
+  # 0 = long_context.num_docs. The held-out questions are then evaluated at both sizes.
+  grpo_num_docs: int = 0
 
   def __post_init__(self):
     if self.synthetic_worlds < 1:
       raise ValueError(f"TaskConfig.synthetic_worlds must be >= 1, got {self.synthetic_worlds}")
+    if self.grpo_num_docs < 0:
+      raise ValueError(f"TaskConfig.grpo_num_docs must be >= 0 (0 = long_context.num_docs), got {self.grpo_num_docs}")
+    if self.grpo_num_docs and self.examples_path:
+      raise ValueError("TaskConfig.grpo_num_docs needs examples built here: examples_path holds one size already built")
     if self.dataset != "synthetic" and not (self.path or self.examples_path):
       raise ValueError(f"TaskConfig.path (the native file) or examples_path is required for dataset "
                        f"{self.dataset!r}")

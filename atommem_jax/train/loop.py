@@ -13,7 +13,7 @@ import os
 import pathlib
 import signal
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -60,18 +60,23 @@ def _rollout_seed(rng_key: jax.Array, rollout_index: int) -> int:
   return int(jax.random.randint(jax.random.fold_in(rng_key, rollout_index), (), 0, 2**20)) * 1024
 
 
-def evaluate_em(episodes: list[rollout_lib.Episode], policy: rollout_lib.SamplerPolicy, tokenizer: Any,
-                embed_fn: Any, rollout_config: rollout_lib.RolloutConfig, batch_size: int) -> dict[str, float]:
-  """Greedy episodes: reward, EM / F1 and memory-op rates (`rollouts.rollout_metrics`)."""
-  trajectories = []
-  for start in range(0, len(episodes), batch_size):
-    trajectories += rollout_lib.rollout(episodes[start:start + batch_size], policy, tokenizer=tokenizer,
-                                        embed_fn=embed_fn, config=rollout_config)
-  return rollouts.rollout_metrics(trajectories)
+def evaluate_em(eval_sets: Sequence[tuple[int, Sequence[rollout_lib.Episode]]], policy: rollout_lib.SamplerPolicy,
+                tokenizer: Any, embed_fn: Any, rollout_config: rollout_lib.RolloutConfig
+                ) -> dict[int, dict[str, float]]:
+  """Greedy episodes, every size in one rollout: per size, reward, EM / F1 and memory-op rates
+  (`rollouts.rollout_metrics`)."""
+  episodes = [e for _, size_episodes in eval_sets for e in size_episodes]
+  trajectories = rollout_lib.rollout(episodes, policy, tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config)
+  metrics, start = {}, 0
+  for num_docs, size_episodes in eval_sets:
+    metrics[num_docs] = rollouts.rollout_metrics(trajectories[start:start + len(size_episodes)])
+    start += len(size_episodes)
+  return metrics
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict[str, Any]:
-  """Runs (or resumes) the run `config` describes in `workdir`; returns the final evaluation metrics."""
+  """Runs (or resumes) the run `config` describes in `workdir`; returns the final evaluation metrics, keyed by
+  documents per episode."""
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -83,7 +88,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
   tokenizer = inputs.load_tokenizer(config.model)
   task = inputs.build_task(config.task)
   embed_fn = HashingEmbedder(dim=config.memory.embed_dim)
-  eval_episodes = task.eval_episodes[:config.eval.num_episodes]
+  eval_sets = task.eval_sets(config.eval.num_episodes)
   sft_iter = grpo_iter = None
   if any(not inputs.is_drill_step(config.sft, s) for s in range(config.sft.steps)):  # drills need no pairs
     pairs = inputs.sft_pairs(config, task, tokenizer, embed_fn, workdir)
@@ -94,7 +99,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
                            max_completion_tokens=config.sft.max_completion_tokens, on_overlong="drop"), tokenizer))
   if config.total_steps > config.sft.steps:
     grpo_iter = iter(pipeline.rollout_dataset(
-        task.train_examples, pipeline.PipelineConfig(batch_size=config.grpo.prompts_per_rollout, seed=config.seed + 1,
+        task.rollout_examples, pipeline.PipelineConfig(batch_size=config.grpo.prompts_per_rollout, seed=config.seed + 1,
                                                      num_threads=0, prefetch_buffer_size=0)))
 
   # ---- model + optimizer
@@ -147,17 +152,18 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
     reference_params = checkpointing.restore_reference(
         workdir, checkpointing.abstract_with_shardings(abstract_params, params_sharding))
 
-  def run_eval(label: str, at_step: int) -> dict[str, float] | None:
-    if not eval_episodes or log.has_eval(label):
+  def run_eval(label: str, at_step: int) -> dict[int, dict[str, float]] | None:
+    if not eval_sets or log.has_eval(label):
       return None
     eval_sampler.params = _as_nnx_state(graphdef, state.params)
     policy = rollout_lib.SamplerPolicy(eval_sampler, seed=config.seed)
-    metrics = evaluate_em(eval_episodes, policy, tokenizer, embed_fn, eval_rollout_config,
-                          batch_size=max(len(eval_episodes), 1))
+    metrics = evaluate_em(eval_sets, policy, tokenizer, embed_fn, eval_rollout_config)
     log.write_eval(at_step, label, metrics)
-    if is_main:
-      print(f"[eval] {label} (step {at_step}): EM {metrics['em']:.3f}  F1 {metrics['f1']:.3f}  "
-            f"reward {metrics['reward_mean']:.3f} on {len(eval_episodes)} held-out episodes", flush=True)
+    for (num_docs, episodes), size_metrics in zip(eval_sets, metrics.values()):
+      if is_main:
+        print(f"[eval] {label} (step {at_step}): EM {size_metrics['em']:.3f}  F1 {size_metrics['f1']:.3f}  "
+              f"reward {size_metrics['reward_mean']:.3f} on {len(episodes)} held-out {num_docs}-document episodes",
+              flush=True)
     return metrics
 
   def data_positions() -> dict[str, Any]:

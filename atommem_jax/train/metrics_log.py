@@ -71,16 +71,19 @@ class MetricsLog:
   def has_eval(self, label: str) -> bool:
     return any(r["label"] == label for r in self.eval_rows)
 
-  def write_eval(self, step: int, label: str, metrics: Mapping[str, Any]) -> None:
-    row = {"step": step, "label": label, **{k: _jsonable(v) for k, v in metrics.items()}}
-    self.eval_rows.append(row)
+  def write_eval(self, step: int, label: str, metrics: Mapping[int, Mapping[str, Any]]) -> None:
+    """One row per size evaluated (`metrics` keyed by documents per episode), appended together."""
+    rows = [{"step": step, "label": label, "num_docs": num_docs, **{k: _jsonable(v) for k, v in size.items()}}
+            for num_docs, size in metrics.items()]
+    self.eval_rows += rows
     if not self.enabled:
       return
     with self.eval_path.open("a", encoding="utf-8") as f:
-      f.write(json.dumps(row) + "\n")
-    for key, value in row.items():
-      if isinstance(value, float):
-        self._writer.add_scalar(f"eval/{key}", value, step)
+      f.write("".join(json.dumps(row) + "\n" for row in rows))
+    for row in rows:
+      for key, value in row.items():
+        if isinstance(value, float):
+          self._writer.add_scalar(f"eval/{key}_{row['num_docs']}docs", value, step)
 
   def close(self) -> None:
     if self._file is not None:
