@@ -53,7 +53,7 @@ def tiny() -> ml_collections.ConfigDict:
   8-document ones (two chunks, memory carried between them), and the held-out questions are scored at both sizes.
   """
   c = released()
-  c.total_steps = 890  # 850 SFT (250 recitation drills, then every third step one) + 40 GRPO
+  c.total_steps = 880  # 850 SFT (250 recitation drills, then every third step one) + 30 GRPO
   c.checkpoint_every = 100
   c.model.preset = "tiny_default"
   c.task.dataset = "synthetic"
@@ -71,6 +71,6 @@ def tiny() -> ml_collections.ConfigDict:
   c.grpo.loss.num_generations = 4
   c.grpo.update(prompts_per_rollout=4, microbatch_rows=16, length_buckets=(384, 512))
   c.grpo.sampler.update(max_new_tokens=64, prompt_buckets=(256, 384))
-  c.grpo.optimizer.update(learning_rate=5e-5, warmup_steps=2, decay_steps=40)
+  c.grpo.optimizer.update(learning_rate=5e-5, warmup_steps=2, decay_steps=30)
   c.eval = dict(num_episodes=64, max_new_tokens=64)
   return c
