@@ -43,6 +43,8 @@ def assert_png(path: pathlib.Path) -> None:
 
 def test_cli_writes_every_curve_and_the_training_dynamics_figure(tmp_path):
   write_metrics(tmp_path / "metrics.jsonl")
+  evaluations = plots.read_metrics(tmp_path / "eval.jsonl")  # a step's rows at 4 and 8 documents both kept
+  assert [(row["step"], row["num_docs"]) for row in evaluations] == [(s, n) for s in (0, 5, 30) for n in (4, 8)]
   result = subprocess.run([sys.executable, "-m", "atommem_jax.plot", "--workdir", str(tmp_path), "--smoothing", "0.5"],
                           capture_output=True, text=True, cwd=REPO, check=True)
   names = {"reward.png", "em.png", "loss.png", "storage.png", "op_rates.png", "training_dynamics.png"}

@@ -46,7 +46,7 @@ class CurveSpec:
 
 TRAINING_CURVES = (
     CurveSpec("reward.png", "Reward (boxed EM, mean over the batch)", "reward", ("reward_mean",), "reward_std"),
-    CurveSpec("em.png", "Exact match (training rollouts; stars: held-out greedy)", "EM", ("em",)),
+    CurveSpec("em.png", "Exact match (training rollouts; markers: held-out greedy)", "EM", ("em",)),
     CurveSpec("loss.png", "Loss", "loss", ("loss",)),
     CurveSpec("storage.png", "Storage size (entries at episode end, mean over trajectories)", "entries",
               ("storage_size_mean",)),
@@ -54,15 +54,16 @@ TRAINING_CURVES = (
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-  """Rows of a JSONL metrics file, sorted by `step`; a step logged twice keeps its last row."""
-  by_step: dict[int, dict[str, Any]] = {}
+  """Rows of a JSONL metrics file, sorted by `step`; a step logged twice keeps its last row (evaluation rows: per
+  `num_docs`, one row per size)."""
+  by_key: dict[tuple[int, int], dict[str, Any]] = {}
   for line_no, row in atomic_files.read_jsonl(path, MetricsError):
     if not isinstance(row.get("step"), int):
       raise MetricsError(f"{path}: line {line_no}: expected a JSON object with an integer 'step'")
-    by_step[row["step"]] = row
-  if not by_step:
+    by_key[(row["step"], row.get("num_docs") or 0)] = row
+  if not by_key:
     raise MetricsError(f"metrics file {path} is empty: no optimizer step has been logged yet")
-  return [by_step[step] for step in sorted(by_step)]
+  return [by_key[key] for key in sorted(by_key)]
 
 
 def series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], list[float]]:
