@@ -1,9 +1,9 @@
 """The main job killed with SIGKILL and rerun ends bit-identical to an uninterrupted run; config errors are clear.
 
 Runs `python -m atommem_jax.train` as a subprocess on a shrunken embedded default (3 SFT steps: a recitation drill,
-an oracle batch, a drill; then 2 GRPO steps on 8-document episodes; a checkpoint every step). One run is killed after step 2 (during SFT,
-its checkpoint possibly still being written) and again after step 4 (during GRPO), then finishes; its parameters and
-metrics must equal the uninterrupted run's.
+an oracle batch, a drill; then 2 GRPO steps on 8-document episodes; a checkpoint every step). One run is killed
+after step 2 (during SFT, its checkpoint possibly still being written) and again after step 4 (during GRPO), then
+finishes; its parameters, metrics and held-out evaluations must equal the uninterrupted run's.
 """
 import json
 import os

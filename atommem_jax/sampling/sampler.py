@@ -32,8 +32,8 @@ class SampleOutput:
   `tokens_RxN` are generated ids only, padded with pad_id after `lengths_R`; a final EOS is included (and counted in
   the length) because the policy produced it. `logprobs_RxN` is log pi(token) under softmax(logits / temperature),
   no top-k/top-p (temperature 1 when greedy): the policy GRPO trains, so its pi_old. `sampling_logprobs_RxN` is under
-  the distribution actually sampled (0 for greedy). `texts` (with a tokenizer) are the decoded rows without the EOS, cut just after the first stop
-  string.
+  the distribution actually sampled (0 for greedy). `texts` (with a tokenizer) are the decoded rows without the EOS,
+  cut just after the first stop string.
   """
 
   tokens_RxN: np.ndarray

@@ -100,7 +100,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
   if config.total_steps > config.sft.steps:
     grpo_iter = iter(pipeline.rollout_dataset(
         task.rollout_examples, pipeline.PipelineConfig(batch_size=config.grpo.prompts_per_rollout, seed=config.seed + 1,
-                                                     num_threads=0, prefetch_buffer_size=0)))
+                                                       num_threads=0, prefetch_buffer_size=0)))
 
   # ---- model + optimizer
   model_config, graphdef, params, params_sharding = inputs.init_model(config.model, config.seed, mesh)
@@ -159,11 +159,10 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
     policy = rollout_lib.SamplerPolicy(eval_sampler, seed=config.seed)
     metrics = evaluate_em(eval_sets, policy, tokenizer, embed_fn, eval_rollout_config)
     log.write_eval(at_step, label, metrics)
-    for (num_docs, episodes), size_metrics in zip(eval_sets, metrics.values()):
-      if is_main:
-        print(f"[eval] {label} (step {at_step}): EM {size_metrics['em']:.3f}  F1 {size_metrics['f1']:.3f}  "
-              f"reward {size_metrics['reward_mean']:.3f} on {len(episodes)} held-out {num_docs}-document episodes",
-              flush=True)
+    if is_main:
+      for (num_docs, episodes), size in zip(eval_sets, metrics.values()):
+        print(f"[eval] {label} (step {at_step}): EM {size['em']:.3f}  F1 {size['f1']:.3f}  "
+              f"reward {size['reward_mean']:.3f} on {len(episodes)} held-out {num_docs}-document episodes", flush=True)
     return metrics
 
   def data_positions() -> dict[str, Any]:
