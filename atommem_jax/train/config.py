@@ -93,7 +93,7 @@ class GRPOStageConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-  num_episodes: int = 16  # greedy episodes at the start, after SFT and at the end; 0 = no evaluation
+  num_episodes: int = 16  # greedy held-out episodes per size, at the start, after SFT and at the end; 0 = none
   max_new_tokens: int = 256
 
 
