@@ -1,0 +1,79 @@
+"""Variable-length text in fixed-shape arrays: run ends, left-to-right match chains, compaction, concatenation.
+
+Every function works on one row (1-D arrays of a static length N); callers `jax.vmap` over rows. Text is an int32
+array of code points (or bytes) whose first `n` entries are real.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+
+def next_at_or_after(mask_N: jax.Array) -> jax.Array:
+  """For each i, the smallest j >= i with mask[j] (N if none)."""
+  n = mask_N.shape[0]
+  return jax.lax.cummin(jnp.where(mask_N, jnp.arange(n), n), reverse=True)
+
+
+def last_at_or_before(mask_N: jax.Array) -> jax.Array:
+  """For each i, the largest j <= i with mask[j] (-1 if none)."""
+  n = mask_N.shape[0]
+  return jax.lax.cummax(jnp.where(mask_N, jnp.arange(n), -1))
+
+
+def run_end(inside_N: jax.Array) -> jax.Array:
+  """For each i, the end (exclusive) of the run of `inside` positions starting at i (i itself if not inside)."""
+  return next_at_or_after(~inside_N)
+
+
+def shift_left(values_N: jax.Array, k: int, fill) -> jax.Array:
+  """values[i + k] at i (`fill` past the end)."""
+  if k == 0:
+    return values_N
+  return jnp.concatenate([values_N[k:], jnp.full((k,), fill, values_N.dtype)])
+
+
+def matches_at(text_N: jax.Array, limit_N: jax.Array, pattern: Sequence[int]) -> jax.Array:
+  """True at i where text[i:i + len(pattern)] == pattern and the match ends at or before `limit[i]`."""
+  n = text_N.shape[0]
+  hit = jnp.arange(n) + len(pattern) <= limit_N
+  for k, code in enumerate(pattern):
+    hit = hit & (shift_left(text_N, k, -1) == code)
+  return hit
+
+
+def chain(next_N: jax.Array, roots_N: jax.Array) -> jax.Array:
+  """The positions reached from `roots` by following `next` (each next[i] > i; N means the end).
+
+  This is how a left-to-right scan that consumes one match at a time (a regex `finditer`, a UTF-8 decoder) runs
+  without a sequential loop: next[i] is where the scan continues if a match starts at i, and pointer doubling marks
+  every match start in log2(N) steps.
+  """
+  n = next_N.shape[0]
+  jump = jnp.concatenate([jnp.clip(next_N, 0, n), jnp.array([n], next_N.dtype)])
+  reached = jnp.concatenate([roots_N, jnp.zeros((1,), bool)]).astype(jnp.int32)
+  for _ in range(max(1, (n + 1).bit_length())):
+    reached = reached.at[jump].max(reached)
+    jump = jump[jump]
+  return reached[:n] > 0
+
+
+def compact(values_N: jax.Array, keep_N: jax.Array, size: int, fill) -> tuple[jax.Array, jax.Array]:
+  """The kept values in order, left-aligned in `size` slots (`fill` after them), and how many were kept."""
+  position_N = jnp.cumsum(keep_N) - 1
+  out = jnp.full((size,), fill, values_N.dtype)
+  out = out.at[jnp.where(keep_N, position_N, size)].set(values_N, mode="drop")
+  return out, jnp.minimum(jnp.sum(keep_N), size).astype(jnp.int32)
+
+
+def concatenate(segments: Sequence[tuple[jax.Array, jax.Array]], size: int, fill) -> tuple[jax.Array, jax.Array]:
+  """Segments `(values, length)` one after the other, left-aligned in `size` slots, and the total length."""
+  out = jnp.full((size,), fill, jnp.int32)
+  offset = jnp.zeros((), jnp.int32)
+  for values_L, length in segments:
+    columns = jnp.arange(values_L.shape[0])
+    out = out.at[jnp.where(columns < length, offset + columns, size)].set(values_L.astype(jnp.int32), mode="drop")
+    offset = offset + length
+  return out, offset
