@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from atommem_jax.agent import protocol
+from atommem_jax import op_table
 
 Method = Literal["atommem", "memagent", "rag", "full_context"]
 
@@ -49,20 +49,21 @@ class AgentConfig:
   @property
   def disabled_kinds(self) -> tuple[int, ...]:
     """Op kinds an ablation (or a baseline) turns into counted invalid no-ops."""
-    storage_ops = [protocol.UPDATE_QUERY, protocol.ADD_MEMORY, protocol.MODIFY_MEMORY, protocol.DELETE_MEMORY]
+    storage_ops = list(op_table.kinds_of(part="storage"))
+    scratchpad_ops = list(op_table.kinds_of(part="scratchpad"))
     if self.method == "memagent":  # its one overwritten memory is the scratchpad
       return tuple(storage_ops)
     if self.method in ("rag", "full_context"):
-      return tuple([protocol.UPDATE_MEMORY] + storage_ops)
+      return tuple(scratchpad_ops + storage_ops)
     disabled = []
     if not self.use_scratchpad:
-      disabled.append(protocol.UPDATE_MEMORY)
+      disabled += scratchpad_ops
     if not self.use_storage:
       disabled += storage_ops
     if not self.allow_update:
-      disabled.append(protocol.MODIFY_MEMORY)
+      disabled += op_table.kinds_of(memory_type=op_table.UPDATE)
     if not self.allow_delete:
-      disabled.append(protocol.DELETE_MEMORY)
+      disabled += op_table.kinds_of(memory_type=op_table.DELETE)
     return tuple(sorted(set(disabled)))
 
   @property

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from atommem_jax import op_table
 from atommem_jax.agent import protocol
 from atommem_jax.agent.config import AgentConfig
 
@@ -110,9 +111,9 @@ def env_step(state: EnvState, kind_BxO: jax.Array, valid_BxO: jax.Array,
     question_B, query_count_B, done_B, creates_B, any_accepted_B, forced_B = carry
     kind_B, valid_B = op
     live_B = valid_B & ~done_B
-    is_read_B = live_B & (kind_B == protocol.UPDATE_QUERY)
-    is_answer_B = live_B & (kind_B == protocol.FINAL_ANSWER)
-    is_memory_B = live_B & ~is_read_B & ~is_answer_B & (kind_B != protocol.INVALID)
+    is_read_B = live_B & jnp.asarray(op_table.IS_READ_K)[kind_B]
+    is_answer_B = live_B & jnp.asarray(op_table.IS_ANSWER_K)[kind_B]
+    is_memory_B = live_B & jnp.asarray(op_table.IS_WRITE_K)[kind_B]
     over_limit_B = is_read_B & (query_count_B + 1 > params.query_limit)
     # In the answer phase there is no chunk to force, so a refused Read always gives the question up.
     give_up_B = over_limit_B & (params.give_up_on_limit | state.answer_phase_B)
@@ -122,7 +123,7 @@ def env_step(state: EnvState, kind_BxO: jax.Array, valid_BxO: jax.Array,
     query_count_B = jnp.where(is_read_B & ~over_limit_B, query_count_B + 1, query_count_B)
     query_count_B = jnp.where(is_memory_B | is_answer_B | over_limit_B, 0, query_count_B)
     done_B = done_B | (question_B >= state.num_questions_B)
-    creates_B = creates_B | (is_memory_B & ((kind_B == protocol.ADD_MEMORY) | (kind_B == protocol.MODIFY_MEMORY)))
+    creates_B = creates_B | (is_memory_B & jnp.asarray(op_table.ADVANCES_READER_K)[kind_B])
     forced_B = forced_B | (over_limit_B & ~give_up_B)
     carry = (question_B, query_count_B, done_B, creates_B, any_accepted_B | accepted_B, forced_B)
     return carry, (accepted_B, answered_B, over_limit_B)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from atommem_jax import atomic_files
+from atommem_jax import atomic_files, op_table
 from atommem_jax.agent import env as env_lib
 from atommem_jax.agent import protocol
 from atommem_jax.agent import views
@@ -42,9 +42,7 @@ from atommem_jax.metrics.boxed import boxed_exact_match
 TextPolicy = Callable[[list[str]], list[str]]
 
 # Agent op kind -> memory op type; answers and invalid parts never reach the memory.
-_MEMORY_TYPE = {protocol.UPDATE_MEMORY: memory_ops.SET_SCRATCHPAD, protocol.UPDATE_QUERY: memory_ops.SET_QUERY,
-                protocol.ADD_MEMORY: memory_ops.CREATE, protocol.MODIFY_MEMORY: memory_ops.UPDATE,
-                protocol.DELETE_MEMORY: memory_ops.DELETE}
+_MEMORY_TYPE = {spec.kind: spec.memory_type for spec in op_table.OPS if spec.reaches_memory}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +176,7 @@ def transition(memory: memory_state.MemoryState, env: env_lib.EnvState, ops: mem
                embed_fn: transitions.EmbedFn):
   """One turn of the whole batch on device: environment gate, memory ops, retrieval for the next observation."""
   env, result = env_lib.env_step(env, kind_BxO, valid_BxO, params)
-  is_memory_op_BxO = (kind_BxO >= protocol.UPDATE_MEMORY) & (kind_BxO <= protocol.DELETE_MEMORY)
+  is_memory_op_BxO = jnp.asarray(op_table.MEMORY_TYPE_K)[kind_BxO] != memory_ops.NOOP
   keep_BxO = result.accepted_BxO & is_memory_op_BxO
   ops = ops.replace(type_BxO=jnp.where(keep_BxO, ops.type_BxO, memory_ops.NOOP))
   memory, _, _ = transitions.turn(memory, ops, embed_fn, config=memory_config)
