@@ -9,7 +9,7 @@ from atommem_jax.agent import protocol
 from atommem_jax.data import tokenizer as tokenizer_lib
 from atommem_jax.eval import plots, results
 from atommem_jax.memory import ops as memory_ops
-from atommem_jax.train import rollouts
+from atommem_jax.train import grpo_rows
 
 PACKAGE = pathlib.Path(op_table.__file__).parent
 
@@ -59,7 +59,7 @@ def test_every_consumer_derives_from_the_table():
       tag for spec in op_table.OPS for tag in (spec.open_tag, spec.close_tag))
   assert tokenizer_lib.PROTOCOL_TAGS[-2:] == ("<think>", "</think>")
   assert memory_ops.OP_NAMES == op_table.MEMORY_OP_NAMES and memory_ops.NUM_OP_TYPES == len(op_table.MEMORY_OPS)
-  assert set(rollouts.OP_RATE_NAMES.values()) == set(protocol.KIND_NAMES[1:])
+  assert set(grpo_rows.OP_RATE_NAMES.values()) == set(protocol.KIND_NAMES[1:])
   assert results.OP_KEYS[-1] == "invalid" and set(results.OP_LABELS) == set(protocol.KIND_NAMES)
   assert [label for _, label in plots.DYNAMICS_OPS] == ["Read", "Create", "Update", "Delete"]
 

@@ -21,7 +21,7 @@ import re
 from typing import Any, Sequence
 
 from atommem_jax import op_table
-from atommem_jax.agent import rollout as rollout_lib
+from atommem_jax.agent.trajectory import Trajectory
 from atommem_jax.data.synthetic import Fact, SyntheticQuestion
 
 _CHUNK_RE = re.compile(r"^Chunk (\d+) of \d+:\n", re.MULTILINE)
@@ -97,7 +97,7 @@ def _derive(kind: str, facts: Sequence[Fact]) -> str:
   return facts[-1].object
 
 
-def oracle_sft_pairs(trajectories: Sequence[rollout_lib.Trajectory], tokenizer: Any, *, min_reward: float = 0.5,
+def oracle_sft_pairs(trajectories: Sequence[Trajectory], tokenizer: Any, *, min_reward: float = 0.5,
                      append_eos: bool = True) -> list[dict[str, str]]:
   """Every turn of every trajectory with reward >= `min_reward` as {"prompt", "completion"}.
 

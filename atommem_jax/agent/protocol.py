@@ -249,7 +249,9 @@ def render_questions(questions: Sequence[str], current: int) -> str:
   return "\n".join(lines)
 
 
-def chat_prompt(tokenizer: Any, system: str, user: str) -> str:
-  """System + user message through the tokenizer's own chat template, ending with the assistant turn opener."""
+def chat_prompt(tokenizer: Any, system: str, user: str, tools: Sequence[Any] | None = None) -> str:
+  """System + user message through the tokenizer's own chat template, ending with the assistant turn opener;
+  `tools` (JSON schemas) are rendered by the template as it renders them (Qwen3's lists them in the system turn)."""
   messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-  return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+  return tokenizer.apply_chat_template(messages, tools=list(tools) if tools is not None else None, tokenize=False,
+                                       add_generation_prompt=True)
