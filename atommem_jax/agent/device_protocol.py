@@ -21,16 +21,13 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from atommem_jax.agent import protocol
+from atommem_jax import op_table
 from atommem_jax.data.jax_tokenizer import segments, unicode_classes
 from atommem_jax.data.jax_tokenizer.tables import TokenizerTables
 
-# How each op's body parses (the grammar in `protocol`'s docstring).
-_BODY = {protocol.UPDATE_MEMORY: "text", protocol.UPDATE_QUERY: "text", protocol.ADD_MEMORY: "text",
-         protocol.MODIFY_MEMORY: "target_text", protocol.DELETE_MEMORY: "target", protocol.FINAL_ANSWER: "boxed"}
-_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+_GRAMMARS = ("text", "target_text", "target", "boxed")  # `op_table.Body`, in the order `body` selects them
+_THINK_OPEN, _THINK_CLOSE = f"<{op_table.THINK}>", f"</{op_table.THINK}>"
 _MEMORY, _BOX = "Memory", "\\boxed{"
 _TOO_BIG = 10**7  # a "Memory i" number this large is out of range whatever was shown
 _HASH_BASES = (1_000_003, 998_244_353)
@@ -157,16 +154,15 @@ def _parse_row(tables: TokenizerTables, code_C: jax.Array, n: jax.Array, num_sho
   position = jnp.arange(size)
   real = position < length
   limit = jnp.full((size,), length)
-  kinds = sorted(_BODY)
   # ---- protocol tags: +kind opening, -kind closing
   tag = jnp.zeros((size,), jnp.int32)
   tag_length = jnp.zeros((size,), jnp.int32)
-  for kind in kinds:
-    for sign, word in ((1, f"<{protocol.KIND_NAMES[kind]}>"), (-1, f"</{protocol.KIND_NAMES[kind]}>")):
+  for spec in op_table.OPS:
+    for sign, word in ((1, spec.open_tag), (-1, spec.close_tag)):
       hit = segments.matches_at(text, limit, _codes(word))
-      tag = jnp.where(hit, sign * kind, tag)
+      tag = jnp.where(hit, sign * spec.kind, tag)
       tag_length = jnp.where(hit, len(word), tag_length)
-  shortest = min(len(f"<{protocol.KIND_NAMES[k]}>") for k in kinds)
+  shortest = min(len(spec.open_tag) for spec in op_table.OPS)
   capacity = size // shortest + 2
   tags_at, num_tags = segments.compact(position, tag != 0, capacity, size)
   tag_kind = tag[jnp.minimum(tags_at, size - 1)]
@@ -177,7 +173,7 @@ def _parse_row(tables: TokenizerTables, code_C: jax.Array, n: jax.Array, num_sho
   pairs_next = in_list & following(in_list, False) & (tag_kind > 0) & (following(tag_kind, 0) == -tag_kind)
   consumed = jnp.concatenate([jnp.array([False]), pairs_next[:-1]])
   is_part = in_list & ~consumed
-  part_kind = jnp.where(pairs_next, tag_kind, protocol.INVALID)
+  part_kind = jnp.where(pairs_next, tag_kind, op_table.INVALID)
   body_start, body_end = tag_end, following(tags_at, size)
   span_end = jnp.where(pairs_next, following(tag_end, size), tag_end)
   # ---- other tag pairs, in the text with the protocol ops and stray tags blanked
@@ -191,7 +187,7 @@ def _parse_row(tables: TokenizerTables, code_C: jax.Array, n: jax.Array, num_sho
   order, total = segments.compact(part_index, part_index > -2, width, -2)
   slot_tag = jnp.maximum(order, 0)
   protocol_slot = order >= 0
-  kind = jnp.where(protocol_slot, part_kind[slot_tag], protocol.INVALID)
+  kind = jnp.where(protocol_slot, part_kind[slot_tag], op_table.INVALID)
   start, end = body_start[slot_tag], body_end[slot_tag]
   # ---- bodies
   bits = tables.class_C[jnp.clip(text, 0, unicode_classes.NUM_CODE_POINTS - 1)].astype(jnp.int32)
@@ -242,8 +238,7 @@ def _parse_row(tables: TokenizerTables, code_C: jax.Array, n: jax.Array, num_sho
     boxes = box_at & (position >= a) & (content <= b) & (box_close < b)
     last_box = jnp.max(jnp.where(boxes, position, -1))
     box_a, box_b = stripped(content[jnp.maximum(last_box, 0)], box_close[jnp.maximum(last_box, 0)])
-    kind_body = jnp.asarray([{"text": 0, "target_text": 1, "target": 2, "boxed": 3}[_BODY.get(k, "text")]
-                             for k in range(max(kinds) + 1)])[kind]
+    kind_body = jnp.asarray([0] + [_GRAMMARS.index(spec.body) for spec in op_table.OPS])[kind]
     ok = jnp.select(
         [kind_body == 0, kind_body == 1, kind_body == 2],
         [nonempty, nonempty & reference & colon & in_range & (after_b > after_a), nonempty & reference & (p5 == b)
@@ -254,24 +249,26 @@ def _parse_row(tables: TokenizerTables, code_C: jax.Array, n: jax.Array, num_sho
     return ok, jnp.where(targeted, jnp.minimum(number, _TOO_BIG), 0), text_range
 
   parsed_ok, target, text_range = jax.vmap(body)(jnp.maximum(kind, 0), start, end)
-  parsed_ok = parsed_ok & protocol_slot & (kind != protocol.INVALID)
+  parsed_ok = parsed_ok & protocol_slot & (kind != op_table.INVALID)
+
+  removes = jnp.asarray([False] + [spec.body == "target" for spec in op_table.OPS])  # a target-only op deletes
 
   def no_reuse(deleted, slot):  # a target deleted earlier in the response is gone
     kind, ok, target = slot
     index = jnp.clip(target, 0, max_target)
     ok = ok & ~((target > 0) & deleted[index])
-    return deleted.at[index].set(deleted[index] | (ok & (kind == protocol.DELETE_MEMORY))), ok
+    return deleted.at[index].set(deleted[index] | (ok & removes[kind])), ok
 
   _, parsed_ok = jax.lax.scan(no_reuse, jnp.zeros((max_target + 1,), bool), (kind, parsed_ok, target))
-  kind = jnp.where(parsed_ok | ~protocol_slot, kind, protocol.INVALID)
-  kind = jnp.where(jnp.arange(width) < total, kind, protocol.INVALID)
+  kind = jnp.where(parsed_ok | ~protocol_slot, kind, op_table.INVALID)
+  kind = jnp.where(jnp.arange(width) < total, kind, op_table.INVALID)
   valid = parsed_ok & ~jnp.isin(kind, jnp.asarray(disabled or (-1,), jnp.int32))
   # Past the width: the last slot stands for everything dropped.
   over = total > width
   last = jnp.arange(width) == width - 1
-  kind = jnp.where(over & last, protocol.INVALID, kind)
+  kind = jnp.where(over & last, op_table.INVALID, kind)
   valid = valid & ~(over & last)
-  has_text = valid & (kind != protocol.DELETE_MEMORY)
+  has_text = valid & ~removes[kind]
   text_start = jnp.where(has_text, text_range[:, 0], 0)
   text_end = jnp.where(has_text, text_range[:, 1], 0)
   return ParsedOps(count=jnp.minimum(total, width), kind=kind, valid=valid,
@@ -285,7 +282,3 @@ def parse(tables: TokenizerTables, code_BxC: jax.Array, n_B: jax.Array, num_show
                                                     disabled=tuple(disabled_kinds), max_target=max_target))(
       code_BxC, n_B, num_shown_B)
 
-
-def kind_table() -> np.ndarray:
-  """Op kinds the parser knows, for tests."""
-  return np.array(sorted(_BODY), np.int32)

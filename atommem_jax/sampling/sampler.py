@@ -125,22 +125,8 @@ class Sampler:
     """
     if num_samples < 1:
       raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    padded = batching.left_pad(prompt_ids, length_buckets=self.config.prompt_buckets,
-                               batch_buckets=self.config.batch_buckets, batch_multiple_of=self._batch_shards,
-                               pad_id=self.config.pad_id, vocab_size=self.vocab_size)
-    batch = padded.tokens_BxP.shape[0]
-    if row_ids is None:
-      row_ids = range(padded.num_prompts)
-    if len(row_ids) != padded.num_prompts:
-      raise ValueError(f"row_ids has {len(row_ids)} entries for {padded.num_prompts} prompts")
-    row_ids_B = np.zeros((batch,), np.int32)
-    row_ids_B[:padded.num_prompts] = row_ids
-    prefill, decode = self.functions(num_samples)
-    params = self.params if params is None else params
-    with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
-      cache = prefill(params, padded.tokens_BxP, padded.mask_BxP)
-      result, _ = decode(params, cache, padded.tokens_BxP[:, -1], padded.lengths_B, padded.active_B, row_ids_B,
-                      jax.random.key(seed), self.eos_ids_E, self.stop_table_SxW)
+    padded, row_ids_B = self.pad(prompt_ids, row_ids)
+    result = self.generate_padded(padded, row_ids_B, num_samples=num_samples, seed=seed, params=params)
     result = jax.device_get(result)
     rows = padded.num_prompts * num_samples
     output = SampleOutput(
@@ -149,6 +135,32 @@ class Sampler:
         lengths_R=np.array(result.lengths_R[:rows]), stop_reasons_R=np.array(result.stop_reason_R[:rows]),
         num_samples=num_samples)
     return self._cut_on_host(output) if self.tokenizer is not None else output
+
+  def pad(self, prompt_ids: Sequence[Sequence[int]],
+          row_ids: Sequence[int] | None = None) -> tuple[batching.PaddedPrompts, np.ndarray]:
+    """The prompts left-padded to their length bucket and the batch to its bucket, as `generate` runs them, and
+    the row ids (default 0..P-1) padded with 0."""
+    padded = batching.left_pad(prompt_ids, length_buckets=self.config.prompt_buckets,
+                               batch_buckets=self.config.batch_buckets, batch_multiple_of=self._batch_shards,
+                               pad_id=self.config.pad_id, vocab_size=self.vocab_size)
+    if row_ids is None:
+      row_ids = range(padded.num_prompts)
+    if len(row_ids) != padded.num_prompts:
+      raise ValueError(f"row_ids has {len(row_ids)} entries for {padded.num_prompts} prompts")
+    row_ids_B = np.zeros((padded.tokens_BxP.shape[0],), np.int32)
+    row_ids_B[:padded.num_prompts] = row_ids
+    return padded, row_ids_B
+
+  def generate_padded(self, padded: batching.PaddedPrompts, row_ids_B: np.ndarray, *, num_samples: int = 1,
+                      seed: int = 0, params: nnx.State | None = None) -> decode_lib.DecodeResult:
+    """`generate` on `pad`'s output, without the host-side stop-string cut; the result stays on the device."""
+    prefill, decode = self.functions(num_samples)
+    params = self.params if params is None else params
+    with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+      cache = prefill(params, padded.tokens_BxP, padded.mask_BxP)
+      result, _ = decode(params, cache, padded.tokens_BxP[:, -1], padded.lengths_B, padded.active_B, row_ids_B,
+                         jax.random.key(seed), self.eos_ids_E, self.stop_table_SxW)
+    return result
 
   def _cut_on_host(self, output: SampleOutput) -> SampleOutput:
     """Decodes rows and cuts each exactly after its first stop string (dropping the tokens after it)."""
