@@ -1,0 +1,181 @@
+"""The device engine gives the host engine's trajectories (the tiny default's settings, same seed), its in-graph
+parser reads responses as `protocol` does, and it refuses what it cannot reproduce."""
+import dataclasses
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from atommem_jax import op_table
+from atommem_jax.agent import device_protocol, protocol
+from atommem_jax.agent import transition as transition_lib
+from atommem_jax.agent.config import AgentConfig, RolloutConfig
+from atommem_jax.agent.engines import device, host
+from atommem_jax.agent.envs import long_context
+from atommem_jax.agent.policy import SamplerPolicy
+from atommem_jax.data import long_context as long_context_data, synthetic
+from atommem_jax.data.jax_tokenizer import tables as tables_lib
+from atommem_jax.data.tokenizer import load_tiny_tokenizer
+from atommem_jax.memory.config import MemoryConfig
+from atommem_jax.memory.embedders import HashingEmbedder
+from atommem_jax.model import PRESETS, Qwen3
+from atommem_jax.sampling.config import SamplerConfig
+from atommem_jax.sampling.sampler import Sampler
+
+# experiments/train_base.py:tiny's agent and memory; G = 2.
+MEMORY = MemoryConfig(capacity=16, entry_tokens=32, scratchpad_tokens=48, query_tokens=32, embed_dim=64, top_k=4,
+                      overflow="evict_oldest", max_ops_per_turn=4)
+AGENT = AgentConfig(chunk_tokens=96, overlap_tokens=8, max_chunks=8, max_steps=6, query_limit=3, template_dir="compact")
+CONFIG = RolloutConfig(agent=AGENT, memory=MEMORY, num_samples=2)
+MODEL = dataclasses.replace(PRESETS["tiny_default"], num_layers=2, tie_word_embeddings=False)
+# What the scripted model writes: these ops in random order (successors of a shared token are equally likely), so
+# Creates, Updates and Deletes of shown entries, Reads, answers, scratchpad writes, think blocks, mismatched tags,
+# cut-off ops and more ops than fit a turn all occur.
+SCRIPTS = ["<add_memory> Kalomi was born in Tesuna.</add_memory>", "<update_query> Kalomi</update_query>",
+           "<modify_memory>Memory 1: Tesuna is a town.</modify_memory>", "<delete_memory>Memory 2</delete_memory>",
+           "<final_answer>\\boxed{Tesuna}</final_answer>", "<update_memory> notes</update_memory>",
+           "<think> plan</think>"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  return load_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def episodes():
+  task = synthetic.generate(synthetic.SyntheticConfig(seed=0, num_documents=16, num_questions=4,
+                                                      question_kinds=("birth_country",)))
+  examples = long_context_data.build_examples(task.corpus(), long_context_data.LongContextConfig(
+      num_docs=8, seed=0, single_question_fraction=1.0))
+  return [long_context.Episode.from_example(e) for e in examples[:2]]
+
+
+def _scripted_params(tokenizer, model: Qwen3) -> nnx.State:
+  """Weights under which the next token depends on the current one only (every layer's output projections are
+  zero): after token t, one of the tokens that follow t in `SCRIPTS` (or end the response), equally likely."""
+  newline, eos = tokenizer.encode("\n", add_special_tokens=False)[0], tokenizer.eos_token_id
+  successors: dict[int, set[int]] = {}
+  starts = [tokenizer.encode(s, add_special_tokens=False)[0] for s in SCRIPTS]
+  for script in SCRIPTS:
+    ids = tokenizer.encode(script, add_special_tokens=False)
+    for a, b in zip(ids, ids[1:]):
+      successors.setdefault(a, set()).add(b)
+    successors.setdefault(ids[-1], set()).update(starts + [eos])
+  successors[newline] = set(starts)  # the prompt ends with "assistant\n"
+  embed = np.asarray(model.embed[...], np.float32)
+  unit = embed / np.linalg.norm(embed, axis=1, keepdims=True)
+  head = np.zeros_like(embed)
+  for a, following in successors.items():
+    for b in following:
+      head[b] += 3.0 * unit[a]
+  _, params = nnx.split(model)
+  params = jax.tree.map(lambda x: x, params)
+  params["lm_head"].value = jnp.asarray(head)
+  params["layers"]["o_proj"].value = jnp.zeros_like(params["layers"]["o_proj"].value)
+  params["layers"]["down_proj"].value = jnp.zeros_like(params["layers"]["down_proj"].value)
+  return params
+
+
+@pytest.fixture(scope="module")
+def samplers(tokenizer):
+  model = Qwen3(MODEL, rngs=nnx.Rngs(0))
+  base = SamplerConfig(temperature=1.0, top_p=0.99, max_new_tokens=64, prompt_buckets=(256, 384), batch_buckets=(4,),
+                       eos_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id)
+  return {"sample": Sampler(model, base, tokenizer=tokenizer),
+          "greedy": Sampler(model, dataclasses.replace(base, greedy=True), tokenizer=tokenizer),
+          "scripted": _scripted_params(tokenizer, model), "random": nnx.split(model)[1]}
+
+
+@pytest.mark.parametrize("sampling, weights", [("sample", "random"), ("sample", "scripted"), ("greedy", "random")])
+def test_device_engine_gives_the_host_engines_trajectories(tokenizer, episodes, samplers, sampling, weights):
+  sampler = samplers[sampling]
+  sampler.params = samplers[weights]
+  embed = HashingEmbedder(MEMORY.embed_dim)
+  run = lambda engine, **kw: engine.rollout(episodes, SamplerPolicy(sampler, seed=11), tokenizer=tokenizer,
+                                            embed_fn=embed, config=CONFIG, **kw)
+  expected = run(host)
+  got = run(device, verify_prompts=True)
+  assert [dataclasses.asdict(t) for t in got] == [dataclasses.asdict(t) for t in expected]
+  turns = [turn for t in expected for turn in t.turns]
+  assert len(turns) >= 8 and all(turn.prompt_ids and turn.response_ids for turn in turns)
+  if weights == "scripted":  # the op path was exercised end to end
+    counts = {name: sum(turn.op_counts[name] for turn in turns) for name in op_table.KIND_NAMES[1:]}
+    assert min(counts.values()) > 0, counts
+    assert sum(turn.invalid_ops for turn in turns) > 0 and max(t.turns[-1].storage_size for t in expected) > 0
+    assert len({len(turn.prompt_ids) > 256 for turn in turns}) == 2  # both prompt buckets ran
+  if sampling == "sample":  # an episode's two samples differ
+    assert expected[0].turns[0].response_ids != expected[1].turns[0].response_ids
+
+
+FRAGMENTS = [spec.open_tag for spec in op_table.OPS] + [spec.close_tag for spec in op_table.OPS] + [
+    "<think>", "</think>", " Memory 1", "Memory 2:", " Memory  3 : x", "Memory ٢", "Memory 01", "Memory 99999999",
+    " ", "\u00a0", "\x1c", "\n", "\\boxed{", "}", "{", "Paris", " fact", "<b>", "</b>", "<x1>", "</x1>", "<_a>",
+    "</_a>", "Memory", ":", "0", "1", "\\boxed{a}", "\\boxed{}", "é"]
+RESPONSE_WIDTH = 160
+
+
+@pytest.fixture(scope="module")
+def parse(tokenizer):
+  tables = jax.device_put(tables_lib.TokenizerTables.from_tokenizer(tokenizer))
+  disabled = (op_table.DELETE_MEMORY,)
+  run = jax.jit(lambda t, code, n, shown: device_protocol.parse(t, code, n, shown, width=4, disabled_kinds=disabled,
+                                                                max_target=4))
+  return lambda *args: jax.device_get(run(tables, *args)), disabled
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.sampled_from(FRAGMENTS), max_size=16).map("".join), st.integers(0, 4)),
+                min_size=16, max_size=16))
+def test_in_graph_parser_reads_responses_as_protocol_does(parse, rows):
+  parse_fn, disabled = parse
+  texts = [text[:RESPONSE_WIDTH] for text, _ in rows]
+  codes = np.zeros((len(rows), RESPONSE_WIDTH), np.int32)
+  for i, text in enumerate(texts):
+    codes[i, :len(text)] = [ord(c) for c in text]
+  shown = np.array([s for _, s in rows], np.int32)
+  out = parse_fn(codes, np.array([len(t) for t in texts], np.int32), shown)
+  for row, text in enumerate(texts):
+    ops = transition_lib.fit_width(protocol.disable_ops(protocol.parse_response(text, int(shown[row])), disabled), 4)
+    clean = "".join(map(chr, out.text[row, :out.length[row]]))
+    assert clean == protocol.strip_think(text)
+    got = [(int(out.kind[row, o]), bool(out.valid[row, o]), int(out.target[row, o]),
+            clean[out.start[row, o]:out.end[row, o]]) for o in range(int(out.count[row]))]
+    texts_of = lambda op: op.text if op.valid and op_table.BY_KIND[op.kind].body != "target" else ""
+    assert got == [(op.kind, op.valid, op.target if op.valid else 0, texts_of(op)) for op in ops], text
+
+
+@pytest.mark.parametrize("case, cause", [
+    ("memagent", "rewrites its ops on the host"), ("tools", "renders its observations"),
+    ("stop", "stop strings"), ("text_policy", "SamplerPolicy"), ("split_tags", "is not one token")])
+def test_device_engine_refuses_what_it_cannot_reproduce(tokenizer, episodes, samplers, case, cause):
+  sampler, config, env, policy = samplers["sample"], CONFIG, None, None
+  if case == "memagent":
+    config = dataclasses.replace(CONFIG, agent=dataclasses.replace(AGENT, method="memagent"))
+  if case == "tools":
+    env = type("WebEnv", (), {"max_turns": 3})()
+  if case == "stop":
+    sampler = Sampler(nnx.merge(sampler.graphdef, sampler.params),
+                      dataclasses.replace(sampler.config, stop_strings=("</final_answer>",)), tokenizer=tokenizer)
+  if case == "split_tags":
+    split = long_context.make(AGENT)
+    assert any(cause in r for r in device.unsupported_reasons(_SplitTags(tokenizer), split, sampler))
+    return
+  policy = (lambda prompts: ["" for _ in prompts]) if case == "text_policy" else SamplerPolicy(sampler)
+  with pytest.raises(ValueError, match=cause):
+    device.rollout(episodes, policy, tokenizer=tokenizer, embed_fn=HashingEmbedder(MEMORY.embed_dim), config=config,
+                   env=env)
+
+
+class _SplitTags:
+  """The tiny tokenizer, except that protocol tags come out as several tokens."""
+
+  def __init__(self, tokenizer):
+    self.backend_tokenizer = tokenizer.backend_tokenizer
+    self._tokenizer = tokenizer
+
+  def encode(self, text, add_special_tokens=False):
+    return [t for c in text for t in self._tokenizer.encode(c, add_special_tokens=add_special_tokens)]
