@@ -312,17 +312,25 @@ def _render_row(layout: Layout, tables: LayoutTables, codec_tables: TokenizerTab
   pieces.append(_const(layout.tail, True))
   size = user_capacity(layout, parts.scratchpad.shape[0], parts.query.shape[0], parts.entries.shape[1],
                        codec_tables.token_bytes_VxL.shape[1])
-  user, user_length = segments.concatenate(pieces, size, 0)
-  tokens, count, _ = codec.encode(codec_tables, user, user_length, jnp.zeros((size,), bool))
-  prompt = [(jnp.asarray(layout.prefix_ids or (0,), jnp.int32), len(layout.prefix_ids)), (tokens, count),
-            (jnp.asarray(layout.suffix_ids or (0,), jnp.int32), len(layout.suffix_ids))]
-  return segments.concatenate(prompt, layout.prompt_width, 0)
+  return segments.concatenate(pieces, size, 0)
 
 
 def render(layout: Layout, tables: LayoutTables, codec_tables: TokenizerTables, state: long_context.EnvState,
            parts: MemoryParts) -> tuple[jax.Array, jax.Array]:
-  """Every row's prompt ids, left-aligned in `layout.prompt_width` columns, and their count (which may exceed the
-  width: the caller refuses such a prompt as the sampler would)."""
+  """Every row's text to tokenize: the user message with the chat prompt's head and tail around it, as code points
+  left-aligned in `user_capacity` columns, and their count."""
   render_row = functools.partial(_render_row, layout, tables, codec_tables)
   return jax.vmap(render_row)(tables.row_episode, state.answer_phase_B, state.question_index_B,
                               state.chunk_index_B, state.num_questions_B, parts)
+
+
+def encode_prompts(layout: Layout, codec_tables: TokenizerTables, words: codec.Words, max_words: int,
+                   max_symbols: int) -> tuple[jax.Array, jax.Array]:
+  """Every row's prompt ids, left-aligned in `layout.prompt_width` columns, and their count (which may exceed the
+  width: the caller refuses such a prompt as the sampler would); the bounds as `codec.merge` needs them."""
+  def one(words):
+    tokens, count, _ = codec.merge(codec_tables, words, max_words, max_symbols)
+    prompt = [(jnp.asarray(layout.prefix_ids or (0,), jnp.int32), len(layout.prefix_ids)), (tokens, count),
+              (jnp.asarray(layout.suffix_ids or (0,), jnp.int32), len(layout.suffix_ids))]
+    return segments.concatenate(prompt, layout.prompt_width, 0)
+  return jax.vmap(one)(words)

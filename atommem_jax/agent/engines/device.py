@@ -19,6 +19,7 @@ made on decoded text).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Sequence
 
@@ -79,61 +80,104 @@ def _codec_tables(tokenizer: Any) -> tables_lib.TokenizerTables:
 @functools.partial(jax.jit, static_argnames=("layout",))
 def _observe(codec_tables, layout_tables, memory, state, *, layout):
   parts = device_observation.memory_parts(memory)
-  prompt, length = device_observation.render(layout, layout_tables, codec_tables, state, parts)
-  return prompt, length, parts, ~state.done_B
+  text, length = device_observation.render(layout, layout_tables, codec_tables, state, parts)
+  return text, length, parts, ~state.done_B
 
 
-def _op_tokens(codec_tables, parsed, width: int, pad_id: int):
-  """Each op's text as `tokenizer.encode(text)` ids ([O, W], cut at W) and their counts, for one row."""
+@functools.partial(jax.jit, static_argnames=("width",))
+def _split(codec_tables, text, length, starts, *, width):
+  """`codec.split` of each row's first `width` code points (rows longer than that are not running)."""
+  text, starts = text[:, :width], starts[:, :width]
+  return jax.vmap(codec.split, in_axes=(None, 0, 0, 0))(codec_tables, text, jnp.minimum(length, width), starts)
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "max_words", "max_symbols"))
+def _tokenize(codec_tables, words, *, layout, max_words, max_symbols):
+  return device_observation.encode_prompts(layout, codec_tables, words, max_words, max_symbols)
+
+
+def _split_sized(codec_tables, text, length, starts, rows) -> tuple[codec.Words, int, int]:
+  """The words of the running rows' texts, and the `codec.merge` bounds they need (read on the host)."""
+  width = min(_bucket(int(np.max(length[rows]))), text.shape[1])
+  words = _split(codec_tables, text, length, starts, width=width)
+  num_words, longest = jax.device_get((words.num_words, words.longest))
+  return words, _bucket(num_words[rows].max(), 8), _bucket(longest[rows].max(), 8)
+
+
+def _bucket(size, smallest: int = 64) -> int:
+  """Work in-graph is proportional to the arrays' sizes: a power of two at least this turn's need (and
+  `smallest`) keeps the compiled variants few."""
+  return max(smallest, 1 << max(0, int(size) - 1).bit_length())
+
+
+def _op_texts(parsed) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """One row's op texts (those with one, in slot order) one after the other: code points, count, string starts."""
   size = parsed.text.shape[0]
-  slots = parsed.kind.shape[0]
   lengths = parsed.end - parsed.start
   windows = [(parsed.text[jnp.minimum(parsed.start[o] + jnp.arange(size), size - 1)], lengths[o])
-             for o in range(slots)]
+             for o in range(parsed.kind.shape[0])]
   joined, total = segments.concatenate(windows, size, 0)
   offsets = jnp.cumsum(lengths) - lengths
   starts = jnp.zeros((size + 1,), bool).at[jnp.where(lengths > 0, offsets, size)].set(True)[:size]
-  tokens, count, string = codec.encode(codec_tables, joined, total, starts)
-  slot_of_string, _ = segments.compact(jnp.arange(slots), lengths > 0, slots, slots)
-  real = jnp.arange(tokens.shape[0]) < count
-  slot = jnp.where(real, slot_of_string[jnp.clip(string, 0, slots - 1)], slots)
-  first = jax.ops.segment_min(jnp.where(real, jnp.arange(tokens.shape[0]), tokens.shape[0]), slot,
-                              num_segments=slots + 1)
-  index = jnp.arange(tokens.shape[0]) - first[slot]
-  out = jnp.full((slots + 1, width), pad_id, jnp.int32).at[slot, jnp.where(index < width, index, width)].set(
-      tokens, mode="drop")[:slots]
-  per_slot = jax.ops.segment_sum(real.astype(jnp.int32), slot, num_segments=slots + 1)[:slots]
-  return out, jnp.minimum(per_slot, width)
+  return joined, total, starts
 
 
-@functools.partial(jax.jit, static_argnames=("width", "disabled", "max_target", "op_width", "pad_id"))
-def _apply(codec_tables, result, rows_B, num_shown_R, *, width, disabled, max_target, op_width, pad_id):
-  """The decoded batch back on its rows, parsed into the memory's `OpBatch` and the step's `TurnOps`."""
-  num_rows = num_shown_R.shape[0]
+@functools.partial(jax.jit, static_argnames=("num_rows", "pad_id"))
+def _responses(codec_tables, result, rows_B, *, num_rows, pad_id):
+  """The decoded batch back on its rows (`rows_B`: each batch row's row, -1 for padding), and each response's
+  text (without a final EOS) as code points."""
   position = jnp.full((num_rows + 1,), -1, jnp.int32).at[jnp.where(rows_B >= 0, rows_B, num_rows)].set(
       jnp.arange(rows_B.shape[0], dtype=jnp.int32))[:num_rows]
   running = position >= 0
   take = lambda x, fill: jnp.where(running.reshape((-1,) + (1,) * (x.ndim - 1)), x[jnp.maximum(position, 0)], fill)
-  tokens, logprobs = take(result.tokens_RxN, pad_id), take(result.logprobs_RxN, 0.0)
-  length, stop = take(result.lengths_R, 0), take(result.stop_reason_R, 0)
-  text_length = length - (stop == StopReason.EOS)  # the response's text leaves out the final EOS
-  code, code_length = jax.vmap(codec.decode, in_axes=(None, 0, 0))(codec_tables, tokens, text_length)
-  parsed = device_protocol.parse(codec_tables, code, code_length, num_shown_R, width=width, disabled_kinds=disabled,
-                                 max_target=max_target)
-  op_tokens, op_lengths = jax.vmap(_op_tokens, in_axes=(None, 0, None, None))(codec_tables, parsed, op_width, pad_id)
-  slot = jnp.arange(width)[None, :]
-  in_use = running[:, None] & (slot < parsed.count[:, None])
+  record = dict(tokens=take(result.tokens_RxN, pad_id), logprobs=take(result.logprobs_RxN, 0.0),
+                length=take(result.lengths_R, 0), stop=take(result.stop_reason_R, 0))
+  text_length = record["length"] - (record["stop"] == StopReason.EOS)
+  code, code_length = jax.vmap(codec.decode, in_axes=(None, 0, 0))(codec_tables, record["tokens"], text_length)
+  return code, code_length, running, record
+
+
+@functools.partial(jax.jit, static_argnames=("width", "disabled", "max_target", "length"))
+def _read(codec_tables, code, code_length, running, num_shown_R, *, width, disabled, max_target, length):
+  """Each response (its first `length` code points: all of it) parsed, and its op texts lined up to tokenize."""
+  parsed = device_protocol.parse(codec_tables, code[:, :length], code_length, num_shown_R, width=width,
+                                 disabled_kinds=disabled, max_target=max_target)
+  in_use = running[:, None] & (jnp.arange(width)[None, :] < parsed.count[:, None])
   kind = jnp.where(in_use, parsed.kind, op_table.INVALID)
   valid = in_use & parsed.valid
+  texts = jax.vmap(_op_texts)(dataclasses.replace(parsed, start=jnp.where(valid, parsed.start, 0),
+                                                  end=jnp.where(valid, parsed.end, 0)))
+  return texts, dict(kind=kind, valid=valid, target=jnp.where(valid, parsed.target, 0),
+                     count=jnp.where(running, parsed.count, 0))
+
+
+@functools.partial(jax.jit, static_argnames=("max_words", "max_symbols", "op_width", "pad_id"))
+def _ops(codec_tables, words, record, *, max_words, max_symbols, op_width, pad_id):
+  """The memory's `OpBatch` and the step's `TurnOps`: op texts merged into ids, cut at the op width W."""
+  kind, valid = record["kind"], record["valid"]
+  slots = kind.shape[1]
+
+  def tokens_of(words, has_text):
+    tokens, count, string = codec.merge(codec_tables, words, max_words, max_symbols)
+    slot_of_string, _ = segments.compact(jnp.arange(slots), has_text, slots, slots)
+    real = jnp.arange(tokens.shape[0]) < count
+    slot = jnp.where(real, slot_of_string[jnp.clip(string, 0, slots - 1)], slots)
+    per_slot = jnp.sum(slot[None, :] == jnp.arange(slots)[:, None], axis=1)
+    first = jnp.cumsum(per_slot) - per_slot  # tokens come in slot order
+    index = jnp.arange(tokens.shape[0]) - first[jnp.minimum(slot, slots - 1)]
+    out = jnp.full((slots + 1, op_width), pad_id, jnp.int32).at[slot, jnp.where(index < op_width, index, op_width)
+                                                                ].set(tokens, mode="drop")[:slots]
+    return out, jnp.minimum(per_slot, op_width).astype(jnp.int32)
+
+  has_text = valid & jnp.asarray([False] + [spec.body != "target" for spec in op_table.OPS])[kind]
+  op_tokens, op_lengths = jax.vmap(tokens_of)(words, has_text)
+  in_use = jnp.arange(slots)[None, :] < record["count"][:, None]
   ops = memory_ops.OpBatch(
       type_BxO=jnp.where(in_use, jnp.asarray(op_table.MEMORY_TYPE_K)[kind], memory_ops.NOOP),
-      target_BxO=jnp.where(valid, parsed.target, 0), tokens_BxOxW=op_tokens, length_BxO=op_lengths,
+      target_BxO=record["target"], tokens_BxOxW=op_tokens, length_BxO=op_lengths,
       valid_BxO=valid | ~in_use)  # padding slots are valid no-ops, as `memory_ops.empty_ops` makes them
-  turn = TurnOps(kind_BxO=kind, valid_BxO=valid, acted_B=jnp.zeros((num_rows,), bool))
-  record = dict(tokens=tokens, logprobs=logprobs, length=length, stop=stop, kind=kind, valid=valid,
-                target=jnp.where(valid, parsed.target, 0), count=jnp.where(running, parsed.count, 0),
-                op_tokens=op_tokens, op_lengths=op_lengths)
-  return ops, turn, record
+  turn = TurnOps(kind_BxO=kind, valid_BxO=valid, acted_B=jnp.zeros((kind.shape[0],), bool))
+  return ops, turn, op_tokens, op_lengths
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -166,22 +210,38 @@ def rollout(episodes: Sequence[Any], policy: SamplerPolicy, *, tokenizer: Any, e
                                                    tokenizer, memory_config.top_k, max(sampler.config.prompt_buckets))
   layout_tables = jax.device_put(layout_tables)
   params = env.params()
-  apply = functools.partial(_apply, width=memory_config.max_ops_per_turn, disabled=tuple(env.disabled_kinds),
-                            max_target=memory_config.top_k, op_width=memory_config.op_tokens,
-                            pad_id=memory_config.pad_id)
+  read = functools.partial(_read, width=memory_config.max_ops_per_turn, disabled=tuple(env.disabled_kinds),
+                           max_target=memory_config.top_k)
+  no_starts = jnp.zeros((num_rows, 1), bool)
   turns = []
   turn_limit = env.max_turns if max_turns is None else min(env.max_turns, max_turns)
   for turn_index in range(turn_limit):
-    prompt, prompt_length, parts, running = _observe(codec_tables, layout_tables, memory, state, layout=layout)
-    prompt_host, lengths, running_host = jax.device_get((prompt, prompt_length, running))
+    # Each array the text work runs on is sized to this turn's need, read on the host (a few numbers per turn).
+    text, text_length, parts, running = _observe(codec_tables, layout_tables, memory, state, layout=layout)
+    text_length_host, running_host = jax.device_get((text_length, running))
     rows = [r for r in range(num_rows) if running_host[r]]
     if not rows:
       break
+    starts = jnp.broadcast_to(no_starts, text.shape)
+    words, max_words, max_symbols = _split_sized(codec_tables, text, text_length_host, starts, rows)
+    prompt, prompt_length = _tokenize(codec_tables, words, layout=layout, max_words=max_words,
+                                      max_symbols=max_symbols)
+    prompt_host, lengths = jax.device_get((prompt, prompt_length))
     # Padded by the sampler's own code, from host arrays, so the host engine's compiled programs run.
     padded, rows_B = sampler.pad([prompt_host[r, :lengths[r]] for r in rows], rows)
     result = sampler.generate_padded(padded, rows_B, seed=policy.seed + turn_index)
     positions = np.where(np.arange(len(rows_B)) < len(rows), rows_B, -1).astype(np.int32)  # batch row -> row
-    ops, turn_ops, record = apply(codec_tables, result, positions, parts.num_shown)
+    code, code_length, running_now, record = _responses(codec_tables, result, positions, num_rows=num_rows,
+                                                         pad_id=memory_config.pad_id)
+    width = min(_bucket(int(jax.device_get(code_length).max())), code.shape[1])
+    (op_text, op_text_length, op_starts), parsed = read(codec_tables, code, code_length, running_now,
+                                                        parts.num_shown, length=width)
+    record.update(parsed)
+    op_words, max_words, max_symbols = _split_sized(codec_tables, op_text, jax.device_get(op_text_length),
+                                                    op_starts, list(range(num_rows)))
+    ops, turn_ops, record["op_tokens"], record["op_lengths"] = _ops(
+        codec_tables, op_words, record, max_words=max_words, max_symbols=max_symbols,
+        op_width=memory_config.op_tokens, pad_id=memory_config.pad_id)
     before = state
     memory, state, step = transition_lib.transition(memory, state, ops, turn_ops, params, step=env.step,
                                                     memory_config=memory_config, embed_fn=embed_fn)

@@ -1,8 +1,10 @@
-"""BPE merges in-graph, one row of symbols at a time, as `tokenizers` applies them within each word.
+"""BPE merges in-graph, as `tokenizers` applies them within each word (pre-token), one row of words at a time.
 
 `tokenizers` merges a word by taking, again and again, the adjacent pair with the lowest merge rank (the leftmost on
-a tie) until no pair has a merge. Words are independent, so every word takes its next merge in the same step of a
-`while_loop`; the loop runs as many steps as the longest word needs.
+a tie) until no pair has a merge. Words are independent, so they sit in the rows of a [words, symbols] matrix and
+every word takes its next merge in the same step of a `while_loop` (a row minimum, then a shift), as many steps as
+the longest word needs. The caller sizes the matrix to the words at hand (`codec.Words` counts them), since the
+work of every step is proportional to it.
 """
 from __future__ import annotations
 
@@ -14,36 +16,33 @@ from atommem_jax.data.jax_tokenizer.tables import TokenizerTables
 _NO_MERGE = jnp.iinfo(jnp.int32).max
 
 
-def merge_words(tables: TokenizerTables, symbol_M: jax.Array, word_M: jax.Array, live_M: jax.Array
-                ) -> tuple[jax.Array, jax.Array]:
-  """(ids, live) after merging. `word_M`: the word of each symbol (words are contiguous runs); `live_M`: real
-  symbols (the rest is padding)."""
-  m = symbol_M.shape[0]
-  position = jnp.arange(m)
-  following = jnp.concatenate([word_M[1:], jnp.array([-1], word_M.dtype)])
-  next_M = jnp.where(live_M & (position + 1 < m) & (following == word_M)
-                     & jnp.concatenate([live_M[1:], jnp.array([False])]), position + 1, m)
+def pair_merges(tables: TokenizerTables, left: jax.Array, right: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(rank or _NO_MERGE, merged id) of each (left, right) pair of ids."""
+  key = left * tables.vocab_size + right
+  if tables.pair_table_VV.shape[0] > 1:  # dense: rank * V + merged id, -1 for no merge
+    entry = tables.pair_table_VV[jnp.clip(key, 0, tables.pair_table_VV.shape[0] - 1)]
+    return jnp.where(entry >= 0, entry // tables.vocab_size, _NO_MERGE), entry % tables.vocab_size
   keys = tables.merge_key_M
+  index = jnp.clip(jnp.searchsorted(keys, key), 0, keys.shape[0] - 1)
+  return jnp.where(keys[index] == key, tables.merge_rank_M[index], _NO_MERGE), tables.merge_token_M[index]
 
-  def candidates(symbol, nxt, live):
-    has_pair = live & (nxt < m)
-    key = symbol * tables.vocab_size + symbol[jnp.minimum(nxt, m - 1)]
-    index = jnp.clip(jnp.searchsorted(keys, key), 0, keys.shape[0] - 1)
-    found = has_pair & (keys[index] == key)
-    return jnp.where(found, tables.merge_rank_M[index], _NO_MERGE), tables.merge_token_M[index]
+
+def merge_words(tables: TokenizerTables, symbol_WxL: jax.Array, length_W: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Each word's ids after merging (left-aligned in its row) and their count; `length_W`: each word's symbols."""
+  width = symbol_WxL.shape[1]
+  column = jnp.arange(width)
 
   def body(carry):
-    symbol, nxt, live, _ = carry
-    rank, merged = candidates(symbol, nxt, live)
-    segment = jnp.where(live, word_M, m)
-    best_rank = jax.ops.segment_min(rank, segment, num_segments=m + 1)[segment]
-    leftmost = jax.ops.segment_min(jnp.where(rank == best_rank, position, m), segment, num_segments=m + 1)[segment]
-    chosen = (rank < _NO_MERGE) & (position == leftmost)
-    absorbed = jnp.zeros((m + 1,), bool).at[jnp.where(chosen, nxt, m)].set(True)[:m]
-    symbol = jnp.where(chosen, merged, symbol)
-    nxt = jnp.where(chosen, jnp.concatenate([nxt, jnp.array([m])])[nxt], nxt)
-    return symbol, nxt, live & ~absorbed, jnp.any(chosen)
+    symbol, length, _ = carry
+    rank, merged = pair_merges(tables, symbol[:, :-1], symbol[:, 1:])
+    rank = jnp.where(column[None, :-1] < length[:, None] - 1, rank, _NO_MERGE)
+    best = jnp.argmin(rank, axis=1)  # the first minimum: the leftmost pair of the lowest rank
+    merging = jnp.min(rank, axis=1) < _NO_MERGE
+    new = jnp.take_along_axis(merged, best[:, None], axis=1)
+    shifted = jnp.concatenate([symbol[:, 1:], symbol[:, -1:]], axis=1)
+    merged_row = jnp.where(column < best[:, None], symbol, jnp.where(column == best[:, None], new, shifted))
+    return jnp.where(merging[:, None], merged_row, symbol), length - merging, jnp.any(merging)
 
-  symbol, _, live, _ = jax.lax.while_loop(lambda carry: carry[3], body,
-                                          (symbol_M, next_M, live_M, jnp.any(live_M)))
-  return symbol, live
+  symbol, length, _ = jax.lax.while_loop(lambda carry: carry[2], body,
+                                         (symbol_WxL, length_W, jnp.any(length_W > 1)))
+  return symbol, length

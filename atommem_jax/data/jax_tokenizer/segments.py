@@ -44,6 +44,31 @@ def matches_at(text_N: jax.Array, limit_N: jax.Array, pattern: Sequence[int]) ->
   return hit
 
 
+def find_patterns(text_N: jax.Array, limit_N: jax.Array, patterns_PxL: jax.Array, lengths_P: jax.Array
+                  ) -> jax.Array:
+  """At each i, the index of the pattern that text[i:] starts with, ending at or before `limit[i]` (-1: none).
+
+  Patterns are -1 padded rows; when several match at one position (one a prefix of another) the longest wins.
+  Every window of text is compared with every pattern at once ([N, P, L]), rather than pattern by pattern.
+  """
+  n, width = text_N.shape[0], patterns_PxL.shape[1]
+  padded = jnp.concatenate([text_N, jnp.full((width,), -1, text_N.dtype)])
+  windows_NxL = padded[jnp.arange(n)[:, None] + jnp.arange(width)[None, :]]
+  inside_PxL = jnp.arange(width)[None, :] < lengths_P[:, None]
+  equal_NxPxL = (windows_NxL[:, None, :] == patterns_PxL[None]) | ~inside_PxL[None]
+  hit_NxP = (jnp.all(equal_NxPxL, axis=2) & (lengths_P > 0)[None] &
+             (jnp.arange(n)[:, None] + lengths_P[None] <= limit_N[:, None]))
+  longest = jnp.max(jnp.where(hit_NxP, lengths_P[None], -1), axis=1)
+  return jnp.where(longest > 0, jnp.argmax(hit_NxP & (lengths_P[None] == longest[:, None]), axis=1), -1)
+
+
+def pattern_table(patterns) -> tuple[jax.Array, jax.Array]:
+  """Code-point strings as `find_patterns`' ([P, L] -1 padded, [P] lengths)."""
+  width = max([len(p) for p in patterns] + [1])
+  table = [[ord(c) for c in p] + [-1] * (width - len(p)) for p in patterns]
+  return jnp.asarray(table, jnp.int32), jnp.asarray([len(p) for p in patterns], jnp.int32)
+
+
 def chain(next_N: jax.Array, roots_N: jax.Array) -> jax.Array:
   """The positions reached from `roots` by following `next` (each next[i] > i; N means the end).
 

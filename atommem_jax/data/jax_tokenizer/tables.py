@@ -27,6 +27,7 @@ SUPPORTED_PATTERNS = {
     tokenizer_lib.SPLIT_PATTERN.replace(r"[^\r\n\p{L}\p{N}{]?", r"[^\r\n\p{L}\p{N}]?"): True,
 }
 _MAX_VOCAB = 46340  # left * V + right must fit int32
+_DENSE_VOCAB = 4096  # up to this vocabulary, merges are looked up in a dense [V * V] table (64 MiB at most)
 
 
 @functools.lru_cache(maxsize=None)
@@ -117,7 +118,7 @@ def _tokenizers_version() -> str:
 
 @functools.partial(jax.tree_util.register_dataclass,
                    data_fields=["token_bytes_VxL", "token_length_V", "byte_token_256", "merge_key_M",
-                                "merge_token_M", "merge_rank_M", "added_text_AxL", "added_length_A", "added_token_A",
+                                "merge_token_M", "merge_rank_M", "pair_table_VV", "added_text_AxL", "added_length_A", "added_token_A",
                                 "class_C", "digit_C", "contraction_single_K", "contraction_pairs_Kx2"],
                    meta_fields=["vocab_size", "brace_leads_word"])
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +131,7 @@ class TokenizerTables:
   merge_key_M: Any  # int32, sorted: left * vocab_size + right
   merge_token_M: Any  # int32: the merged id
   merge_rank_M: Any  # int32: the merge's priority (lower first)
+  pair_table_VV: Any  # int32 [V * V]: rank * V + merged id of each pair, -1 for none ([1] for a large vocabulary)
   added_text_AxL: Any  # int32: each added token's content as code points, -1 padded
   added_length_A: Any  # int32
   added_token_A: Any  # int32
@@ -169,6 +171,10 @@ class TokenizerTables:
     order = np.argsort(keys, kind="stable")
     if len(set(keys.tolist())) != len(keys):
       raise ValueError("the tokenizer lists a merge pair twice")
+    ranks = np.arange(len(pairs), dtype=np.int64)
+    pair_table = np.full((size * size if size <= _DENSE_VOCAB else 1,), -1, np.int32)
+    if size <= _DENSE_VOCAB:  # one gather per pair instead of a binary search
+      pair_table[keys] = (ranks * size + np.array([vocab[a + b] for a, b in pairs], np.int64)).astype(np.int32)
     added_width = max([len(t["content"]) for t in added] + [1])
     added_text = np.full((max(len(added), 1), added_width), -1, np.int32)
     for i, t in enumerate(added):
@@ -181,7 +187,7 @@ class TokenizerTables:
         byte_token_256=np.array([vocab[byte_to_char()[b]] for b in range(256)], np.int32),
         merge_key_M=keys[order].astype(np.int32),
         merge_token_M=np.array([vocab[a + b] for a, b in pairs], np.int32)[order],
-        merge_rank_M=np.arange(len(pairs), dtype=np.int32)[order],
+        merge_rank_M=np.arange(len(pairs), dtype=np.int32)[order], pair_table_VV=pair_table,
         added_text_AxL=added_text, added_length_A=np.array([len(t["content"]) for t in added] or [0], np.int32),
         added_token_A=np.array([t["id"] for t in added] or [-1], np.int32),
         class_C=classes, digit_C=digits,
