@@ -31,13 +31,17 @@ MEMORY = MemoryConfig(capacity=16, entry_tokens=32, scratchpad_tokens=48, query_
 AGENT = AgentConfig(chunk_tokens=96, overlap_tokens=8, max_chunks=8, max_steps=6, query_limit=3, template_dir="compact")
 CONFIG = RolloutConfig(agent=AGENT, memory=MEMORY, num_samples=2)
 MODEL = dataclasses.replace(PRESETS["tiny_default"], num_layers=2, tie_word_embeddings=False)
-# What the scripted model writes: these ops in random order (successors of a shared token are equally likely), so
-# Creates, Updates and Deletes of shown entries, Reads, answers, scratchpad writes, think blocks, mismatched tags,
-# cut-off ops and more ops than fit a turn all occur.
-SCRIPTS = ["<add_memory> Kalomi was born in Tesuna.</add_memory>", "<update_query> Kalomi</update_query>",
-           "<modify_memory>Memory 1: Tesuna is a town.</modify_memory>", "<delete_memory>Memory 2</delete_memory>",
-           "<final_answer>\\boxed{Tesuna}</final_answer>", "<update_memory> notes</update_memory>",
-           "<think> plan</think>"]
+# What the scripted model writes: ops in random order, so that Creates, Updates and Deletes of shown entries, Reads,
+# scratchpad writes, think blocks, mismatched tags (the Update and the Delete share "Memory 1"), ops cut off by the
+# length limit and more ops than fit a turn all occur; an answer only after a think block or a scratchpad write, so
+# episodes last a few turns, and end at different turns.
+# Names of the synthetic task are single tokens (with or without a leading space), so the scripts share no token
+# but "Memory" and the space after it.
+_A, _B, _C, _D, _E, _F, _G = synthetic.SHORT_NAMES[:7]
+SCRIPTS = [f"<add_memory> {_A} {_B}</add_memory>", f"<update_query> {_C}</update_query>",
+           f"<modify_memory>Memory 1: {_D}</modify_memory>", "<delete_memory>Memory 1</delete_memory>",
+           f"<update_memory> {_E}</update_memory>", f"<think> {_F}</think>"]
+ANSWER = f"<final_answer>\\boxed{{{_G}}}</final_answer>"
 
 
 @pytest.fixture(scope="module")
@@ -56,24 +60,30 @@ def episodes():
 
 def _scripted_params(tokenizer, model: Qwen3) -> nnx.State:
   """Weights under which the next token depends on the current one only (every layer's output projections are
-  zero): after token t, one of the tokens that follow t in `SCRIPTS` (or end the response), equally likely."""
-  newline, eos = tokenizer.encode("\n", add_special_tokens=False)[0], tokenizer.eos_token_id
-  successors: dict[int, set[int]] = {}
-  starts = [tokenizer.encode(s, add_special_tokens=False)[0] for s in SCRIPTS]
-  for script in SCRIPTS:
-    ids = tokenizer.encode(script, add_special_tokens=False)
+  zero): after token t, one of the tokens `SCRIPTS` let follow t, equally likely. After an op, the next op (or the
+  end of the response); after a scratchpad write or a think block, also the answer."""
+  encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
+  starts = [encode(s)[0] for s in SCRIPTS]
+  successors: dict[int, set[int]] = {encode("\n")[0]: set(starts)}  # the prompt ends with "assistant\n"
+  for script in SCRIPTS + [ANSWER]:
+    ids = encode(script)
     for a, b in zip(ids, ids[1:]):
       successors.setdefault(a, set()).add(b)
-    successors.setdefault(ids[-1], set()).update(starts + [eos])
-  successors[newline] = set(starts)  # the prompt ends with "assistant\n"
-  embed = np.asarray(model.embed[...], np.float32)
-  unit = embed / np.linalg.norm(embed, axis=1, keepdims=True)
+    successors.setdefault(ids[-1], set()).update(starts + [tokenizer.eos_token_id])
+  for script in SCRIPTS[-2:]:
+    successors[encode(script)[-1]].add(encode(ANSWER)[0])
+  # Orthonormal embeddings for the tokens involved, so each successor's logit is exactly 3 * sqrt(D), every other 0.
+  used = sorted(set(successors) | {b for following in successors.values() for b in following})
+  basis, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(MODEL.hidden_size, len(used))))
+  embed = np.asarray(model.embed[...], np.float32).copy()
+  embed[used] = basis.T
   head = np.zeros_like(embed)
   for a, following in successors.items():
     for b in following:
-      head[b] += 3.0 * unit[a]
+      head[b] += 3.0 * embed[a]
   _, params = nnx.split(model)
   params = jax.tree.map(lambda x: x, params)
+  params["embed"].value = jnp.asarray(embed)
   params["lm_head"].value = jnp.asarray(head)
   params["layers"]["o_proj"].value = jnp.zeros_like(params["layers"]["o_proj"].value)
   params["layers"]["down_proj"].value = jnp.zeros_like(params["layers"]["down_proj"].value)
@@ -83,7 +93,8 @@ def _scripted_params(tokenizer, model: Qwen3) -> nnx.State:
 @pytest.fixture(scope="module")
 def samplers(tokenizer):
   model = Qwen3(MODEL, rngs=nnx.Rngs(0))
-  base = SamplerConfig(temperature=1.0, top_p=0.99, max_new_tokens=64, prompt_buckets=(256, 384), batch_buckets=(4,),
+  # experiments/train_base.py:tiny's GRPO sampler: the batch of running rows padded to a power of two.
+  base = SamplerConfig(temperature=1.0, top_p=0.99, max_new_tokens=64, prompt_buckets=(256, 384),
                        eos_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id)
   return {"sample": Sampler(model, base, tokenizer=tokenizer),
           "greedy": Sampler(model, dataclasses.replace(base, greedy=True), tokenizer=tokenizer),
@@ -106,7 +117,8 @@ def test_device_engine_gives_the_host_engines_trajectories(tokenizer, episodes, 
     counts = {name: sum(turn.op_counts[name] for turn in turns) for name in op_table.KIND_NAMES[1:]}
     assert min(counts.values()) > 0, counts
     assert sum(turn.invalid_ops for turn in turns) > 0 and max(t.turns[-1].storage_size for t in expected) > 0
-    assert len({len(turn.prompt_ids) > 256 for turn in turns}) == 2  # both prompt buckets ran
+  if weights == "scripted":  # rows finished at different turns: the sampler's batch (running rows) shrank to 2 or 1
+    assert min(sum(len(t.turns) > step for t in expected) for step in range(max(len(t.turns) for t in expected))) <= 2
   if sampling == "sample":  # an episode's two samples differ
     assert expected[0].turns[0].response_ids != expected[1].turns[0].response_ids
 

@@ -35,7 +35,18 @@ def tables(tokenizer):
 
 @pytest.fixture(scope="module")
 def encode():
-  return jax.jit(jax.vmap(codec.encode, in_axes=(None, 0, 0, 0)))
+  """`codec.split` then `codec.merge` with room for any word of these texts (checked)."""
+  def one(tables, code, n, starts):
+    words = codec.split(tables, code, n, starts)
+    tokens, count, strings = codec.merge(tables, words, code.shape[0], 4 * 24)
+    return tokens, count, strings, words.longest
+  run = jax.jit(jax.vmap(one, in_axes=(None, 0, 0, 0)))
+
+  def encode(*args):
+    tokens, counts, strings, longest = jax.device_get(run(*args))
+    assert longest.max() <= 4 * 24
+    return tokens, counts, strings
+  return encode
 
 
 def _rows(texts, width=WIDTH):
@@ -61,7 +72,7 @@ def test_decode_matches_the_tokenizer_on_any_ids(tokenizer, tables):
 def test_encode_matches_the_tokenizer(tokenizer, tables, encode, texts):
   texts = [t[:WIDTH] for t in texts]
   codes, lengths = _rows(texts)
-  tokens, counts, _ = jax.device_get(encode(tables, codes, lengths, np.zeros(codes.shape, bool)))
+  tokens, counts, _ = encode(tables, codes, lengths, np.zeros(codes.shape, bool))
   for row, text in enumerate(texts):
     assert tokens[row, :counts[row]].tolist() == tokenizer.encode(text, add_special_tokens=False), text
 
@@ -73,7 +84,7 @@ def test_encode_tokenizes_several_strings_of_a_row_apart(tokenizer, tables, enco
   for row, row_parts in enumerate(parts):
     offsets = np.cumsum([0] + [len(p) for p in row_parts])[:-1]
     starts[row, [o for o, p in zip(offsets, row_parts) if p]] = True
-  tokens, counts, strings = jax.device_get(encode(tables, codes, lengths, starts))
+  tokens, counts, strings = encode(tables, codes, lengths, starts)
   for row, row_parts in enumerate(parts):
     expected = [(i, t) for i, p in enumerate(q for q in row_parts if q)
                 for t in tokenizer.encode(p, add_special_tokens=False)]

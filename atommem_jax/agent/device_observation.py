@@ -287,9 +287,15 @@ def _render_row(layout: Layout, tables: LayoutTables, codec_tables: TokenizerTab
   variant = jnp.where(answer, layout.num_questions * layout.num_chunks + question,
                       question * layout.num_chunks + jnp.minimum(chunk, layout.num_chunks - 1))
   template = tables.template[episode, variant]
-  decoded = {_SCRATCHPAD: codec.decode(codec_tables, parts.scratchpad, parts.scratchpad_length),
-             _QUERY: codec.decode(codec_tables, parts.query, parts.query_length)}
-  entries = [codec.decode(codec_tables, parts.entries[k], parts.entry_lengths[k]) for k in range(parts.entries.shape[0])]
+  # All memory parts decoded by one (vmapped) decode: the scratchpad, the query, then the K entries.
+  width = max(parts.scratchpad.shape[0], parts.query.shape[0], parts.entries.shape[1])
+  pad = lambda ids: jnp.pad(ids, [(0, 0)] * (ids.ndim - 1) + [(0, width - ids.shape[-1])])
+  ids = jnp.concatenate([pad(parts.scratchpad)[None], pad(parts.query)[None], pad(parts.entries)])
+  lengths = jnp.concatenate([parts.scratchpad_length[None], parts.query_length[None], parts.entry_lengths])
+  texts, counts = jax.vmap(codec.decode, in_axes=(None, 0, 0))(codec_tables, ids, lengths)
+  cut = lambda k, ids_width: (texts[k, :ids_width * codec_tables.token_bytes_VxL.shape[1]], counts[k])
+  decoded = {_SCRATCHPAD: cut(0, parts.scratchpad.shape[0]), _QUERY: cut(1, parts.query.shape[0])}
+  entries = [cut(2 + k, parts.entries.shape[1]) for k in range(parts.entries.shape[0])]
   pieces = [_const(layout.head, True)]
   for index, items in enumerate(layout.templates):
     on = template == index

@@ -33,10 +33,6 @@ _TOO_BIG = 10**7  # a "Memory i" number this large is out of range whatever was 
 _HASH_BASES = (1_000_003, 998_244_353)
 
 
-def _codes(text: str) -> list[int]:
-  return [ord(c) for c in text]
-
-
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class ParsedOps:
@@ -61,8 +57,8 @@ def _without_think(code_C: jax.Array, n: jax.Array) -> tuple[jax.Array, jax.Arra
   size = code_C.shape[0]
   position = jnp.arange(size)
   limit = jnp.full((size,), n)
-  opens = segments.matches_at(code_C, limit, _codes(_THINK_OPEN))
-  closes = segments.matches_at(code_C, limit, _codes(_THINK_CLOSE))
+  which = segments.find_patterns(code_C, limit, *segments.pattern_table([_THINK_OPEN, _THINK_CLOSE]))
+  opens, closes = which == 0, which == 1
   extend = lambda x: jnp.concatenate([x, jnp.array([size])])
   next_close = extend(segments.next_at_or_after(closes))
   next_open = extend(segments.next_at_or_after(opens))
@@ -155,13 +151,14 @@ def _parse_row(tables: TokenizerTables, code_C: jax.Array, n: jax.Array, num_sho
   real = position < length
   limit = jnp.full((size,), length)
   # ---- protocol tags: +kind opening, -kind closing
-  tag = jnp.zeros((size,), jnp.int32)
-  tag_length = jnp.zeros((size,), jnp.int32)
-  for spec in op_table.OPS:
-    for sign, word in ((1, spec.open_tag), (-1, spec.close_tag)):
-      hit = segments.matches_at(text, limit, _codes(word))
-      tag = jnp.where(hit, sign * spec.kind, tag)
-      tag_length = jnp.where(hit, len(word), tag_length)
+  # One search for every fixed string the grammar has: the tags, "Memory" and "\\boxed{".
+  words = [spec.open_tag for spec in op_table.OPS] + [spec.close_tag for spec in op_table.OPS] + [_MEMORY, _BOX]
+  table, lengths = segments.pattern_table(words)
+  which = segments.find_patterns(text, limit, table, lengths)
+  num_ops = len(op_table.OPS)
+  kinds = jnp.asarray([spec.kind for spec in op_table.OPS] + [-spec.kind for spec in op_table.OPS] + [0, 0])
+  tag = jnp.where((which >= 0) & (which < 2 * num_ops), kinds[jnp.maximum(which, 0)], 0)
+  tag_length = jnp.where(tag != 0, lengths[jnp.maximum(which, 0)], 0)
   shortest = min(len(spec.open_tag) for spec in op_table.OPS)
   capacity = size // shortest + 2
   tags_at, num_tags = segments.compact(position, tag != 0, capacity, size)
@@ -200,8 +197,8 @@ def _parse_row(tables: TokenizerTables, code_C: jax.Array, n: jax.Array, num_sho
   next_solid = extend(segments.next_at_or_after(real & ~space), size)
   last_solid = extend(segments.last_at_or_before(real & ~space), -1)
   nonzero = extend(segments.next_at_or_after(digit > 0), size)
-  memory_at = extend(segments.matches_at(text, limit, _codes(_MEMORY)), False)
-  box_at = segments.matches_at(text, limit, _codes(_BOX))
+  memory_at = extend(which == 2 * num_ops, False)
+  box_at = which == 2 * num_ops + 1
   char = lambda i: extend(text, -1)[jnp.minimum(i, size)]
 
   def stripped(a, b):

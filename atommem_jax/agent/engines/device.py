@@ -96,15 +96,15 @@ def _tokenize(codec_tables, words, *, layout, max_words, max_symbols):
   return device_observation.encode_prompts(layout, codec_tables, words, max_words, max_symbols)
 
 
-def _split_sized(codec_tables, text, length, starts, rows) -> tuple[codec.Words, int, int]:
+def _split_sized(codec_tables, text, length, starts, rows, smallest: int) -> tuple[codec.Words, int, int]:
   """The words of the running rows' texts, and the `codec.merge` bounds they need (read on the host)."""
-  width = min(_bucket(int(np.max(length[rows]))), text.shape[1])
+  width = min(_bucket(int(np.max(length[rows])), smallest), text.shape[1])
   words = _split(codec_tables, text, length, starts, width=width)
   num_words, longest = jax.device_get((words.num_words, words.longest))
-  return words, _bucket(num_words[rows].max(), 8), _bucket(longest[rows].max(), 8)
+  return words, _bucket(num_words[rows].max(), smallest // 4), _bucket(longest[rows].max(), 16)
 
 
-def _bucket(size, smallest: int = 64) -> int:
+def _bucket(size, smallest: int) -> int:
   """Work in-graph is proportional to the arrays' sizes: a power of two at least this turn's need (and
   `smallest`) keeps the compiled variants few."""
   return max(smallest, 1 << max(0, int(size) - 1).bit_length())
@@ -223,7 +223,7 @@ def rollout(episodes: Sequence[Any], policy: SamplerPolicy, *, tokenizer: Any, e
     if not rows:
       break
     starts = jnp.broadcast_to(no_starts, text.shape)
-    words, max_words, max_symbols = _split_sized(codec_tables, text, text_length_host, starts, rows)
+    words, max_words, max_symbols = _split_sized(codec_tables, text, text_length_host, starts, rows, 1024)
     prompt, prompt_length = _tokenize(codec_tables, words, layout=layout, max_words=max_words,
                                       max_symbols=max_symbols)
     prompt_host, lengths = jax.device_get((prompt, prompt_length))
@@ -233,12 +233,12 @@ def rollout(episodes: Sequence[Any], policy: SamplerPolicy, *, tokenizer: Any, e
     positions = np.where(np.arange(len(rows_B)) < len(rows), rows_B, -1).astype(np.int32)  # batch row -> row
     code, code_length, running_now, record = _responses(codec_tables, result, positions, num_rows=num_rows,
                                                          pad_id=memory_config.pad_id)
-    width = min(_bucket(int(jax.device_get(code_length).max())), code.shape[1])
+    width = min(_bucket(int(jax.device_get(code_length).max()), 512), code.shape[1])
     (op_text, op_text_length, op_starts), parsed = read(codec_tables, code, code_length, running_now,
                                                         parts.num_shown, length=width)
     record.update(parsed)
     op_words, max_words, max_symbols = _split_sized(codec_tables, op_text, jax.device_get(op_text_length),
-                                                    op_starts, list(range(num_rows)))
+                                                    op_starts, list(range(num_rows)), 64)
     ops, turn_ops, record["op_tokens"], record["op_lengths"] = _ops(
         codec_tables, op_words, record, max_words=max_words, max_symbols=max_symbols,
         op_width=memory_config.op_tokens, pad_id=memory_config.pad_id)

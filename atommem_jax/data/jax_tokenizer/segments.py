@@ -35,15 +35,6 @@ def shift_left(values_N: jax.Array, k: int, fill) -> jax.Array:
   return jnp.concatenate([values_N[k:], jnp.full((k,), fill, values_N.dtype)])
 
 
-def matches_at(text_N: jax.Array, limit_N: jax.Array, pattern: Sequence[int]) -> jax.Array:
-  """True at i where text[i:i + len(pattern)] == pattern and the match ends at or before `limit[i]`."""
-  n = text_N.shape[0]
-  hit = jnp.arange(n) + len(pattern) <= limit_N
-  for k, code in enumerate(pattern):
-    hit = hit & (shift_left(text_N, k, -1) == code)
-  return hit
-
-
 def find_patterns(text_N: jax.Array, limit_N: jax.Array, patterns_PxL: jax.Array, lengths_P: jax.Array
                   ) -> jax.Array:
   """At each i, the index of the pattern that text[i:] starts with, ending at or before `limit[i]` (-1: none).
