@@ -181,7 +181,8 @@ def _parse_row(tables: TokenizerTables, code_C: jax.Array, n: jax.Array, num_sho
   part_index = jnp.full((size + 1,), -2, jnp.int32).at[jnp.where(is_part, tags_at, size)].set(
       jnp.arange(capacity, dtype=jnp.int32))[:size]
   part_index = jnp.where(unknown, -1, part_index)
-  order, total = segments.compact(part_index, part_index > -2, width, -2)
+  order, _ = segments.compact(part_index, part_index > -2, width, -2)
+  total = jnp.sum(part_index > -2)  # not capped at the width: past it, the last slot stands for the rest
   slot_tag = jnp.maximum(order, 0)
   protocol_slot = order >= 0
   kind = jnp.where(protocol_slot, part_kind[slot_tag], op_table.INVALID)

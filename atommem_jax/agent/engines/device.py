@@ -280,14 +280,15 @@ def _record(turn_index: int, turn: dict, env: Any, start: rows_lib.Rows, traject
     response = Response(text=tokenizer.decode(text_ids, skip_special_tokens=False), ids=ids,
                         logprobs=turn["logprobs"][r, :n].astype(float).tolist())
     ops = transition_lib.fit_width(list(env.parse(response.text, view, turn["state"], r).ops), width)
-    _check_ops(turn_index, r, ops, turn, tokenizer)
+    _check_ops(turn_index, r, response.text, ops, turn, tokenizer)
     rows_lib.record_turn(trajectories[r], step=turn_index, observation=observation, prompt=prompt,
                          prompt_ids=prompt_ids, retrieved=view.entries, response=response, ops=ops,
                          accepted_O=turn["accepted"][r], answered_O=turn["answered"][r],
                          storage_size=int(turn["storage"][r]))
 
 
-def _check_ops(turn_index: int, row: int, ops: Sequence[protocol.Op], turn: dict, tokenizer: Any) -> None:
+def _check_ops(turn_index: int, row: int, response: str, ops: Sequence[protocol.Op], turn: dict, tokenizer: Any
+               ) -> None:
   """The host's reading of the response must be the device's: the same parts, and the same ids for each op text
   the memory takes."""
   count = int(turn["count"][row])
@@ -301,4 +302,4 @@ def _check_ops(turn_index: int, row: int, ops: Sequence[protocol.Op], turn: dict
       mismatch = turn["op_tokens"][row, o, :int(turn["op_lengths"][row, o])].tolist() != expected
   if mismatch:
     raise RuntimeError(f"device engine: row {row} turn {turn_index}: the in-graph parse {device} of the response "
-                       f"differs from the host's {host} (or an op text's ids do); please report the response")
+                       f"differs from the host's {host} (or an op text's ids do); the response: {response!r}")
