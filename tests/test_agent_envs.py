@@ -2,16 +2,18 @@
 observations, step, an action run on the host between turns, and an injected reward; environments by name."""
 import dataclasses
 import re
+import typing
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from atommem_jax import op_table
+from atommem_jax import configlib, op_table
 from atommem_jax.agent import envs, protocol
-from atommem_jax.agent.config import AgentConfig, RolloutConfig
+from atommem_jax.agent.config import AgentConfig, Method, RolloutConfig
 from atommem_jax.agent.engines import host
+from atommem_jax.agent.envs import long_context
 from atommem_jax.agent.envs.base import Observation, Parsed, StepResult
 from atommem_jax.data.tokenizer import load_tiny_tokenizer
 from atommem_jax.memory.config import MemoryConfig
@@ -173,10 +175,12 @@ def test_the_reward_is_injected(tokenizer):
   assert [t.reward for t in trajectories] == [3.0, 3.0]  # two chunks read, one answer
 
 
-def test_environments_are_chosen_by_name():
+def test_environments_and_methods_are_chosen_by_name():
   env = envs.make(AgentConfig(method="rag"))
   assert env.max_turns == AgentConfig().max_steps and env.disabled_kinds == tuple(range(1, 6))
+  assert envs.make(AgentConfig(method="memagent")).method is long_context.METHODS["memagent"]
   with pytest.raises(ValueError, match=r"AgentConfig.env 'web' is not one of \['long_context'\]"):
     AgentConfig(env="web")
-  with pytest.raises(ValueError, match="AgentConfig.method 'memgpt' is not one of"):
-    AgentConfig(method="memgpt")
+  with pytest.raises(configlib.ConfigError, match="'memgpt' is not one of"):
+    configlib.from_dict(AgentConfig, {"method": "memgpt"})
+  assert typing.get_args(Method) == tuple(long_context.METHODS)

@@ -39,7 +39,7 @@ import importlib.resources
 import pathlib
 import re
 import string
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from atommem_jax import op_table
 from atommem_jax.metrics.boxed import last_boxed
@@ -177,7 +177,8 @@ def disable_ops(ops: Sequence[Op], disabled_kinds: Sequence[int]) -> list[Op]:
 # Observations
 # ----------------------------------------------------------------------------------------------------------------
 
-# Each view's file and the placeholders it may use (a template may leave any of them out).
+# Each view's file and the placeholders it may use (a template may leave any of them out): the long-context
+# reader's; another environment loads its own table.
 TEMPLATE_FIELDS = {
     "system": (),
     "baseline_system": (),
@@ -188,7 +189,6 @@ TEMPLATE_FIELDS = {
     "rag_answer": ("question", "chunks"),
     "full_context_answer": ("question", "context"),
 }
-TEMPLATE_NAMES = tuple(TEMPLATE_FIELDS)
 # Packaged variants of our wording, each a subdirectory of `templates/` holding the files it changes.
 # "compact": a one-paragraph system prompt (about 60 tokens instead of 250) for small models with short contexts.
 PACKAGED_VARIANTS = ("compact",)
@@ -202,24 +202,25 @@ class Templates:
   directory: str
 
   @classmethod
-  def load(cls, directory: str | None = None) -> "Templates":
+  def load(cls, directory: str | None = None,
+           fields: Mapping[str, Sequence[str]] = TEMPLATE_FIELDS) -> "Templates":
     """Our packaged templates (`directory` "" or None), a packaged variant by name (`PACKAGED_VARIANTS`), or a
-    user's directory holding every file (`NAME.txt`)."""
+    user's directory holding every file (`NAME.txt`); `fields` names the files and the placeholders each may use."""
     packaged = pathlib.Path(str(importlib.resources.files(__package__) / "templates"))
     root = packaged / directory if directory in PACKAGED_VARIANTS else pathlib.Path(directory or packaged)
     texts = {}
-    for name in TEMPLATE_NAMES:
+    for name in fields:
       path = root / f"{name}.txt"
       if directory in PACKAGED_VARIANTS and not path.is_file():
         path = packaged / f"{name}.txt"  # a variant holds only the files it changes
       if not path.is_file():
-        raise FileNotFoundError(f"template directory {root} has no {name}.txt (needs {list(TEMPLATE_NAMES)})")
+        raise FileNotFoundError(f"template directory {root} has no {name}.txt (needs {list(fields)})")
       texts[name] = path.read_text(encoding="utf-8")
       template = string.Template(texts[name])
-      unknown = sorted(set(template.get_identifiers()) - set(TEMPLATE_FIELDS[name]))
+      unknown = sorted(set(template.get_identifiers()) - set(fields[name]))
       if unknown or not template.is_valid():
         raise ValueError(f"template {path}: placeholder(s) {unknown or 'malformed ($ not followed by a name)'} "
-                         f"not among {list(TEMPLATE_FIELDS[name])} (write $$ for a literal $)")
+                         f"not among {list(fields[name])} (write $$ for a literal $)")
     return cls(texts=texts, directory=str(root))
 
   def render(self, name: str, **fields: Any) -> str:

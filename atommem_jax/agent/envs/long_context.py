@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,11 +32,9 @@ import numpy as np
 
 from atommem_jax import op_table
 from atommem_jax.agent import protocol
+from atommem_jax.agent.config import AgentConfig
 from atommem_jax.agent.envs.base import Interaction, MemoryView, Observation, Parsed, TurnOps
 from atommem_jax.memory import transitions
-
-if TYPE_CHECKING:
-  from atommem_jax.agent.config import AgentConfig
 
 DISABLED = "(disabled)"
 EMPTY = "(empty)"
