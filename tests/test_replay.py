@@ -190,8 +190,9 @@ def test_fuzzed_episodes_keep_memory_and_pointer_invariants(fuzz_setup, response
   agent = dataclasses.replace(agent, query_limit_action=action)
   stream = iter(responses * 10)
   states = []
-  episode = long_context.Episode(id="fuzz", document=DOCUMENT, questions=("Where was Kalomi born?", "Who founded Rativo?"),
-                            answers=(("Tesuna",), ("Kalomi",)))
+  episode = long_context.Episode(id="fuzz", document=DOCUMENT,
+                                 questions=("Where was Kalomi born?", "Who founded Rativo?"),
+                                 answers=(("Tesuna",), ("Kalomi",)))
   (trajectory,) = host.rollout([episode], lambda observations: [next(stream) for _ in observations],
                                tokenizer=tokenizer, embed_fn=HashingEmbedder(memory.embed_dim),
                                config=RolloutConfig(agent=agent, memory=memory),
@@ -245,7 +246,8 @@ def test_a_user_template_directory_replaces_our_wording(tmp_path, two_chunks):
   policy = lambda observations: seen.extend(observations) or ["<final_answer>\\boxed{Tesuna}</final_answer>"]
   memory = MemoryConfig(**{k: v for k, v in BASE.items() if k != "top_k"}, top_k=3)
   agent = AgentConfig(template_dir=str(tmp_path), **two_chunks)
-  episode = long_context.Episode(id="t", document=DOCUMENT, questions=("Where was Kalomi born?",), answers=(("Tesuna",),))
+  episode = long_context.Episode(id="t", document=DOCUMENT, questions=("Where was Kalomi born?",),
+                                 answers=(("Tesuna",),))
   (trajectory,) = host.rollout([episode], policy, tokenizer=tokenizer, embed_fn=HashingEmbedder(64),
                                config=RolloutConfig(agent=agent, memory=memory))
   assert trajectory.reward == 1.0

@@ -74,8 +74,8 @@ def rollout(episodes: Sequence[Any], policy: TextPolicy | SamplerPolicy, *, toke
     rows = [r for r in range(num_rows) if not done[r]]
     if not rows:
       break
-    views: dict[int, MemoryView] = {r: memory_view.memory_view(memory_host, r, tokenizer) for r in rows}
-    observations = {r: env.observe(row_episodes[r], row_contexts[r], state_host, r, views[r], previous.get(r))
+    memory_views: dict[int, MemoryView] = {r: memory_view.memory_view(memory_host, r, tokenizer) for r in rows}
+    observations = {r: env.observe(row_episodes[r], row_contexts[r], state_host, r, memory_views[r], previous.get(r))
                     for r in rows}
     prompts = [protocol.chat_prompt(tokenizer, observations[r].system, observations[r].user,
                                     tools=observations[r].tools) for r in rows]
@@ -85,7 +85,7 @@ def rollout(episodes: Sequence[Any], policy: TextPolicy | SamplerPolicy, *, toke
     else:
       responses = text_responses(policy, prompts, tokenizer)
 
-    parsed = {r: env.parse(response.text, views[r], state_host, r) for r, response in zip(rows, responses)}
+    parsed = {r: env.parse(response.text, memory_views[r], state_host, r) for r, response in zip(rows, responses)}
     ops = {r: transition_lib.fit_width(list(parsed[r].ops), width) for r in rows}
     op_batch, turn_ops = transition_lib.turn_arrays(
         [ops.get(r, []) for r in range(num_rows)],
@@ -115,7 +115,7 @@ def rollout(episodes: Sequence[Any], policy: TextPolicy | SamplerPolicy, *, toke
       trajectories[r].turns.append(Turn(
           step=turn_index, phase=observation.phase, chunk_index=observation.chunk_index,
           question_index=observation.question_index, observation=observation.user, prompt=prompt, prompt_ids=ids,
-          retrieved=list(views[r].entries), response=response.text, response_ids=response.ids,
+          retrieved=list(memory_views[r].entries), response=response.text, response_ids=response.ids,
           response_logprobs=response.logprobs, ops=op_rows, op_counts=op_counts, invalid_ops=invalid_ops,
           storage_size=int(memory_after.valid_BxM[r].sum()),
           action=action, action_result=outcomes.get(r)))
