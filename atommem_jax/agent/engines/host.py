@@ -37,17 +37,18 @@ def _ops_record(ops: Sequence[protocol.Op]) -> tuple[list[dict[str, Any]], dict[
 
 def rollout(episodes: Sequence[Any], policy: TextPolicy | SamplerPolicy, *, tokenizer: Any,
             embed_fn: transitions.EmbedFn, config: RolloutConfig, env: Environment | None = None,
-            reward_fn: rewards.RewardFn = rewards.per_question_boxed_em,
+            reward_fn: rewards.RewardFn | None = None,
             templates: protocol.Templates | None = None, max_turns: int | None = None,
             after_turn: Callable[[memory_state.MemoryState, Any], None] | None = None) -> list[Trajectory]:
   """Runs every episode G times to the end (or the environment's turn cap); see the module docstring.
 
   `env` defaults to the one `config.agent.env` names (with `templates`, if given). `reward_fn(trajectory)` scores
-  each finished trajectory. `max_turns` stops the loop early (a replayed transcript that runs out of responses);
+  each finished trajectory (default: the reward `config.agent.reward` names). `max_turns` stops the loop early (a replayed transcript that runs out of responses);
   trajectories then end with `done=False`. `after_turn(memory, env_state)` sees the host copies of the state after
   every turn (for checks).
   """
   env = env if env is not None else envs.make(config.agent, templates)
+  reward_fn = reward_fn if reward_fn is not None else rewards.by_name(config.agent.reward)
   memory_config = config.memory
   g = config.num_samples
   row_episodes = [episodes[r // g] for r in range(len(episodes) * g)]
