@@ -64,7 +64,7 @@ def resolve_mesh(spec: MeshSpec, devices: Sequence[jax.Device]) -> jax.sharding.
 def _bundling(spec: DatasetSpec, num_docs: int) -> long_context.LongContextConfig:
   return long_context.LongContextConfig(
       num_docs=num_docs, seed=spec.seed, single_question_fraction=spec.single_question_fraction,
-      min_bundle_size=spec.min_bundle_size, max_bundle_size=spec.max_bundle_size)
+      min_bundle_size=spec.min_bundle_size, max_bundle_size=spec.max_bundle_size, gold=spec.gold)
 
 
 def _synthetic_world(spec: DatasetSpec, num_docs: int) -> synthetic.SyntheticConfig:
