@@ -16,7 +16,9 @@ def released() -> ml_collections.ConfigDict:
   c.max_nonfinite_streak = 5
   c.debug_kill_at_step = -1
   c.mesh = dict(data=1, fsdp=1, tensor=1)
-  c.model = dict(preset="qwen3_8b", checkpoint="", tokenizer="")
+  # bfloat16 activations over float32 master weights; per-layer remat; attention by platform (splash on TPU).
+  c.model = dict(preset="qwen3_8b", checkpoint="", tokenizer="", attention="auto", remat="full", logits_chunk=1024,
+                 dtype="bfloat16", param_dtype="float32")
   c.task = dict(dataset="hotpotqa", path="", examples_path="", num_eval_episodes=64, grpo_num_docs=0,
                 synthetic=dict(seed=0, num_documents=256, num_questions=64), synthetic_worlds=1,
                 long_context=dict(num_docs=200, seed=0, single_question_fraction=1.0))
@@ -55,7 +57,7 @@ def tiny() -> ml_collections.ConfigDict:
   c = released()
   c.total_steps = 880  # 850 SFT (250 recitation drills, then every third step one) + 30 GRPO
   c.checkpoint_every = 100
-  c.model.preset = "tiny_default"
+  c.model.update(preset="tiny_default", remat="none", dtype="", param_dtype="")
   c.task.dataset = "synthetic"
   c.task.num_eval_episodes = 64
   c.task.synthetic = dict(seed=0, num_documents=16, num_questions=4, question_kinds=("birth_country",))
