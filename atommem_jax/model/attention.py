@@ -117,10 +117,10 @@ def dense(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array, visi
 
 
 def blockwise(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array, key_mask_BxS: jax.Array,
-              query_start, block: int = BLOCK_QUERIES) -> jax.Array:
+              query_start, block: int | None = None) -> jax.Array:
   b, t, n, h = q_BxTxNxH.shape
   s = k_BxSxKxH.shape[1]
-  block = min(block, t)
+  block = min(block or BLOCK_QUERIES, t)
   blocks = -(-t // block)
   pad = blocks * block - t
   q_BxTpxNxH = jnp.pad(q_BxTxNxH, ((0, 0), (0, pad), (0, 0), (0, 0)))
