@@ -34,14 +34,19 @@ PROGRAMS = ("train_step", "prefill", "decode")
 EXIT_FITS, EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT = 0, 2, 3
 GIB = 1 << 30
 
-FLAGS = flags.FlagValues()
-config_flags.DEFINE_config_file("config", None, "Experiment file (path[:arg]) defining get_config(arg).",
-                                lock_config=True, flag_values=FLAGS)
-flags.DEFINE_string("topology", None, "TPU slice: v5e-4, v5e-16, v5p-8, v5p-16, v6e-16, v6e-64, v4-8, ...",
-                    flag_values=FLAGS)
-flags.DEFINE_bool("json", False, "print one JSON object last", flag_values=FLAGS)
-flags.DEFINE_multi_enum("program", list(PROGRAMS), PROGRAMS, "programs to compile (default: all)",
-                        flag_values=FLAGS)
+
+
+def _flags(argv: Sequence[str]) -> flags.FlagValues:
+  values = flags.FlagValues()  # per call, so `run` can be called again in one process (tests)
+  # The config flag reads its --config.x overrides from `sys_argv` (sys.argv unless given).
+  config_flags.DEFINE_config_file("config", None, "Experiment file (path[:arg]) defining get_config(arg).",
+                                  lock_config=True, flag_values=values, sys_argv=list(argv))
+  flags.DEFINE_string("topology", None, "TPU slice: v5e-4, v5e-16, v5p-8, v5p-16, v6e-16, v6e-64, v4-8, ...",
+                      flag_values=values)
+  flags.DEFINE_bool("json", False, "print one JSON object last", flag_values=values)
+  flags.DEFINE_multi_enum("program", list(PROGRAMS), PROGRAMS, "programs to compile (default: all)",
+                          flag_values=values)
+  return values
 
 
 class BadInput(ValueError):
@@ -79,6 +84,14 @@ def _mesh_for(config, chips: int):
     return dataclasses.replace(config, mesh=mesh)
   except ValueError as e:
     raise BadInput(f"with mesh fsdp={mesh.fsdp} data={mesh.data} tensor={mesh.tensor}: {e}") from None
+
+
+def _without_data(config: dict) -> dict:
+  """The check reads no data: a dataset file the config has not named yet is not an error here."""
+  task = config.get("task", {})
+  if task.get("dataset", "synthetic") != "synthetic" and not (task.get("path") or task.get("examples_path")):
+    task["path"] = "(not read by the fit check)"
+  return config
 
 
 def _model_config(config):
@@ -165,20 +178,25 @@ def _report(topology, config, model_config, verdicts: list[Verdict]) -> None:
 
 
 def run(argv: Sequence[str]) -> int:
+  """The command line `argv` (program name first); returns the exit status."""
+  args = _flags(argv)
   try:
-    FLAGS(list(argv))
+    args(list(argv))
   except Exception as e:  # pylint: disable=broad-except  (flag syntax, a config file that fails to load)
-    print(f"error: {e}", file=sys.stderr)
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    # A config file's own error arrives with its traceback: the first line says which flag, the last what failed.
+    print(f"error: {lines[0]} {lines[-1]}" if len(lines) > 1 and "Traceback" in str(e) else f"error: {e}",
+          file=sys.stderr)
     return EXIT_BAD_INPUT
-  if FLAGS.config is None or not FLAGS.topology:
+  if args.config is None or not args.topology:
     print("error: --config FILE[:ARG] and --topology NAME are required", file=sys.stderr)
     return EXIT_BAD_INPUT
   from atommem_jax import configlib  # pylint: disable=g-import-not-at-top
   from atommem_jax.train.config import TrainConfig  # pylint: disable=g-import-not-at-top
 
   try:
-    topology = topology_lib.parse(FLAGS.topology)
-    config = _mesh_for(configlib.from_dict(TrainConfig, FLAGS.config), topology.chips)
+    topology = topology_lib.parse(args.topology)
+    config = _mesh_for(configlib.from_dict(TrainConfig, _without_data(args.config.to_dict())), topology.chips)
     model_config = _model_config(config)
   except (BadInput, topology_lib.TopologyError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -194,7 +212,7 @@ def run(argv: Sequence[str]) -> int:
   from atommem_jax.aot import programs as programs_lib  # pylint: disable=g-import-not-at-top
 
   mesh = sharding.make_mesh(config.mesh, devices)
-  wanted = FLAGS.program or list(PROGRAMS)
+  wanted = args.program or list(PROGRAMS)
   built = []
   if "train_step" in wanted:
     built.append(programs_lib.train_step(config, model_config, mesh))
@@ -204,7 +222,7 @@ def run(argv: Sequence[str]) -> int:
   _report(topology, config, model_config, verdicts)
   fits = all(v.fits for v in verdicts)
   print(f"{topology.name}: {'every program fits' if fits else 'does not fit'}")
-  if FLAGS.json:
+  if args.json:
     print(json.dumps({
         "topology": topology.name, "hbm_bytes_per_chip": topology.hbm_bytes_per_chip, "fits": fits,
         "programs": {v.name: {"argument_bytes": v.argument_bytes, "temp_bytes": v.temp_bytes,

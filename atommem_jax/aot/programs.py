@@ -50,7 +50,9 @@ def per_chip_bytes(tree: Any) -> int:
   total = 0
   for leaf in jax.tree.leaves(tree):
     shard = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
-    total += math.prod(shard) * jnp.dtype(leaf.dtype).itemsize
+    dtype = leaf.dtype
+    itemsize = 8 if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) else jnp.dtype(dtype).itemsize
+    total += math.prod(shard) * itemsize
   return total
 
 
