@@ -125,11 +125,11 @@ def _bytes(text: str) -> int:
   return int(float(number) * _UNITS[unit])
 
 
-def _out_of_memory_figures(message: str) -> tuple[int | None, int | None]:
-  """(bytes the program needed, its argument bytes) from the compiler's out-of-memory report, where it says."""
-  used = re.search(r"Used\s+([\d.]+\s*[KMGT]?)\s+of\s+[\d.]+\s*[KMGT]?\s+hbm", message)
-  arguments = re.search(r"\n\s*arguments\s+([\d.]+\s*[KMGT]?)B?", message)
-  return (_bytes(used.group(1)) if used else None, _bytes(arguments.group(1)) if arguments else None)
+def _out_of_memory_temp_bytes(message: str) -> int | None:
+  """The temporaries' bytes from the compiler's out-of-memory report ("... required for HLO temporaries (63.01G)
+  exceeds available HBM (15.75G)"), where it says."""
+  temporaries = re.search(r"temporaries\s*\(([\d.]+\s*[KMGT]?)i?B?\)", message)
+  return _bytes(temporaries.group(1)) if temporaries else None
 
 
 def _compile(program, mesh, hbm: int) -> Verdict:
@@ -143,13 +143,11 @@ def _compile(program, mesh, hbm: int) -> Verdict:
     message = str(e)
     if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
       raise
-    used, reported_arguments = _out_of_memory_figures(message)
-    arguments = reported_arguments if reported_arguments is not None else arguments
-    peak = (used or 0) + program.resident_bytes_per_chip
+    temp = _out_of_memory_temp_bytes(message) or 0
+    peak = arguments + temp + program.resident_bytes_per_chip
     first_line = next((line.strip() for line in message.splitlines() if "memory" in line.lower()), message[:200])
-    return Verdict(program.name, program.shape, arguments, max((used or 0) - arguments, 0),
-                   program.resident_bytes_per_chip, peak, False, time.perf_counter() - start, program.flops,
-                   note=first_line)
+    return Verdict(program.name, program.shape, arguments, temp, program.resident_bytes_per_chip, peak, False,
+                   time.perf_counter() - start, program.flops, note=first_line)
   seconds = time.perf_counter() - start
   stats = compiled.memory_analysis()
   temp = int(stats.temp_size_in_bytes)
@@ -159,6 +157,14 @@ def _compile(program, mesh, hbm: int) -> Verdict:
                  program.resident_bytes_per_chip, peak, peak <= hbm, seconds, program.flops)
 
 
+def _attention_on_tpu(model_config) -> str:
+  from atommem_jax.model import attention  # pylint: disable=g-import-not-at-top
+
+  resolved = attention.resolve(model_config.attention, queries=attention.AUTO_DENSE_MAX_QUERIES + 1,
+                               self_attention=True, platform="tpu", dtype=model_config.dtype)
+  return resolved if resolved == model_config.attention else f"{resolved} ({model_config.attention})"
+
+
 def _report(topology, config, model_config, verdicts: list[Verdict]) -> None:
   gib = lambda n: f"{n / GIB:8.2f}"
   m = config.mesh
@@ -166,7 +172,7 @@ def _report(topology, config, model_config, verdicts: list[Verdict]) -> None:
         f"{topology.hbm_bytes_per_chip / GIB:.2f} GiB HBM per chip; mesh data={m.data} fsdp={m.fsdp} "
         f"tensor={m.tensor}; model {config.model.preset or config.model.checkpoint} "
         f"({model_config.num_params / 1e9:.2f}B params, {model_config.param_dtype} params, {model_config.dtype} "
-        f"activations, attention {model_config.attention}, remat {model_config.remat})")
+        f"activations, attention {_attention_on_tpu(model_config)}, remat {model_config.remat})")
   print(f"{'program':<11} {'argument':>8} {'temp':>8} {'resident':>8} {'peak':>8} {'HBM':>8}  GiB per chip  "
         f"{'verdict':<12} {'compile':>8}  {'TFLOPs':>9}  shape")
   for v in verdicts:
