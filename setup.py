@@ -24,10 +24,13 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest==9.2.0", "hypothesis==6.170.15", "torch==2.13.0"],
+    # jax[tpu] brings libtpu, the TPU compiler the fit check's test runs on this CPU-only host (`atommem_jax.aot`).
+    "test": ["pytest==9.2.0", "hypothesis==6.170.15", "torch==2.13.0", "jax[tpu]==0.10.2"],
     "bench": ["faiss-cpu==1.15.1", "torch==2.13.0"],
     "gpu": ["jax[cuda12]==0.10.2"],
     "tpu": ["jax[tpu]==0.10.2"],
+    # `python -m atommem_jax.aot`: compiles for a TPU slice on a host without one (libtpu, at the pinned jax).
+    "aot": ["jax[tpu]==0.10.2"],
 }
 
 setuptools.setup(
