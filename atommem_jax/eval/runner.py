@@ -19,7 +19,11 @@ from tqdm import tqdm
 
 from atommem_jax import configlib
 from atommem_jax import sharding as sharding_lib
-from atommem_jax.agent import rollout as rollout_lib
+from atommem_jax.agent.config import RolloutConfig
+from atommem_jax.agent.engines import host
+from atommem_jax.agent.envs.long_context import Episode
+from atommem_jax.agent.policy import SamplerPolicy
+from atommem_jax.agent.trajectory import Trajectory
 from atommem_jax.data import long_context, readers, synthetic
 from atommem_jax.eval import checkpoints
 from atommem_jax.eval import plots
@@ -116,7 +120,7 @@ def make_embedder(config: EvalConfig, mesh: jax.sharding.Mesh, tokenizer: Any):
   return {width: fn}
 
 
-def episode_result(variant: str, task: Task, trajectory: rollout_lib.Trajectory) -> results_lib.EpisodeResult:
+def episode_result(variant: str, task: Task, trajectory: Trajectory) -> results_lib.EpisodeResult:
   counts = {key: 0 for key in results_lib.OP_KEYS}
   for turn in trajectory.turns:
     for name, count in turn.op_counts.items():
@@ -153,20 +157,20 @@ def evaluate(config: EvalConfig, workdir: str | pathlib.Path, *, devices: Sequen
 
   # ---- greedy episodes: every variant on every (dataset, N)
   sampler = Sampler(model, _sampler_config(config.sampler, tokenizer), tokenizer=tokenizer, mesh=mesh)
-  policy = rollout_lib.SamplerPolicy(sampler, seed=config.seed)
+  policy = SamplerPolicy(sampler, seed=config.seed)
   episodes_out: list[results_lib.EpisodeResult] = []
   trajectory_rows: list[dict[str, Any]] = []
   is_main = jax.process_index() == 0
   for variant, (agent, memory) in variants.items():
-    rollout_config = rollout_lib.RolloutConfig(agent=agent, memory=memory, num_samples=1, seed=config.seed)
+    rollout_config = RolloutConfig(agent=agent, memory=memory, num_samples=1, seed=config.seed)
     for task in tasks:
-      episodes = [rollout_lib.Episode.from_example(e) for e in task.examples]
+      episodes = [Episode.from_example(e) for e in task.examples]
       with tqdm(total=len(episodes), desc=f"{variant} {task.dataset}@{task.num_docs}", unit="episode",
                 disable=not (progress and is_main), file=sys.stderr) as bar:
         for start in range(0, len(episodes), config.batch_size):
           batch = episodes[start:start + config.batch_size]
-          trajectories = rollout_lib.rollout(batch, policy, tokenizer=tokenizer, embed_fn=embed_fns[memory.embed_dim],
-                                             config=rollout_config)
+          trajectories = host.rollout(batch, policy, tokenizer=tokenizer, embed_fn=embed_fns[memory.embed_dim],
+                                      config=rollout_config)
           for trajectory in trajectories:
             result = episode_result(variant, task, trajectory)
             episodes_out.append(result)
