@@ -224,7 +224,12 @@ def run(argv: Sequence[str]) -> int:
     built.append(programs_lib.train_step(config, model_config, mesh))
   if "prefill" in wanted or "decode" in wanted:
     built += [p for p in programs_lib.sampler_programs(config, model_config, mesh) if p.name in wanted]
-  verdicts = [_compile(program, mesh, topology.hbm_bytes_per_chip) for program in built]
+  verdicts = []
+  for program in built:
+    verdicts.append(_compile(program, mesh, topology.hbm_bytes_per_chip))
+    v = verdicts[-1]
+    print(f"[{v.name}] {'fits' if v.fits else 'does not fit'}: peak {v.peak_bytes / GIB:.2f} GiB per chip, compiled in "
+          f"{v.compile_s:.0f} s", file=sys.stderr, flush=True)
   _report(topology, config, model_config, verdicts)
   fits = all(v.fits for v in verdicts)
   print(f"{topology.name}: {'every program fits' if fits else 'does not fit'}")
