@@ -4,7 +4,7 @@ r"""GRPO on HotpotQA (200-document contexts) from an SFT'd Qwen3 checkpoint, the
       --config.task.path=hotpot_train_v1.1.json --config.model.checkpoint=SFT_PARAMS_DIR
 
 SFT_PARAMS_DIR is an HF Qwen3 dir or an Orbax parameter dir (e.g. `RUN_SFT/params` of experiments/sft_hotpot.py).
-The argument names the TPU slice (`v5p-8`, `v5p-16`, `v6e-16`): fsdp over its chips, with micro-batch rows and
+The argument names the TPU slice (`v5p-8`): fsdp over its chips, with micro-batch rows and
 sampler waves that the ahead-of-time fit check passes (BUILD_NOTES.md, "Scale"):
 
   python -m atommem_jax.aot --config experiments/grpo_hotpot.py:v5p-8 --topology v5p-8
@@ -17,11 +17,9 @@ The embedded default (CPU, no downloads): SFT on the oracle's trajectories, then
 """
 from atommem_jax import configlib
 
-# slice -> (chips, turn rows per micro-batch, generated rows per sampler wave)
+# slice -> (chips, turn rows per micro-batch, generated rows per sampler wave); BUILD_NOTES.md has the fit table.
 TOPOLOGIES = {
     "v5p-8": (4, 8, 16),
-    "v5p-16": (8, 8, 32),
-    "v6e-16": (16, 16, 16),
 }
 
 
