@@ -43,6 +43,8 @@ class Topology:
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", self.name.replace("v5e-", "v5litepod-"))
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    # Compiling touches no chip: two checks at once need not fight over libtpu's one-process lock file.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     description = topologies.get_topology_desc(platform="tpu", topology_name=self.compiler_name,
                                                chip_config_name=self.chip_config, num_slices=1)
     devices = list(description.devices)
