@@ -143,6 +143,15 @@ def test_failed_build_leaves_previous_index(tmp_path):
   assert json.loads((default_index_dir(corpus) / "meta.json").read_text())["num_pages"] == 1
 
 
+def test_words_are_what_bm25s_indexes():
+  import bm25s
+
+  from atommem_jax.tools.corpus_index import words
+
+  texts = ["The founder of Rativo, born in 1875 -- a CEO!", "Ünïcode wörds and a_b c d", "x"]
+  assert [words(t) for t in texts] == bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
+
+
 def test_hashing_embedder_ignores_stopwords_and_case():
   embed = HashingTextEmbedder(64)
   a, b, c = embed(["The founder of Rativo", "founder RATIVO", "something else"])

@@ -1,4 +1,4 @@
-"""`python -m atommem_jax.bench {forward,decode,memory,rollout} --json`: speed against the alternative a user picks."""
+"""`python -m atommem_jax.bench {forward,decode,memory,rollout,web} --json`: speed against the alternative a user picks."""
 import importlib
 import json
 import sys
@@ -8,6 +8,7 @@ SUITES = {
     "decode": "atommem_jax.bench.decode",
     "memory": "atommem_jax.bench.memory",
     "rollout": "atommem_jax.bench.rollout",
+    "web": "atommem_jax.bench.web",
 }
 
 

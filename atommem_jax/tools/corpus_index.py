@@ -27,12 +27,14 @@ import json
 import mmap
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 import zlib
 from typing import Iterable, Sequence
 
 import numpy as np
+from bm25s.stopwords import STOPWORDS_EN
 
 from atommem_jax import configlib
 from atommem_jax.memory.embedders import hash_embed_numpy
@@ -41,6 +43,8 @@ from atommem_jax.tools.corpus import Page, PageTokenizer, iter_corpus, passage_b
 
 INDEX_FORMAT = "atommem_jax.corpus_index/1"
 EMBED_BATCH = 4096
+_WORD_RE = re.compile(r"(?u)\b\w\w+\b")  # bm25s.tokenize's default token_pattern
+_STOPWORDS = frozenset(STOPWORDS_EN)
 QUERY_INSTRUCTION = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
 
 
@@ -89,23 +93,31 @@ class Hit:
 # ------------------------------------------------------------------------------------------------------- embedders
 
 
+def words(text: str) -> list[str]:
+  """The words BM25 indexes: bm25s's default tokenisation (lower-cased `\\b\\w\\w+\\b`, its English stopwords out)."""
+  return [w for w in _WORD_RE.findall(text.lower()) if w not in _STOPWORDS]
+
+
 class HashingTextEmbedder:
-  """`hash_embed_numpy` over CRC-32 ids of the words BM25 reads (lower-cased, English stopwords dropped), so
-  function words do not dominate the vectors; symmetric (queries and passages share one space)."""
+  """`hash_embed_numpy` over CRC-32 ids of the words BM25 reads (`words`), so function words do not dominate the
+  vectors; symmetric (queries and passages share one space)."""
 
   def __init__(self, dim: int, max_words: int = 256):
     self.dim, self.max_words = dim, max_words
 
   def __call__(self, texts: Sequence[str], is_query: bool = False) -> np.ndarray:
     del is_query
-    out = np.zeros((len(texts), self.dim), np.float32)
-    for start in range(0, len(texts), EMBED_BATCH):
-      words = [w[:self.max_words] for w in _bm25_tokens(texts[start:start + EMBED_BATCH])]
-      lengths = np.array([len(w) for w in words], np.int32)
-      tokens = np.zeros((len(words), max(2, int(lengths.max(initial=0)))), np.uint32)
-      for row, row_words in enumerate(words):
+    return self.embed_words([words(t) for t in texts])
+
+  def embed_words(self, word_lists: Sequence[Sequence[str]]) -> np.ndarray:
+    out = np.zeros((len(word_lists), self.dim), np.float32)
+    for start in range(0, len(word_lists), EMBED_BATCH):
+      batch = [w[:self.max_words] for w in word_lists[start:start + EMBED_BATCH]]
+      lengths = np.array([len(w) for w in batch], np.int32)
+      tokens = np.zeros((len(batch), max(2, int(lengths.max(initial=0)))), np.uint32)
+      for row, row_words in enumerate(batch):
         tokens[row, :len(row_words)] = [zlib.crc32(w.encode("utf-8")) for w in row_words]
-      out[start:start + len(words)] = hash_embed_numpy(tokens, lengths, self.dim)
+      out[start:start + len(batch)] = hash_embed_numpy(tokens, lengths, self.dim)
     return out
 
 
@@ -160,12 +172,6 @@ def corpus_digest(path: str | os.PathLike) -> str:
 
 def default_index_dir(corpus_path: str | os.PathLike) -> pathlib.Path:
   return pathlib.Path(os.fspath(corpus_path) + ".index")
-
-
-def _bm25_tokens(texts: Sequence[str]) -> list[list[str]]:
-  import bm25s
-
-  return bm25s.tokenize(list(texts), stopwords="en", return_ids=False, show_progress=False, allow_empty=True)
 
 
 class CorpusIndex:
@@ -245,12 +251,12 @@ class CorpusIndex:
 
   # ----------------------------------------------------------------------------------------------- searching
 
-  def bm25_top(self, queries: Sequence[str], n: int) -> list[list[int]]:
-    """Passage ids per query, best first; passages sharing no word with the query are left out."""
+  def bm25_top(self, query_words: Sequence[Sequence[str]], n: int) -> list[list[int]]:
+    """Passage ids per query (given as `words`), best first; passages sharing no word with it are left out."""
     n = min(n, self.num_passages)
     vocab = self.bm25.vocab_dict
-    tokens = [[t for t in q if t in vocab][:self.config.max_query_words] for q in _bm25_tokens(queries)]
-    out: list[list[int]] = [[] for _ in queries]
+    tokens = [[t for t in q if t in vocab] for q in query_words]
+    out: list[list[int]] = [[] for _ in query_words]
     asked = [i for i, t in enumerate(tokens) if t]
     if not asked:
       return out
@@ -259,8 +265,12 @@ class CorpusIndex:
       out[i] = [int(p) for p, s in zip(row_ids, row_scores) if s > 0]
     return out
 
-  def dense_top(self, queries: Sequence[str], n: int) -> list[list[int]]:
-    vectors = self.embed(list(queries), is_query=True)
+  def dense_top(self, queries: Sequence[str], n: int,
+                query_words: Sequence[Sequence[str]] | None = None) -> list[list[int]]:
+    if query_words is not None and isinstance(self.embed, HashingTextEmbedder):
+      vectors = self.embed.embed_words(query_words)  # the words are already split: skip a second pass
+    else:
+      vectors = self.embed(list(queries), is_query=True)
     ids, _ = self.dense.search(vectors, n)
     return [[int(p) for p in row if p >= 0] for row in ids]
 
@@ -269,9 +279,10 @@ class CorpusIndex:
     if k < 1:
       raise ValueError(f"k must be >= 1, got {k}")
     queries = [" ".join(q.split()[:self.config.max_query_words]) for q in queries]
+    query_words = [words(q) for q in queries]
     n = max(self.config.candidates, k)
     results = []
-    for bm25_ids, dense_ids in zip(self.bm25_top(queries, n), self.dense_top(queries, n)):
+    for bm25_ids, dense_ids in zip(self.bm25_top(query_words, n), self.dense_top(queries, n, query_words)):
       fused: dict[int, float] = {}
       for ranking in (bm25_ids, dense_ids):
         for rank, passage in enumerate(ranking, start=1):
