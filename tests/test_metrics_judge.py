@@ -95,7 +95,8 @@ def test_llm_judge_failures_are_counted_zeros(judge_url):
 
 def test_make_reward_fn():
   assert judge_lib.make_reward_fn(judge_lib.RewardConfig()) is judge_lib.web_boxed_reward
-  fn = judge_lib.make_reward_fn(judge_lib.RewardConfig("llm_judge", judge_lib.JudgeConfig(url="http://x/v1", model="m")))
+  config = judge_lib.RewardConfig("llm_judge", judge_lib.JudgeConfig(url="http://x/v1", model="m"))
+  fn = judge_lib.make_reward_fn(config)
   assert isinstance(fn, judge_lib.LLMJudge)
   with pytest.raises(ValueError, match="judge.url and judge.model"):
     judge_lib.make_reward_fn(judge_lib.RewardConfig("llm_judge"))

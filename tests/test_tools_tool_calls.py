@@ -13,7 +13,8 @@ def call_text(name="search", **arguments):
 
 
 def test_valid_call_among_memory_tags():
-  response = "<add_memory>fact</add_memory>\n" + call_text(query="who founded Rativo") + "\n<update_query>q</update_query>"
+  response = ("<add_memory>fact</add_memory>\n" + call_text(query="who founded Rativo")
+              + "\n<update_query>q</update_query>")
   parsed = parse_tool_call(response)
   assert parsed.call == ToolCall("search", {"query": "who founded Rativo"})
   assert parsed.num_invalid == 0 and not parsed.repaired

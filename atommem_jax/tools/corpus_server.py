@@ -49,13 +49,15 @@ MAX_RESULTS = 50
 
 @dataclasses.dataclass(frozen=True)
 class ServerConfig:
-  """`page_tokens`: a `fetch_url` part's budget in page-tokenizer tokens (the index's `tokenizer`)."""
+  """`page_tokens`: a `fetch_url` part's budget in page-tokenizer tokens (the index's `tokenizer`).
+  `delay_ms`: every call answers this much later, to measure clients against a remote server's latency."""
 
   page_tokens: int = 4000
+  delay_ms: float = 0.0
 
   def __post_init__(self):
-    if self.page_tokens < 1:
-      raise ValueError(f"page_tokens must be >= 1, got {self.page_tokens}")
+    if self.page_tokens < 1 or self.delay_ms < 0:
+      raise ValueError(f"page_tokens must be >= 1 and delay_ms >= 0: {self}")
 
 
 class SearchBatcher:
@@ -123,15 +125,22 @@ def make_server(index: CorpusIndex, config: ServerConfig = ServerConfig()) -> MC
       raise ToolError("the query is empty")
     if not 1 <= num_results <= MAX_RESULTS:
       raise ToolError(f"num_results must be between 1 and {MAX_RESULTS}, got {num_results}")
+    if config.delay_ms:
+      await asyncio.sleep(config.delay_ms / 1e3)
     hits = await batcher.search(query, num_results)
     return CallToolResult(content=[TextContent(type="text", text=render_hits(query, hits))],
                           structured_content={"results": [h.as_dict() for h in hits]})
 
   @server.tool()
-  def fetch_url(url: str, purpose: str = "", page: int = 1) -> CallToolResult:
+  async def fetch_url(url: str, purpose: str = "", page: int = 1) -> CallToolResult:
     """Fetch one web page (at most one URL per call) and return its text. Long pages come in parts: the reply
     says how many; ask for part 2, 3, ... with `page`. `purpose`: what you are looking for on the page."""
     del purpose
+    if config.delay_ms:
+      await asyncio.sleep(config.delay_ms / 1e3)
+    return await anyio.to_thread.run_sync(read_part, url, page)
+
+  def read_part(url: str, page: int) -> CallToolResult:
     found = index.find_page(url)
     if found is None:
       raise ToolError(f"cannot fetch {url!r}: no such page")
@@ -219,6 +228,7 @@ def main(argv: Sequence[str]) -> None:
   parser.add_argument("--page_tokens", type=int, default=ServerConfig.page_tokens)
   parser.add_argument("--index_dir", default="", help="default: FILE.jsonl.index beside the corpus")
   parser.add_argument("--rebuild", action="store_true", help="rebuild the index even if it is up to date")
+  parser.add_argument("--delay_ms", type=float, default=0.0, help="answer every call this much later (benchmarks)")
   flags = parser.parse_args(argv)
   logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
   index_config = IndexConfig(embedder=flags.embedder, dim=flags.dim, passage_tokens=flags.passage_tokens,
@@ -227,7 +237,7 @@ def main(argv: Sequence[str]) -> None:
   index = CorpusIndex.open(flags.corpus, index_config, index_dir=flags.index_dir or None, rebuild=flags.rebuild)
   print(f"corpus server: {index.num_pages} pages, {index.num_passages} passages, index ready in "
         f"{time.monotonic() - start:.1f} s", file=sys.stderr, flush=True)
-  server = make_server(index, ServerConfig(page_tokens=flags.page_tokens))
+  server = make_server(index, ServerConfig(page_tokens=flags.page_tokens, delay_ms=flags.delay_ms))
   if flags.stdio:
     server.run("stdio")
   else:
