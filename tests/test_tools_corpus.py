@@ -119,6 +119,26 @@ def test_index_finds_the_named_entity_and_reloads(world_corpus, tmp_path):
   assert again.find_page(again.urls[7] + "/ ") == 7 and again.find_page("https://nowhere.example") is None
 
 
+def test_bm25_ranking_is_bm25s_own(world_corpus, tmp_path):
+  from atommem_jax.tools.corpus_index import words
+
+  corpus, questions = world_corpus
+  index = CorpusIndex.open(corpus, index_dir=tmp_path / "idx")
+  queries = [json.loads(line)["question"] for line in open(questions)] + ["Kalomi", "nothing-matches-this"]
+  ours = index.bm25_top([words(q) for q in queries], 10)
+  vocab = index.bm25.vocab_dict
+  for query, row in zip(queries, ours):
+    tokens = [t for t in words(query) if t in vocab]
+    if not tokens:
+      assert row == []
+      continue
+    ids, scores = index.bm25.retrieve([tokens], k=10, show_progress=False, backend_selection="numpy")
+    expected = {int(i): float(s) for i, s in zip(ids[0], scores[0]) if s > 0}
+    full = index.bm25.get_scores(tokens)
+    assert np.allclose([full[p] for p in row], sorted(expected.values(), reverse=True)[:len(row)], atol=1e-5)
+    assert len(row) == len(expected)
+
+
 def test_index_rebuilds_when_corpus_or_config_changes(tmp_path):
   corpus = tmp_path / "c.jsonl"
   write_rows(corpus, [{"url": f"u{i}", "title": f"T{i}", "text": f"page number {i} about topic{i}"}
