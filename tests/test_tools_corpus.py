@@ -119,6 +119,16 @@ def test_index_finds_the_named_entity_and_reloads(world_corpus, tmp_path):
   assert again.find_page(again.urls[7] + "/ ") == 7 and again.find_page("https://nowhere.example") is None
 
 
+def test_a_query_ranks_the_same_alone_and_in_a_batch(world_corpus, tmp_path):
+  # Batched and single matrix products round differently; hashing embeddings tie often, so this would differ
+  # without the rounding in dense_top.
+  corpus, questions = world_corpus
+  index = CorpusIndex.open(corpus, index_dir=tmp_path / "idx")
+  queries = [json.loads(line)["question"] for line in open(questions)] + [f"born in {t}" for t in index.titles]
+  batched = index.search_batch(queries, 10)
+  assert batched == [index.search_batch([q], 10)[0] for q in queries]
+
+
 def test_bm25_ranking_is_bm25s_own(world_corpus, tmp_path):
   from atommem_jax.tools.corpus_index import words
 

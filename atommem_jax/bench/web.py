@@ -24,6 +24,7 @@ import argparse
 import gc
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -148,7 +149,7 @@ def _turn_speedup(client: ToolClient, queries: list[str], urls: list[str], calls
     start = time.perf_counter()
     one_by_one = [client.call(call) for call in turn]
     sequential_s.append(time.perf_counter() - start)
-    if [r.text for r in together] != [r.text for r in one_by_one]:
+    if any(a.is_error or b.is_error or a.text != b.text for a, b in zip(together, one_by_one)):
       raise RuntimeError("concurrent and sequential calls returned different texts")
   concurrent_ms, sequential_ms = 1e3 * np.median(concurrent_s), 1e3 * np.median(sequential_s)
   return {f"{prefix}_concurrent_ms": round(float(concurrent_ms), 1),
@@ -180,6 +181,7 @@ def run(argv: list[str]) -> dict:
   result = {"passages": index.num_passages, "pages": index.num_pages, "queries": len(queries),
             "cpu_cores": os.cpu_count(), "corpus_and_index_ready_s": round(ready_s, 1)}
   result.update(_in_process(index, queries, flags))
+  print(json.dumps(result), file=sys.stderr, flush=True)  # each stage's figures survive a later failure
   urls = [index.urls[i] for i in np.random.default_rng(1).choice(index.num_pages, 256, replace=False)]
   index.close()
   del index
@@ -188,6 +190,7 @@ def run(argv: list[str]) -> dict:
   with launch(corpus, timeout_s=3600, log_path=os.path.join(flags.workdir, "server.log")) as url:
     result["server_start_s"] = round(time.perf_counter() - start, 1)
     result.update(_through_mcp(url, queries, urls, flags))
+  print(json.dumps(result), file=sys.stderr, flush=True)
   result.update(_remote(flags, queries))
   result["goals"] = {"search_p50_under_20ms": result["search_p50_ms"] < 20,
                      "dense_recall_at_10_at_least_0.95": result["dense_recall_at_10"] >= 0.95,

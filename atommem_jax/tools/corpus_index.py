@@ -281,12 +281,20 @@ class CorpusIndex:
 
   def dense_top(self, queries: Sequence[str], n: int,
                 query_words: Sequence[Sequence[str]] | None = None) -> list[list[int]]:
+    """Passage ids per query, best first. Scores are rounded to 1e-5 and ties go to the lower id, over twice the
+    candidates kept: a batched matrix product and a single query's round differently, and without this a query
+    could rank its near-ties differently alone than inside a batch."""
     if query_words is not None and isinstance(self.embed, HashingTextEmbedder):
       vectors = self.embed.embed_words(query_words)  # the words are already split: skip a second pass
     else:
       vectors = self.embed(list(queries), is_query=True)
-    ids, _ = self.dense.search(vectors, n)
-    return [[int(p) for p in row if p >= 0] for row in ids]
+    ids, scores = self.dense.search(vectors, min(2 * n, max(self.num_passages, 1)))
+    out = []
+    for row_ids, row_scores in zip(ids, scores):
+      live = row_ids >= 0
+      row_ids, rounded = row_ids[live], np.round(row_scores[live], 5)
+      out.append(row_ids[np.lexsort((row_ids, -rounded))][:n].tolist())
+    return out
 
   def search_batch(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
     """The best `k` pages per query by reciprocal-rank fusion of BM25 and dense passage ranks."""
