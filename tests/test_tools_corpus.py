@@ -182,6 +182,21 @@ def test_words_are_what_bm25s_indexes():
   assert [words(t) for t in texts] == bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
 
 
+def test_top_positive_selection_is_exact():
+  from atommem_jax.tools.corpus_index import _top_positive
+
+  rng = np.random.default_rng(0)
+  for size, n in [(10, 3), (5000, 20), (100_000, 20), (100_000, 50)]:
+    scores = np.zeros(size, np.float32)
+    hit = rng.choice(size, size // 2, replace=False)
+    scores[hit] = np.round(rng.random(size // 2), 2).astype(np.float32)  # many exact ties
+    positive = np.flatnonzero(scores > 0)
+    expected = positive[np.lexsort((positive, -scores[positive]))][:n].tolist()
+    assert _top_positive(scores, n) == expected
+  assert _top_positive(np.zeros(100, np.float32), 5) == []
+  assert _top_positive(np.array([0, 2, 0, 1], np.float32), 10) == [1, 3]
+
+
 def test_hashing_embedder_ignores_stopwords_and_case():
   embed = HashingTextEmbedder(64)
   a, b, c = embed(["The founder of Rativo", "founder RATIVO", "something else"])
