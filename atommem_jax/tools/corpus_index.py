@@ -325,14 +325,20 @@ def _top_positive(scores: np.ndarray, n: int) -> list[int]:
   a common query word gives hundreds of thousands of positive passages, and this keeps the exact selection to a
   few of them.
   """
+  # Selections run on negated scores with a small k: numpy's introselect is far slower with k near the end of
+  # an array full of ties (the common word's passages all score alike).
   sample = scores[::64]
-  floor = np.partition(sample, sample.size - n)[sample.size - n] if sample.size > n else 0.0
+  floor = -np.partition(-sample, n - 1)[n - 1] if sample.size > n else 0.0
   candidates = np.flatnonzero(scores >= floor) if floor > 0 else np.flatnonzero(scores > 0)
   if len(candidates) > n:
-    kth = np.partition(scores[candidates], len(candidates) - n)[len(candidates) - n]
-    candidates = candidates[scores[candidates] >= kth]  # every score tied with the n-th stays, for the tie rule
+    values = scores[candidates]
+    kth = -np.partition(-values, n - 1)[n - 1]
+    above = candidates[values > kth]
+    # Ties with the n-th score go to the lowest indices; `candidates` is ascending, so no sort of the (often huge)
+    # tied group is needed.
+    candidates = np.concatenate([above, candidates[values == kth][:n - len(above)]])
   order = np.lexsort((candidates, -scores[candidates]))
-  return candidates[order][:n].tolist()
+  return candidates[order].tolist()
 
 
 # ------------------------------------------------------------------------------------------------------- building
