@@ -121,6 +121,7 @@ class ToolClient:
     """Enters the transport and the session, lists the tools, then holds both open until `close`."""
     from mcp import ClientSession, StdioServerParameters, stdio_client
     from mcp.client.streamable_http import streamable_http_client
+    from mcp.types import PaginatedRequestParams
 
     self._stop = asyncio.Event()
     try:
@@ -135,8 +136,6 @@ class ToolClient:
         await session.initialize()
         tools, cursor = [], None
         while True:  # the tool list may come in pages
-          from mcp.types import PaginatedRequestParams
-
           listed = await session.list_tools(params=PaginatedRequestParams(cursor=cursor) if cursor else None)
           tools.extend(listed.tools)
           cursor = listed.next_cursor
