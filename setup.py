@@ -21,6 +21,12 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     "tqdm==4.70.1",
     "jinja2==3.1.6",  # transformers renders chat templates with it
+    # The web environment: MCP client and our corpus server, its retrieval, HTML extraction, tool-call repair, GAIA.
+    "mcp==2.3.0",
+    "bm25s==0.3.16",
+    "resiliparse==2.0.0",
+    "json-repair==0.64.4",
+    "pyarrow==26.0.1",
 ]
 
 EXTRAS_REQUIRE = {

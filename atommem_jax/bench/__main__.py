@@ -1,5 +1,5 @@
-"""`python -m atommem_jax.bench {forward,decode,memory,rollout,attention} --json`: speed against the alternative a
-user picks."""
+"""`python -m atommem_jax.bench {forward,decode,memory,rollout,attention,web} --json`: speed against the
+alternative a user picks."""
 import importlib
 import json
 import sys
@@ -10,6 +10,7 @@ SUITES = {
     "memory": "atommem_jax.bench.memory",
     "rollout": "atommem_jax.bench.rollout",
     "attention": "atommem_jax.bench.attention",
+    "web": "atommem_jax.bench.web",
 }
 
 
