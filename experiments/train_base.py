@@ -18,7 +18,9 @@ def released() -> ml_collections.ConfigDict:
   c.max_nonfinite_streak = 5
   c.debug_kill_at_step = -1
   c.mesh = dict(data=1, fsdp=1, tensor=1)
-  c.model = dict(preset="qwen3_8b", checkpoint="", tokenizer="")
+  # bfloat16 activations over float32 master weights; per-layer remat; attention by platform (splash on TPU).
+  c.model = dict(preset="qwen3_8b", checkpoint="", tokenizer="", attention="auto", remat="full", logits_chunk=1024,
+                 dtype="bfloat16", param_dtype="float32")
   c.task = dict(dataset="hotpotqa", path="", examples_path="", num_eval_episodes=64, grpo_num_docs=0,
                 synthetic=dict(seed=0, num_documents=256, num_questions=64), synthetic_worlds=1,
                 long_context=dict(num_docs=200, seed=0, single_question_fraction=0.5, gold="all_context"))
@@ -39,8 +41,10 @@ def released() -> ml_collections.ConfigDict:
                 loss_aggregation="token-mean", entropy_coef=0.0, recompute_old_logprobs=False),
       prompts_per_rollout=16, updates_per_rollout=1, microbatch_rows=8,
       length_buckets=(4096, 8192, 12288, 16384),
+      # Rollouts generate in waves of 16 rows (prompts x samples), so the KV cache (~3 GB a row at 20K slots)
+      # does not grow with prompts_per_rollout.
       sampler=dict(temperature=1.0, top_p=0.99, max_new_tokens=4096,
-                   prompt_buckets=(4096, 8192, 12288, 16384)),
+                   prompt_buckets=(4096, 8192, 12288, 16384), wave_rows=16),
       optimizer=dict(learning_rate=1e-6, warmup_steps=20, decay_steps=200, end_learning_rate_ratio=1.0,
                      weight_decay=0.01, max_grad_norm=1.0))
   c.eval = dict(num_episodes=64, max_new_tokens=4096)
@@ -58,7 +62,7 @@ def tiny() -> ml_collections.ConfigDict:
   c = released()
   c.total_steps = 880  # 850 SFT (250 recitation drills, then every third step one) + 30 GRPO
   c.checkpoint_every = 100
-  c.model.preset = "tiny_default"
+  c.model.update(preset="tiny_default", remat="none", dtype="", param_dtype="")
   c.task.dataset = "synthetic"
   c.task.num_eval_episodes = 64
   c.task.synthetic = dict(seed=0, num_documents=16, num_questions=4, question_kinds=("birth_country",))
@@ -74,7 +78,7 @@ def tiny() -> ml_collections.ConfigDict:
   c.sft.optimizer.update(learning_rate=1e-3, warmup_steps=20, decay_steps=850)
   c.grpo.loss.num_generations = 4
   c.grpo.update(prompts_per_rollout=4, microbatch_rows=16, length_buckets=(384, 512))
-  c.grpo.sampler.update(max_new_tokens=64, prompt_buckets=(256, 384))
+  c.grpo.sampler.update(max_new_tokens=64, prompt_buckets=(256, 384), wave_rows=0)
   c.grpo.optimizer.update(learning_rate=5e-5, warmup_steps=2, decay_steps=30)
   c.eval = dict(num_episodes=64, max_new_tokens=64)
   return c
