@@ -13,6 +13,7 @@ fits one bucket, so nothing compiles later.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import flax.nnx as nnx
@@ -99,6 +100,7 @@ def run(argv: list[str]) -> dict:
     chunks = sum(turn.phase == READ for turn in trajectory.turns)
     per_n[n] = {"chunks": chunks, "seconds": round(seconds, 3), "seconds_per_chunk": round(seconds / chunks, 5),
                 "entries": len(trajectory.storage), "turns": len(trajectory.turns)}
+    print(f"N={n}: {per_n[n]}", file=sys.stderr, flush=True)  # the full run takes a while: progress as it goes
   first, last = per_n[sizes[0]], per_n[sizes[-1]]
   return {
       "device": jax.devices()[0].device_kind,
