@@ -3,8 +3,9 @@
 
 What the host renders is learned from the host itself, once per rollout (`build`): the environment's
 `user_message` is called for every (phase, question, chunk) of every episode with two probe memories, one holding a
-sentinel in each part and one empty. A field equal for both is static (the question block, the chunk, the
-numbers); a field equal to the scratchpad's (or query's) sentinel shows that part's text, or what the empty probe
+sentinel in each part and one empty, and with a few values of the reads-in-a-row counter. A field that shows the
+counter (as a decimal number) is rendered from the state; a field equal for both memories is static (the question
+block, the chunk, the numbers); a field equal to the scratchpad's (or query's) sentinel shows that part's text, or what the empty probe
 shows when the part is empty; a field holding the entry sentinels in order shows the retrieved entries with the
 text found around them. Anything else is refused. The template's own text comes from rendering it with a sentinel
 per field.
@@ -58,7 +59,7 @@ class Item:
   """One piece of a template: constant text; a static field (`slot`); a memory part's text (`part`) or, when that
   is empty, `codes`; the shown entries, entry k after `prefixes[k]`, or `codes` when none is shown."""
 
-  kind: str  # "const" | "static" | "text" | "entries"
+  kind: str  # "const" | "static" | "text" | "entries" | "counter" (the reads in a row)
   codes: tuple[int, ...] = ()
   slot: int = -1
   part: int = -1
@@ -149,11 +150,35 @@ def _variants(num_questions: int, num_chunks: int, grid: tuple[int, int]):
     yield grid[0] * grid[1] + question, (True, question, 0)
 
 
-def _state(answer: bool, question: int, chunk: int) -> long_context.EnvState:
+def _state(answer: bool, question: int, chunk: int, reads: int = 0) -> long_context.EnvState:
   one = lambda value, dtype=np.int32: np.array([value], dtype)
   return long_context.EnvState(chunk_index_B=one(chunk), num_chunks_B=one(chunk + 1), question_index_B=one(question),
-                               num_questions_B=one(question + 1), query_count_B=one(0),
+                               num_questions_B=one(question + 1), query_count_B=one(reads),
                                answer_phase_B=one(answer, bool), done_B=one(False, bool), step_B=one(0))
+
+
+_COUNTER_PROBES = (1, 12, 345)  # reads-in-a-row values probed besides 0
+_COUNTER_DIGITS = 10  # an int32 counter has at most 10 decimal digits
+
+
+def _counter_fields(env: Any, episode: Any, context: Any, answer: bool, question: int, chunk: int,
+                    full: MemoryView) -> set[str]:
+  """The fields of this observation that show the reads-in-a-row counter (`EnvState.query_count_B`) as a number;
+  anything else that depends on it is refused."""
+  name, base = env.user_message(episode, context, _state(answer, question, chunk), 0, full)
+  counters: set[str] = set()
+  for reads in _COUNTER_PROBES:
+    name_reads, shown = env.user_message(episode, context, _state(answer, question, chunk, reads), 0, full)
+    if name_reads != name:
+      raise ValueError(f"the observation's template depends on the reads in a row ({name!r} / {name_reads!r})")
+    for field, value in shown.items():
+      if str(value) == str(base[field]):
+        continue
+      if str(base[field]) != "0" or str(value) != str(reads):
+        raise ValueError(f"template {name!r}: field {field!r} shows the reads in a row in a way the device engine "
+                         f"does not render ({base[field]!r} at 0 reads, {value!r} at {reads})")
+      counters.add(field)
+  return counters
 
 
 def _chat_pieces(tokenizer: Any, system: str, added: Sequence[str]) -> tuple[str, str, str, str]:
@@ -182,6 +207,7 @@ def build(env: long_context.LongContextEnv, episodes: Sequence[Any], contexts: S
       state = _state(answer, question, chunk)
       name, shown = env.user_message(episode, context, state, 0, full)
       name_empty, shown_empty = env.user_message(episode, context, state, 0, empty)
+      counters = _counter_fields(env, episode, context, answer, question, chunk, full)
       # As `string.Template` shows a value.
       shown, shown_empty = ({k: str(v) for k, v in fields.items()} for fields in (shown, shown_empty))
       if name_empty != name or set(shown) != set(shown_empty):
@@ -189,7 +215,8 @@ def build(env: long_context.LongContextEnv, episodes: Sequence[Any], contexts: S
       if name not in names:
         names.append(name)
       for field in shown:
-        item = _classify(name, field, shown[field], shown_empty[field], top_k)
+        item = (Item("counter") if field in counters else
+                _classify(name, field, shown[field], shown_empty[field], top_k))
         if item is not None and item.kind == "entries":
           _check_entries(env, episode, context, state, field, item, top_k)
         if items.setdefault((name, field), item) != item:
@@ -275,14 +302,25 @@ def user_capacity(layout: Layout, scratchpad: int, query: int, entry: int, token
       return len(item.codes)
     if item.kind == "static":
       return layout.slot_capacity[item.slot]
+    if item.kind == "counter":
+      return _COUNTER_DIGITS
     if item.kind == "text":
       return (scratchpad if item.part == _SCRATCHPAD else query) * token_bytes + len(item.codes)
     return len(item.codes) + sum(len(p) + entry * token_bytes for p in item.prefixes)
   return len(layout.head) + len(layout.tail) + max(sum(capacity(i) for i in items) for items in layout.templates)
 
 
+def _decimal(value: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """A non-negative int32 as `str` writes it: code points (left-aligned in `_COUNTER_DIGITS`) and their count."""
+  powers = jnp.asarray(10 ** np.arange(_COUNTER_DIGITS - 1, -1, -1), jnp.int32)  # 10**9 fits in int32
+  digits = (value.astype(jnp.int32) // powers) % 10  # most significant first, leading zeros included
+  count = jnp.maximum(1, _COUNTER_DIGITS - jnp.sum(jnp.cumprod(digits == 0)))
+  shifted = jnp.roll(digits, count - _COUNTER_DIGITS)  # the significant digits to the front
+  return (shifted + ord("0")).astype(jnp.int32), count.astype(jnp.int32)
+
+
 def _render_row(layout: Layout, tables: LayoutTables, codec_tables: TokenizerTables, episode, answer, question, chunk,
-                num_questions, parts: MemoryParts) -> tuple[jax.Array, jax.Array]:
+                num_questions, reads, parts: MemoryParts) -> tuple[jax.Array, jax.Array]:
   question = jnp.minimum(question, num_questions - 1)
   variant = jnp.where(answer, layout.num_questions * layout.num_chunks + question,
                       question * layout.num_chunks + jnp.minimum(chunk, layout.num_chunks - 1))
@@ -307,6 +345,9 @@ def _render_row(layout: Layout, tables: LayoutTables, codec_tables: TokenizerTab
         values = tables.pool[jnp.minimum(start + jnp.arange(layout.slot_capacity[item.slot]),
                                          tables.pool.shape[0] - 1)]
         pieces.append((values, jnp.where(on, tables.slot_length[episode, variant, item.slot], 0)))
+      elif item.kind == "counter":
+        codes, count = _decimal(jnp.maximum(reads, 0))
+        pieces.append((codes, jnp.where(on, count, 0)))
       elif item.kind == "text":
         text, count = decoded[item.part]
         pieces += [(text, jnp.where(on, count, 0)), _const(item.codes, on & (count == 0))]
@@ -327,7 +368,7 @@ def render(layout: Layout, tables: LayoutTables, codec_tables: TokenizerTables, 
   left-aligned in `user_capacity` columns, and their count."""
   render_row = functools.partial(_render_row, layout, tables, codec_tables)
   return jax.vmap(render_row)(tables.row_episode, state.answer_phase_B, state.question_index_B,
-                              state.chunk_index_B, state.num_questions_B, parts)
+                              state.chunk_index_B, state.num_questions_B, state.query_count_B, parts)
 
 
 def encode_prompts(layout: Layout, codec_tables: TokenizerTables, words: codec.Words, max_words: int,

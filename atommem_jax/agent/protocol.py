@@ -39,7 +39,7 @@ import importlib.resources
 import pathlib
 import re
 import string
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from atommem_jax import op_table
 from atommem_jax.metrics.boxed import last_boxed
@@ -177,21 +177,31 @@ def disable_ops(ops: Sequence[Op], disabled_kinds: Sequence[int]) -> list[Op]:
 # Observations
 # ----------------------------------------------------------------------------------------------------------------
 
-# Each view's file and the placeholders it may use (a template may leave any of them out).
+# Each view's file and the placeholders it may use (a template may leave any of them out): the long-context
+# reader's; another environment loads its own table. Every value the released prompt shows has one:
+#   questions        every question, numbered, the current one marked
+#   question         the current question; question_number / num_questions: its 1-based number, how many in all
+#   scratchpad, query, memories   the memory ("Memory i: ..." lines, or the no-memory marker)
+#   chunk, chunk_number, num_chunks   the chunk read this turn
+#   reads_in_a_row   Reads (query updates) made in a row so far; query_limit: how many in a row are allowed
+#   memory           MemAgent's one memory; chunks: RAG's retrieved passages; context: the full-context cut
+_QUESTION = ("question", "question_number", "num_questions")
+_CHUNK = ("chunk", "chunk_number", "num_chunks")
+_ATOMMEM_MEMORY = ("scratchpad", "query", "memories", "reads_in_a_row", "query_limit")
 TEMPLATE_FIELDS = {
     "system": (),
     "baseline_system": (),
-    "read": ("questions", "scratchpad", "query", "memories", "chunk", "chunk_number", "num_chunks"),
-    "answer": ("question", "scratchpad", "query", "memories"),
-    "memagent_read": ("questions", "memory", "chunk", "chunk_number", "num_chunks"),
-    "memagent_answer": ("question", "memory"),
-    "rag_answer": ("question", "chunks"),
-    "full_context_answer": ("question", "context"),
+    "read": ("questions", *_QUESTION, *_ATOMMEM_MEMORY, *_CHUNK),
+    "answer": ("questions", *_QUESTION, *_ATOMMEM_MEMORY),
+    "memagent_read": ("questions", *_QUESTION, "memory", *_CHUNK),
+    "memagent_answer": (*_QUESTION, "memory"),
+    "rag_answer": (*_QUESTION, "chunks"),
+    "full_context_answer": (*_QUESTION, "context"),
 }
-TEMPLATE_NAMES = tuple(TEMPLATE_FIELDS)
 # Packaged variants of our wording, each a subdirectory of `templates/` holding the files it changes.
 # "compact": a one-paragraph system prompt (about 60 tokens instead of 250) for small models with short contexts.
-PACKAGED_VARIANTS = ("compact",)
+# "released": our wording showing every value the released prompt shows, the reads in a row included.
+PACKAGED_VARIANTS = ("compact", "released")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,24 +212,25 @@ class Templates:
   directory: str
 
   @classmethod
-  def load(cls, directory: str | None = None) -> "Templates":
+  def load(cls, directory: str | None = None,
+           fields: Mapping[str, Sequence[str]] = TEMPLATE_FIELDS) -> "Templates":
     """Our packaged templates (`directory` "" or None), a packaged variant by name (`PACKAGED_VARIANTS`), or a
-    user's directory holding every file (`NAME.txt`)."""
+    user's directory holding every file (`NAME.txt`); `fields` names the files and the placeholders each may use."""
     packaged = pathlib.Path(str(importlib.resources.files(__package__) / "templates"))
     root = packaged / directory if directory in PACKAGED_VARIANTS else pathlib.Path(directory or packaged)
     texts = {}
-    for name in TEMPLATE_NAMES:
+    for name in fields:
       path = root / f"{name}.txt"
       if directory in PACKAGED_VARIANTS and not path.is_file():
         path = packaged / f"{name}.txt"  # a variant holds only the files it changes
       if not path.is_file():
-        raise FileNotFoundError(f"template directory {root} has no {name}.txt (needs {list(TEMPLATE_NAMES)})")
+        raise FileNotFoundError(f"template directory {root} has no {name}.txt (needs {list(fields)})")
       texts[name] = path.read_text(encoding="utf-8")
       template = string.Template(texts[name])
-      unknown = sorted(set(template.get_identifiers()) - set(TEMPLATE_FIELDS[name]))
+      unknown = sorted(set(template.get_identifiers()) - set(fields[name]))
       if unknown or not template.is_valid():
         raise ValueError(f"template {path}: placeholder(s) {unknown or 'malformed ($ not followed by a name)'} "
-                         f"not among {list(TEMPLATE_FIELDS[name])} (write $$ for a literal $)")
+                         f"not among {list(fields[name])} (write $$ for a literal $)")
     return cls(texts=texts, directory=str(root))
 
   def render(self, name: str, **fields: Any) -> str:

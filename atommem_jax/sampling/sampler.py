@@ -86,62 +86,68 @@ class Sampler:
     """The jitted `prefill(params, tokens_BxP, mask_BxP) -> cache` and `decode(params, cache, last_token_B,
     prompt_lengths_B, active_B, row_ids_B, key, eos_ids_E, stop_table_SxW) -> (DecodeResult, cache)` for G samples
     (decode donates its cache); built once per G."""
-    if num_samples in self._jitted:
-      return self._jitted[num_samples]
+    if num_samples not in self._jitted:
+      def counted(fn):
+        @functools.wraps(fn)
+        def wrapper(*args):
+          self.trace_count += 1
+          return fn(*args)
+        return wrapper
 
-    def counted(fn):
-      @functools.wraps(fn)
-      def wrapper(*args):
-        self.trace_count += 1
-        return fn(*args)
-      return wrapper
-
-    prefill = counted(functools.partial(decode_lib.prefill, self.graphdef, config=self.config,
-                                        num_samples=num_samples))
-    decode = counted(functools.partial(decode_lib.decode, self.graphdef, config=self.config,
-                                       num_samples=num_samples))
-    if self.mesh is None:
-      jitted = (jax.jit(prefill), jax.jit(decode, donate_argnums=1))
-    else:
-      named = lambda *axes: self.rules.named(self.mesh, axes)
-      params = param_shardings(self.params, self.mesh, self.rules)
-      cache = KVCache.shardings(self.mesh, self.rules)
-      rows, replicated = named("batch"), named()
-      jitted = (
-          jax.jit(prefill, in_shardings=(params, named("batch", None), named("batch", None)), out_shardings=cache),
-          jax.jit(decode, donate_argnums=1,
-                  in_shardings=(params, cache, rows, rows, rows, rows, replicated, replicated, replicated),
-                  out_shardings=(decode_lib.DecodeResult(named("batch", None), named("batch", None),
-                                                         named("batch", None), rows, rows), cache)))
-    self._jitted[num_samples] = jitted
-    return jitted
+      params = None if self.mesh is None else param_shardings(self.params, self.mesh, self.rules)
+      self._jitted[num_samples] = jitted_functions(self.graphdef, self.config, num_samples, mesh=self.mesh,
+                                                   rules=self.rules, params_sharding=params, wrap=counted)
+    return self._jitted[num_samples]
 
   def generate(self, prompt_ids: Sequence[Sequence[int]], *, num_samples: int = 1, seed: int = 0,
                row_ids: Sequence[int] | None = None, params: nnx.State | None = None) -> SampleOutput:
     """Samples `num_samples` continuations of every prompt.
 
     `row_ids` (one per prompt, default 0..P-1) seed each prompt's randomness: a prompt with the same row id and seed
-    gets the same samples in any batch.
+    gets the same samples in any batch, and so in any wave (`SamplerConfig.wave_rows`).
     """
     if num_samples < 1:
       raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    padded, row_ids_B = self.pad(prompt_ids, row_ids)
+    row_ids = list(range(len(prompt_ids)) if row_ids is None else row_ids)
+    if len(row_ids) != len(prompt_ids):
+      raise ValueError(f"row_ids has {len(row_ids)} entries for {len(prompt_ids)} prompts")
+    wave, batch_buckets = self.waves(len(prompt_ids), num_samples)
+    waves = [self._generate_wave(prompt_ids[i:i + wave], row_ids[i:i + wave], num_samples, seed, params,
+                                 batch_buckets) for i in range(0, max(len(prompt_ids), 1), wave)]
+    output = waves[0] if len(waves) == 1 else SampleOutput(
+        *(np.concatenate([getattr(w, f) for w in waves]) for f in
+          ("tokens_RxN", "logprobs_RxN", "sampling_logprobs_RxN", "lengths_R", "stop_reasons_R")),
+        num_samples=num_samples)
+    return self._cut_on_host(output) if self.tokenizer is not None else output
+
+  def waves(self, num_prompts: int, num_samples: int = 1) -> tuple[int, tuple[int, ...]]:
+    """How `generate` runs `num_prompts` prompts: waves of this many prompts (the last may be shorter), each
+    padded to one of these batch buckets."""
+    if self.config.wave_rows and num_prompts * num_samples > self.config.wave_rows:
+      wave = max(1, self.config.wave_rows // num_samples)
+      # Every wave, the last one too, pads to the same batch: one compilation.
+      return wave, (batching.batch_bucket(wave, self.config.batch_buckets, self._batch_shards),)
+    return max(num_prompts, 1), tuple(self.config.batch_buckets)  # no prompts: `left_pad` says so
+
+  def _generate_wave(self, prompt_ids: Sequence[Sequence[int]], row_ids: Sequence[int], num_samples: int, seed: int,
+                     params: nnx.State | None, batch_buckets: Sequence[int]) -> SampleOutput:
+    padded, row_ids_B = self.pad(prompt_ids, row_ids, batch_buckets=batch_buckets)
     result = self.generate_padded(padded, row_ids_B, num_samples=num_samples, seed=seed, params=params)
     result = jax.device_get(result)
     rows = padded.num_prompts * num_samples
-    output = SampleOutput(
+    return SampleOutput(
         tokens_RxN=np.array(result.tokens_RxN[:rows]), logprobs_RxN=np.array(result.logprobs_RxN[:rows]),
         sampling_logprobs_RxN=np.array(result.sampling_logprobs_RxN[:rows]),
         lengths_R=np.array(result.lengths_R[:rows]), stop_reasons_R=np.array(result.stop_reason_R[:rows]),
         num_samples=num_samples)
-    return self._cut_on_host(output) if self.tokenizer is not None else output
 
-  def pad(self, prompt_ids: Sequence[Sequence[int]],
-          row_ids: Sequence[int] | None = None) -> tuple[batching.PaddedPrompts, np.ndarray]:
-    """The prompts left-padded to their length bucket and the batch to its bucket, as `generate` runs them, and
-    the row ids (default 0..P-1) padded with 0."""
+  def pad(self, prompt_ids: Sequence[Sequence[int]], row_ids: Sequence[int] | None = None, *,
+          batch_buckets: Sequence[int] | None = None) -> tuple[batching.PaddedPrompts, np.ndarray]:
+    """One wave's prompts (`waves`) left-padded to their length bucket and the batch to its bucket (default: the
+    config's batch buckets), as `generate` runs them, and the row ids (default 0..P-1) padded with 0."""
+    batch_buckets = self.config.batch_buckets if batch_buckets is None else batch_buckets
     padded = batching.left_pad(prompt_ids, length_buckets=self.config.prompt_buckets,
-                               batch_buckets=self.config.batch_buckets, batch_multiple_of=self._batch_shards,
+                               batch_buckets=batch_buckets, batch_multiple_of=self._batch_shards,
                                pad_id=self.config.pad_id, vocab_size=self.vocab_size)
     if row_ids is None:
       row_ids = range(padded.num_prompts)
@@ -180,3 +186,24 @@ class Sampler:
       output.lengths_R[row] = keep
       output.stop_reasons_R[row] = StopReason.STOP
     return dataclasses.replace(output, texts=texts)
+
+
+def jitted_functions(graphdef: nnx.GraphDef, config: SamplerConfig, num_samples: int, *, mesh: Mesh | None = None,
+                     rules: sharding.ShardingRules = sharding.DEFAULT_RULES, params_sharding: Any = None,
+                     wrap: Callable[[Callable], Callable] = lambda fn: fn) -> tuple[Callable, Callable]:
+  """`Sampler.functions` for a graphdef: prefill and decode jitted, with explicit shardings on a mesh (the
+  parameters' given as `params_sharding`); `wrap` sees each Python function before it is jitted."""
+  prefill = wrap(functools.partial(decode_lib.prefill, graphdef, config=config, num_samples=num_samples))
+  decode = wrap(functools.partial(decode_lib.decode, graphdef, config=config, num_samples=num_samples))
+  if mesh is None:
+    return jax.jit(prefill), jax.jit(decode, donate_argnums=1)
+  named = lambda *axes: rules.named(mesh, axes)
+  cache = KVCache.shardings(mesh, rules)
+  rows, replicated = named("batch"), named()
+  return (
+      jax.jit(prefill, in_shardings=(params_sharding, named("batch", None), named("batch", None)),
+              out_shardings=cache),
+      jax.jit(decode, donate_argnums=1,
+              in_shardings=(params_sharding, cache, rows, rows, rows, rows, replicated, replicated, replicated),
+              out_shardings=(decode_lib.DecodeResult(named("batch", None), named("batch", None),
+                                                     named("batch", None), rows, rows), cache)))

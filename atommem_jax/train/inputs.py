@@ -25,7 +25,7 @@ from atommem_jax.agent.envs.long_context import Episode
 from atommem_jax.data import long_context, pipeline, readers, synthetic
 from atommem_jax.data.long_context import LongContextExample
 from atommem_jax.data.tokenizer import load_tiny_tokenizer, tiny_tokenizer_dir
-from atommem_jax.model import Qwen3Config, get_preset
+from atommem_jax.model import Qwen3Config, abstract_model, get_preset
 from atommem_jax.train import batching, sft, step as step_lib
 from atommem_jax.train.config import ModelInitConfig, SFTStageConfig, TaskConfig, TrainConfig
 
@@ -295,15 +295,18 @@ def init_model(config: ModelInitConfig, seed: int, mesh: Mesh
                ) -> tuple[Qwen3Config, nnx.GraphDef, step_lib.Params, step_lib.Params]:
   """`(model config, graphdef, params, params shardings)`, the params placed on `mesh`."""
   if not config.checkpoint:
-    model_config = get_preset(config.preset)
+    model_config = config.runtime(get_preset(config.preset))
     graphdef, params, shardings = step_lib.init_params(model_config, seed, mesh)
     return model_config, graphdef, params, shardings
   if checkpoint_lib.is_orbax_params_dir(config.checkpoint):
-    model_config, model = checkpoint_lib.restore_params(config.checkpoint, mesh=mesh)
+    stored_config, model = checkpoint_lib.restore_params(config.checkpoint, mesh=mesh)
   else:
-    model_config, model = checkpoint_lib.load_hf(config.checkpoint, mesh=mesh)
-  graphdef, _ = nnx.split(model)
+    stored_config, model = checkpoint_lib.load_hf(config.checkpoint, mesh=mesh)
+  model_config = config.runtime(stored_config)
+  graphdef, _ = abstract_model(model_config)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  if model_config.param_dtype != stored_config.param_dtype:
+    params = jax.tree.map(lambda x: x.astype(model_config.param_dtype), params)
   return model_config, graphdef, params, step_lib.param_shardings(model, mesh)
 
 

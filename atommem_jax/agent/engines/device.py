@@ -42,22 +42,28 @@ from atommem_jax.memory import transitions
 from atommem_jax.sampling.config import StopReason
 
 
-def unsupported_reasons(tokenizer: Any, env: Any, sampler: Any = None) -> list[str]:
+def unsupported_reasons(tokenizer: Any, env: Any, sampler: Any = None, memory_config: Any = None) -> list[str]:
   """Why the device engine cannot give the host engine's trajectories for this tokenizer, environment (an
-  `envs.base.Environment` or an `AgentConfig`) and sampler; empty: it can."""
+  `envs.base.Environment` or an `AgentConfig`), sampler and memory config, each naming the config key; empty: it
+  can."""
   reasons = list(tables_lib.unsupported_reasons(tokenizer))
   if not hasattr(env, "user_message"):
     env = envs.make(env) if hasattr(env, "env") else env
   if not isinstance(env, long_context.LongContextEnv):
-    reasons.append(f"the environment {type(env).__name__} renders its observations (and runs any tools) on the "
+    name = getattr(getattr(env, "config", None), "env", type(env).__name__)
+    reasons.append(f"agent.env={name!r}: the environment renders its observations (and runs any tools) on the "
                    f"host; the device engine renders only the long-context reader's")
   elif env.method.rewrite_ops is not None:
-    reasons.append(f"method {env.config.method!r} rewrites its ops on the host")
+    reasons.append(f"agent.method={env.config.method!r} rewrites its ops on the host")
+  if memory_config is not None and memory_config.spill != "none":
+    reasons.append(f"memory.spill={memory_config.spill!r}: the host storage tier is searched and updated on the "
+                   f"host between turns")
   if sampler is not None:
     if getattr(sampler, "tokenizer", None) is None:
       reasons.append("the sampler has no tokenizer")
     if sampler.config.stop_strings:
-      reasons.append(f"stop strings {sampler.config.stop_strings} are cut on decoded text on the host")
+      reasons.append(f"sampler.stop_strings={sampler.config.stop_strings}: stop strings are cut on decoded text on "
+                     f"the host")
     if sampler.config.max_new_tokens < 1:
       reasons.append("the sampler generates no tokens")
   for tag in op_table.tag_tokens():
@@ -120,6 +126,19 @@ def _op_texts(parsed) -> tuple[jax.Array, jax.Array, jax.Array]:
   offsets = jnp.cumsum(lengths) - lengths
   starts = jnp.zeros((size + 1,), bool).at[jnp.where(lengths > 0, offsets, size)].set(True)[:size]
   return joined, total, starts
+
+
+def _generate(sampler: Any, prompts: list[np.ndarray], rows: list[int], *, seed: int) -> tuple[Any, np.ndarray]:
+  """`Sampler.generate` for these rows' prompts without leaving the device: the same waves, padded by the sampler's
+  own code from host arrays, so the host engine's compiled programs run. Also each batch row's row (-1: padding)."""
+  wave, batch_buckets = sampler.waves(len(rows))
+  results, positions = [], []
+  for i in range(0, len(rows), wave):
+    padded, rows_B = sampler.pad(prompts[i:i + wave], rows[i:i + wave], batch_buckets=batch_buckets)
+    results.append(sampler.generate_padded(padded, rows_B, seed=seed))
+    positions.append(np.where(np.arange(len(rows_B)) < padded.num_prompts, rows_B, -1).astype(np.int32))
+  result = results[0] if len(results) == 1 else jax.tree.map(lambda *x: jnp.concatenate(x), *results)
+  return result, np.concatenate(positions)
 
 
 @functools.partial(jax.jit, static_argnames=("num_rows", "pad_id"))
@@ -185,7 +204,7 @@ def _ops(codec_tables, words, record, *, max_words, max_symbols, op_width, pad_i
 # ----------------------------------------------------------------------------------------------------------------
 
 def rollout(episodes: Sequence[Any], policy: SamplerPolicy, *, tokenizer: Any, embed_fn: transitions.EmbedFn,
-            config: RolloutConfig, env: Any = None, reward_fn: rewards.RewardFn = rewards.per_question_boxed_em,
+            config: RolloutConfig, env: Any = None, reward_fn: rewards.RewardFn | None = None,
             templates: protocol.Templates | None = None, max_turns: int | None = None,
             verify_prompts: bool = False) -> list[Trajectory]:
   """`engines.host.rollout` for a `SamplerPolicy`, with the turns' text work on device (module docstring).
@@ -197,7 +216,8 @@ def rollout(episodes: Sequence[Any], policy: SamplerPolicy, *, tokenizer: Any, e
   if not isinstance(policy, SamplerPolicy):
     raise ValueError(f"the device engine samples from the model (a SamplerPolicy), got {type(policy).__name__}")
   sampler = policy.sampler
-  reasons = unsupported_reasons(tokenizer, env, sampler)
+  reward_fn = reward_fn if reward_fn is not None else rewards.by_name(config.agent.reward)
+  reasons = unsupported_reasons(tokenizer, env, sampler, config.memory)
   if reasons:
     raise ValueError("the device engine cannot reproduce the host engine here: " + "; ".join(reasons))
   codec_tables = _codec_tables(tokenizer)
@@ -227,10 +247,8 @@ def rollout(episodes: Sequence[Any], policy: SamplerPolicy, *, tokenizer: Any, e
     prompt, prompt_length = _tokenize(codec_tables, words, layout=layout, max_words=max_words,
                                       max_symbols=max_symbols)
     prompt_host, lengths = jax.device_get((prompt, prompt_length))
-    # Padded by the sampler's own code, from host arrays, so the host engine's compiled programs run.
-    padded, rows_B = sampler.pad([prompt_host[r, :lengths[r]] for r in rows], rows)
-    result = sampler.generate_padded(padded, rows_B, seed=policy.seed + turn_index)
-    positions = np.where(np.arange(len(rows_B)) < len(rows), rows_B, -1).astype(np.int32)  # batch row -> row
+    result, positions = _generate(sampler, [prompt_host[r, :lengths[r]] for r in rows], rows,
+                                  seed=policy.seed + turn_index)
     code, code_length, running_now, record = _responses(codec_tables, result, positions, num_rows=num_rows,
                                                          pad_id=memory_config.pad_id)
     width = min(_bucket(int(jax.device_get(code_length).max()), 512), code.shape[1])

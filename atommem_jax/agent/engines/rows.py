@@ -4,7 +4,7 @@ trajectory, its turns appended and its end recorded."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from atommem_jax import op_table
 from atommem_jax.agent import memory_view, rewards
@@ -64,11 +64,13 @@ def record_turn(trajectory: Trajectory, *, step: int, observation: Any, prompt: 
 
 
 def finish(trajectories: list[Trajectory], done: Sequence[bool], memory: Any, tokenizer: Any,
-           reward_fn: rewards.RewardFn) -> list[Trajectory]:
-  """Final memory (a host copy) and reward of every trajectory."""
+           reward_fn: rewards.RewardFn, storage: Callable[[int], list[str]] | None = None) -> list[Trajectory]:
+  """Final memory (a host copy) and reward of every trajectory; `storage(row)`: the row's stored entries where
+  the memory has a host tier too (default: the device store's, in creation order)."""
   for r, trajectory in enumerate(trajectories):
     trajectory.done = bool(done[r])
     trajectory.scratchpad, trajectory.query = memory_view.scratchpad_and_query(memory, r, tokenizer)
-    trajectory.storage = memory_view.storage_in_creation_order(memory, r, tokenizer)
+    trajectory.storage = (storage(r) if storage is not None else
+                          memory_view.storage_in_creation_order(memory, r, tokenizer))
     trajectory.reward = float(reward_fn(trajectory))
   return trajectories
