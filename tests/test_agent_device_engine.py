@@ -1,6 +1,11 @@
-"""The device engine gives the host engine's trajectories (the tiny default's settings, same seed), its in-graph
-parser reads responses as `protocol` does, and it refuses what it cannot reproduce."""
+"""The device engine gives the host engine's trajectories (the tiny default's settings, and the released prompt
+settings; same seed), its in-graph parser reads responses as `protocol` does, and it refuses what it cannot
+reproduce."""
 import dataclasses
+import importlib.resources
+import pathlib
+import re
+import shutil
 
 import flax.nnx as nnx
 import jax
@@ -10,10 +15,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from atommem_jax import op_table
-from atommem_jax.agent import device_protocol, protocol
+from atommem_jax.agent import device_observation, device_protocol, envs, memory_view, protocol
 from atommem_jax.agent import transition as transition_lib
 from atommem_jax.agent.config import AgentConfig, RolloutConfig
-from atommem_jax.agent.engines import device, host
+from atommem_jax.agent import engines
+from atommem_jax.agent.engines import device, host, rows as rows_lib
 from atommem_jax.agent.envs import long_context
 from atommem_jax.agent.policy import SamplerPolicy
 from atommem_jax.data import long_context as long_context_data, synthetic
@@ -30,6 +36,9 @@ MEMORY = MemoryConfig(capacity=16, entry_tokens=32, scratchpad_tokens=48, query_
                       overflow="evict_oldest", max_ops_per_turn=4)
 AGENT = AgentConfig(chunk_tokens=96, overlap_tokens=8, max_chunks=8, max_steps=6, query_limit=3, template_dir="compact")
 CONFIG = RolloutConfig(agent=AGENT, memory=MEMORY, num_samples=2)
+# The released settings: windows, middle truncation, the reward over every accepted answer, and the released
+# templates (which show the reads in a row), with the compact system prompt so prompts fit the tiny buckets.
+RELEASED = dict(chunking="released", truncation="middle", reward="released_union")
 MODEL = dataclasses.replace(PRESETS["tiny_default"], num_layers=2, tie_word_embeddings=False)
 # What the scripted model writes: ops in random order, so that Creates, Updates and Deletes of shown entries, Reads,
 # scratchpad writes, think blocks, mismatched tags (the Update and the Delete share "Memory 1"), ops cut off by the
@@ -97,30 +106,71 @@ def samplers(tokenizer):
   base = SamplerConfig(temperature=1.0, top_p=0.99, max_new_tokens=64, prompt_buckets=(256, 384),
                        eos_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id)
   return {"sample": Sampler(model, base, tokenizer=tokenizer),
-          "greedy": Sampler(model, dataclasses.replace(base, greedy=True), tokenizer=tokenizer),
           "scripted": _scripted_params(tokenizer, model), "random": nnx.split(model)[1]}
 
 
-@pytest.mark.parametrize("sampling, weights", [("sample", "random"), ("sample", "scripted"), ("greedy", "random")])
-def test_device_engine_gives_the_host_engines_trajectories(tokenizer, episodes, samplers, sampling, weights):
-  sampler = samplers[sampling]
+def _released_templates(directory: pathlib.Path) -> str:
+  """The released variant's templates with the compact system prompt, as a template directory."""
+  packaged = pathlib.Path(str(importlib.resources.files("atommem_jax.agent") / "templates"))
+  for path in [*packaged.glob("*.txt"), *(packaged / "released").glob("*.txt"), packaged / "compact" / "system.txt"]:
+    shutil.copy(path, directory / path.name)
+  return str(directory)
+
+
+@pytest.mark.parametrize("weights, settings", [
+    ("scripted", "tiny"), pytest.param("random", "tiny", marks=pytest.mark.slow),
+    pytest.param("scripted", "released", marks=pytest.mark.slow)])
+def test_device_engine_gives_the_host_engines_trajectories(tokenizer, episodes, samplers, weights, settings,
+                                                             tmp_path):
+  sampler = samplers["sample"]
   sampler.params = samplers[weights]
+  config = CONFIG
+  if settings == "released":
+    config = dataclasses.replace(CONFIG, agent=dataclasses.replace(AGENT, template_dir=_released_templates(tmp_path),
+                                                                  **RELEASED))
   embed = HashingEmbedder(MEMORY.embed_dim)
-  run = lambda engine, **kw: engine.rollout(episodes, SamplerPolicy(sampler, seed=11), tokenizer=tokenizer,
-                                            embed_fn=embed, config=CONFIG, **kw)
+  run = lambda engine, **kw: engine.rollout(episodes, SamplerPolicy(sampler, seed=7), tokenizer=tokenizer,
+                                            embed_fn=embed, config=config, **kw)
   expected = run(host)
   got = run(device, verify_prompts=True)
   assert [dataclasses.asdict(t) for t in got] == [dataclasses.asdict(t) for t in expected]
   turns = [turn for t in expected for turn in t.turns]
   assert len(turns) >= 8 and all(turn.prompt_ids and turn.response_ids for turn in turns)
+  assert expected[0].turns[0].response_ids != expected[1].turns[0].response_ids  # an episode's two samples differ
   if weights == "scripted":  # the op path was exercised end to end
     counts = {name: sum(turn.op_counts[name] for turn in turns) for name in op_table.KIND_NAMES[1:]}
     assert min(counts.values()) > 0, counts
     assert sum(turn.invalid_ops for turn in turns) > 0 and max(t.turns[-1].storage_size for t in expected) > 0
-  if weights == "scripted":  # rows finished at different turns: the sampler's batch (running rows) shrank to 2 or 1
+    # rows finished at different turns: the sampler's batch (running rows) shrank to 2 or 1
     assert min(sum(len(t.turns) > step for t in expected) for step in range(max(len(t.turns) for t in expected))) <= 2
-  if sampling == "sample":  # an episode's two samples differ
-    assert expected[0].turns[0].response_ids != expected[1].turns[0].response_ids
+  if settings == "released":  # the observations showed the reads in a row, and not always 0
+    shown = [int(m) for turn in turns for m in re.findall(r"updated the query (\d+) times", turn.observation)]
+    assert len(shown) == len(turns) and max(shown) > 0, shown
+
+
+def test_device_prompts_show_the_reads_in_a_row_and_released_windows_as_the_host_does(tokenizer, episodes, tmp_path):
+  agent = dataclasses.replace(AGENT, template_dir=_released_templates(tmp_path), **RELEASED)
+  config = dataclasses.replace(CONFIG, agent=agent)
+  env, embed = envs.make(agent), HashingEmbedder(MEMORY.embed_dim)
+  start = rows_lib.prepare(episodes, env, tokenizer, embed, config)
+  layout, tables = device_observation.build(env, list(episodes), start.episode_contexts, [0, 0, 1, 1], tokenizer,
+                                            MEMORY.top_k, 384)
+  last_chunk = [context.num_chunks - 1 for context in start.contexts]
+  assert min(last_chunk) >= 1
+  # Reading the last window or answering, with the reads in a row at 0, 3, 12 and 1.
+  state = dataclasses.replace(start.state, query_count_B=np.array([0, 3, 12, 1], np.int32),
+                              answer_phase_B=np.array([False, True, False, True]),
+                              chunk_index_B=np.array(last_chunk, np.int32))
+  rows, _, ids, lengths = device.prompts(device._codec_tables(tokenizer), layout, jax.device_put(tables),
+                                         start.memory, state)
+  memory = jax.device_get(start.memory)
+  assert rows == [0, 1, 2, 3]
+  for r, reads in enumerate([0, 3, 12, 1]):
+    observation = env.observe(start.episodes[r], start.contexts[r], state, r,
+                              memory_view.memory_view(memory, r, tokenizer), None)
+    assert f"updated the query {reads} times" in observation.user
+    prompt = protocol.chat_prompt(tokenizer, observation.system, observation.user, tools=observation.tools)
+    assert ids[r, :lengths[r]].tolist() == tokenizer.encode(prompt, add_special_tokens=False), r
 
 
 FRAGMENTS = [spec.open_tag for spec in op_table.OPS] + [spec.close_tag for spec in op_table.OPS] + [
@@ -162,11 +212,14 @@ def test_in_graph_parser_reads_responses_as_protocol_does(parse, rows):
 
 @pytest.mark.parametrize("case, cause", [
     ("memagent", "rewrites its ops on the host"), ("tools", "renders its observations"),
-    ("stop", "stop strings"), ("text_policy", "SamplerPolicy"), ("split_tags", "is not one token")])
+    ("stop", "sampler.stop_strings"), ("text_policy", "SamplerPolicy"), ("split_tags", "is not one token"),
+    ("spill", "memory.spill='scann'")])
 def test_device_engine_refuses_what_it_cannot_reproduce(tokenizer, episodes, samplers, case, cause):
   sampler, config, env, policy = samplers["sample"], CONFIG, None, None
   if case == "memagent":
     config = dataclasses.replace(CONFIG, agent=dataclasses.replace(AGENT, method="memagent"))
+  if case == "spill":
+    config = dataclasses.replace(CONFIG, memory=dataclasses.replace(MEMORY, spill="scann"))
   if case == "tools":
     env = type("WebEnv", (), {"max_turns": 3})()
   if case == "stop":
@@ -180,6 +233,19 @@ def test_device_engine_refuses_what_it_cannot_reproduce(tokenizer, episodes, sam
   with pytest.raises(ValueError, match=cause):
     device.rollout(episodes, policy, tokenizer=tokenizer, embed_fn=HashingEmbedder(MEMORY.embed_dim), config=config,
                    env=env)
+
+
+def test_engines_are_chosen_by_name(tokenizer, samplers):
+  assert engines.get("host") is host.rollout and engines.get("device") is device.rollout
+  with pytest.raises(ValueError, match="unknown rollout engine 'gpu'"):
+    engines.get("gpu")
+  sampler = samplers["sample"]
+  engines.check("host", tokenizer=tokenizer, config=CONFIG, sampler=sampler)
+  engines.check("device", tokenizer=tokenizer, config=CONFIG, sampler=sampler)
+  spill = dataclasses.replace(CONFIG, memory=dataclasses.replace(MEMORY, spill="scann"))
+  engines.check("host", tokenizer=tokenizer, config=spill, sampler=sampler)
+  with pytest.raises(ValueError, match="rollout.engine='device'.*memory.spill='scann'"):
+    engines.check("device", tokenizer=tokenizer, config=spill, sampler=sampler)
 
 
 class _SplitTags:

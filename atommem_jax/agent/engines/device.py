@@ -13,9 +13,10 @@ checked against the device's, and a difference is an error, not a different traj
 
 Identical to the host engine with the same `SamplerPolicy` (same prompts, responses, logprobs, ops, answers,
 rewards and memory) when `unsupported_reasons` is empty: a tokenizer the in-graph codec reproduces exactly, the
-long-context reader with a method that reads responses with the plain protocol (AtomMem and its ablations, RAG,
-full context; not MemAgent, which rewrites its ops on the host), a sampler without stop strings (their cut is
-made on decoded text).
+long-context reader (`agent.env`, any chunking, truncation, templates and reward) with a method that reads
+responses with the plain protocol (AtomMem and its ablations, RAG, full context; not MemAgent, which rewrites its
+ops on the host), a memory without the host storage tier (`memory.spill`), a sampler without stop strings (their
+cut is made on decoded text). Each refusal names the setting.
 """
 from __future__ import annotations
 
@@ -100,6 +101,25 @@ def _split(codec_tables, text, length, starts, *, width):
 @functools.partial(jax.jit, static_argnames=("layout", "max_words", "max_symbols"))
 def _tokenize(codec_tables, words, *, layout, max_words, max_symbols):
   return device_observation.encode_prompts(layout, codec_tables, words, max_words, max_symbols)
+
+
+def prompts(codec_tables: tables_lib.TokenizerTables, layout: device_observation.Layout,
+            layout_tables: device_observation.LayoutTables, memory: Any, state: Any
+            ) -> tuple[list[int], device_observation.MemoryParts, np.ndarray, np.ndarray]:
+  """The rows still running, what their observations show of the memory, and every row's prompt ids ([rows,
+  prompt width], left-aligned) and count, rendered and tokenized in-graph."""
+  # Each array the text work runs on is sized to this turn's need, read on the host (a few numbers per turn).
+  text, text_length, parts, running = _observe(codec_tables, layout_tables, memory, state, layout=layout)
+  text_length_host, running_host = jax.device_get((text_length, running))
+  rows = [r for r in range(len(running_host)) if running_host[r]]
+  if not rows:
+    return rows, parts, np.zeros((0, 0), np.int32), np.zeros((0,), np.int32)
+  starts = jnp.zeros(text.shape, bool)
+  words, max_words, max_symbols = _split_sized(codec_tables, text, text_length_host, starts, rows, 1024)
+  prompt, prompt_length = _tokenize(codec_tables, words, layout=layout, max_words=max_words,
+                                    max_symbols=max_symbols)
+  prompt_host, lengths = jax.device_get((prompt, prompt_length))
+  return rows, parts, prompt_host, lengths
 
 
 def _split_sized(codec_tables, text, length, starts, rows, smallest: int) -> tuple[codec.Words, int, int]:
@@ -232,21 +252,12 @@ def rollout(episodes: Sequence[Any], policy: SamplerPolicy, *, tokenizer: Any, e
   params = env.params()
   read = functools.partial(_read, width=memory_config.max_ops_per_turn, disabled=tuple(env.disabled_kinds),
                            max_target=memory_config.top_k)
-  no_starts = jnp.zeros((num_rows, 1), bool)
   turns = []
   turn_limit = env.max_turns if max_turns is None else min(env.max_turns, max_turns)
   for turn_index in range(turn_limit):
-    # Each array the text work runs on is sized to this turn's need, read on the host (a few numbers per turn).
-    text, text_length, parts, running = _observe(codec_tables, layout_tables, memory, state, layout=layout)
-    text_length_host, running_host = jax.device_get((text_length, running))
-    rows = [r for r in range(num_rows) if running_host[r]]
+    rows, parts, prompt_host, lengths = prompts(codec_tables, layout, layout_tables, memory, state)
     if not rows:
       break
-    starts = jnp.broadcast_to(no_starts, text.shape)
-    words, max_words, max_symbols = _split_sized(codec_tables, text, text_length_host, starts, rows, 1024)
-    prompt, prompt_length = _tokenize(codec_tables, words, layout=layout, max_words=max_words,
-                                      max_symbols=max_symbols)
-    prompt_host, lengths = jax.device_get((prompt, prompt_length))
     result, positions = _generate(sampler, [prompt_host[r, :lengths[r]] for r in rows], rows,
                                   seed=policy.seed + turn_index)
     code, code_length, running_now, record = _responses(codec_tables, result, positions, num_rows=num_rows,
