@@ -196,8 +196,8 @@ def load_tokenizer(spec: str, checkpoint: CheckpointDir | None, *, field: str = 
 def check_vocabulary(tokenizer: Any, model_config: Qwen3Config, what: str) -> None:
   """Every id the tokenizer writes must be a row of the model's embedding table."""
   if len(tokenizer) > model_config.vocab_size:
-    raise CheckpointError(f"the tokenizer has {len(tokenizer)} tokens, more than the vocabulary of {what} "
-                          f"({model_config.vocab_size})")
+    raise CheckpointError(f"the tokenizer has {len(tokenizer)} tokens, but {what} has a vocabulary of "
+                          f"{model_config.vocab_size}")
 
 
 def stop_ids(tokenizer: Any, directory: pathlib.Path) -> tuple[int, ...]:

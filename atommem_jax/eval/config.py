@@ -70,8 +70,8 @@ class MeshSpec:
 class EvalConfig:
   """An evaluation run.
 
-  checkpoint: an Orbax parameter dir (`save_params` / `convert` output) or a trainer workdir / its checkpoints dir
-    (the latest step is used).
+  checkpoint: any dir `checkpoint.loader.resolve` reads: an Orbax parameter dir (`save_params` / `convert` output),
+    an HF Qwen3 dir, or a trainer workdir / its checkpoints dir (the latest step is used).
   expected_model: a model preset name the checkpoint must match (architecture fields); "" accepts any.
   tokenizer: "" = the tokenizer files saved with the checkpoint; "tiny" = the packaged tiny tokenizer; else a dir.
   embedder: "hashing" (weight-free) or a Qwen3-Embedding checkpoint dir (HF or Orbax), as in training.
