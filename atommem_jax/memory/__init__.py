@@ -13,8 +13,9 @@ Public API:
        turn(state, ops, embed_fn, *, config) -> (state, slots_BxK, scores_BxK)   apply_ops, then retrieve
        create / update / delete / set_scratchpad / set_query         one op per trajectory
   retrieval.top_k, retrieval.recall             -- exact (`lax.top_k`) / approximate (`lax.approx_max_k`) top-k
-  embedders: HashingEmbedder(dim), hash_embed_numpy, Qwen3EmbedderConfig, Qwen3Embedder(model, config),
-             make_qwen3_embed_fn(model, config), splice_left_padded
+  embedders: HashingEmbedder(dim), hash_embed_numpy, Qwen3EmbedderConfig(.for_tokenizer: the one retrieval
+             instruction and pooled token), Qwen3Embedder(model, config), make_qwen3_embed_fn(model, config),
+             splice_left_padded
   scann_store: ScannStore(ScannStoreConfig), .add/.upsert/.delete/.search/.save/ScannStore.load, exact_top_k
 
 "Memory i" in an Update/Delete is the 1-based position in the list shown at the last `retrieve` (the list the

@@ -9,6 +9,7 @@ for the new objective, and the frozen reference policy for the KL term.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import time
 from typing import Any, Callable, Sequence
 
@@ -89,7 +90,7 @@ class GRPOStage:
 
 
 def begin(state: step_lib.TrainState, tx: Any, state_sharding: step_lib.TrainState, params_sharding: Any,
-          use_kl: bool, workdir: Any) -> tuple[step_lib.TrainState, step_lib.Params | None]:
+          use_kl: bool, workdir: pathlib.Path) -> tuple[step_lib.TrainState, step_lib.Params | None]:
   """A fresh optimizer for the new objective around the current policy, which is also the frozen KL reference
   (saved beside the checkpoints, so a resumed run finds it): `(state, reference params or None)`."""
   state = step_lib.init_train_state(state.params, tx, state_sharding).replace(step=state.step)

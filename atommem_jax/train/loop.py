@@ -72,7 +72,7 @@ def sft_update(state: step_lib.TrainState, sft_step: UpdateFn, batch_sharding: b
 
 def evaluate_em(eval_sets: Sequence[tuple[int, Sequence[rollout_lib.Episode]]], policy: rollout_lib.SamplerPolicy,
                 tokenizer: Any, embed_fn: Any, rollout_config: rollout_lib.RolloutConfig,
-                run_rollout: rollout_engine.RolloutFn = rollout_lib.rollout) -> dict[int, dict[str, float]]:
+                run_rollout: rollout_engine.RolloutFn) -> dict[int, dict[str, float]]:
   """Greedy episodes, every size in one rollout: per size, reward, EM / F1 and memory-op rates
   (`rollouts.rollout_metrics`)."""
   episodes = [e for _, size_episodes in eval_sets for e in size_episodes]
