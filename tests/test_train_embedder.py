@@ -20,7 +20,7 @@ EXPERIMENT = str(ROOT / "experiments" / "grpo_hotpot.py")
 OVERRIDES = {
     "total_steps": 3, "checkpoint_every": 3, "sft.steps": 1, "sft.drill_steps": 0, "sft.drill_every": 0,
     "sft.batch_size": 4, "sft.oracle_episodes": 4, "task.synthetic_worlds": 8, "task.num_eval_episodes": 2,
-    "eval.num_episodes": 1, "eval.max_new_tokens": 12, "agent.max_steps": 3, "grpo.prompts_per_rollout": 2,
+    "eval.num_episodes": 0, "agent.max_steps": 3, "grpo.prompts_per_rollout": 2,
     "grpo.loss.num_generations": 2, "grpo.sampler.max_new_tokens": 12, "grpo.microbatch_rows": 8,
 }
 
