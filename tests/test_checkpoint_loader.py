@@ -67,9 +67,9 @@ def test_hf_orbax_and_trainer_dirs_load_the_same_model_tokenizer_and_stop_ids(di
 
 def test_missing_or_empty_directories_are_one_clear_error_naming_the_key(tmp_path):
   missing = tmp_path / "no_such_run" / "params_sft"
-  with pytest.raises(FileNotFoundError, match=r"model\.checkpoint: .*no_such_run/params_sft does not exist"):
+  with pytest.raises(FileNotFoundError, match=r"model\.checkpoint .*no_such_run/params_sft does not exist"):
     params_io.start_checkpoint(ModelInitConfig(checkpoint=str(missing)))
-  with pytest.raises(FileNotFoundError, match=r"model\.tokenizer: .*no_such_run/params_sft is not a directory"):
+  with pytest.raises(FileNotFoundError, match=r"model\.tokenizer .*no_such_run/params_sft is not a directory"):
     loader.load_tokenizer(str(missing), None, field="model.tokenizer")
   (tmp_path / "empty").mkdir()
   with pytest.raises(CheckpointError, match=r"holds no model parameters: it is neither an HF Qwen3 directory"):
@@ -110,7 +110,7 @@ def test_an_embedder_of_another_width_or_a_smaller_vocabulary_is_refused(dirs, t
   with pytest.raises(configlib.ConfigError, match=r"embedder .*hf has width 64, but memory.embed_dim is 32"):
     loader.load_embedder(str(hf_dir), embed_dim=32, tokenizer=tokenizer)
   make_tiny_hf_checkpoint(tmp_path / "small_vocab")  # 512 ids: the tiny tokenizer writes 2048
-  with pytest.raises(CheckpointError, match=r"2048 tokens, but embedder .*small_vocab has a vocabulary of 512"):
+  with pytest.raises(CheckpointError, match=r"2048 tokens but embedder .*small_vocab has a vocabulary of 512"):
     loader.load_embedder(str(tmp_path / "small_vocab"), embed_dim=64, tokenizer=tokenizer)
   with pytest.raises(configlib.ConfigError, match=r"embedder is empty"):
     loader.load_embedder("", embed_dim=64, tokenizer=tokenizer)

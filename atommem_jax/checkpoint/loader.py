@@ -62,9 +62,9 @@ def resolve(path: str | pathlib.Path, *, field: str = "checkpoint") -> Checkpoin
   """The kind and architecture of the checkpoint at `path`; `field` names the config key in errors."""
   directory = pathlib.Path(path).expanduser().absolute()
   if not directory.exists():
-    raise FileNotFoundError(f"{field}: {directory} does not exist")
+    raise FileNotFoundError(f"{field} {directory} does not exist")
   if not directory.is_dir():
-    raise CheckpointError(f"{field}: {directory} is not a directory")
+    raise CheckpointError(f"{field} {directory} is not a directory")
   if is_orbax_params_dir(directory):
     return CheckpointDir("orbax_params", directory, load_config(directory), directory)
   if (directory / "config.json").is_file() and any(directory.glob("model*.safetensors*")):
@@ -73,7 +73,7 @@ def resolve(path: str | pathlib.Path, *, field: str = "checkpoint") -> Checkpoin
   if step_dir is not None:
     return _train_step(step_dir)
   raise CheckpointError(
-      f"{field}: {directory} holds no model parameters: it is neither an HF Qwen3 directory (config.json + "
+      f"{field} {directory} holds no model parameters: it is neither an HF Qwen3 directory (config.json + "
       f"safetensors), an Orbax parameter directory (qwen3_config.json + params/, e.g. `python -m "
       f"atommem_jax.convert` output or RUN/params) nor a trainer workdir / checkpoints dir with step directories")
 
@@ -175,7 +175,7 @@ def load_tokenizer(spec: str, checkpoint: CheckpointDir | None, *, field: str = 
   pads when it defines no pad token."""
   directory = tokenizer_dir(spec, checkpoint)
   if spec or checkpoint is None:
-    where = f"{field}: {directory}"
+    where = f"{field} {directory}"
   else:
     where = f"the tokenizer dir of checkpoint {checkpoint.path} ({directory})"
   if not directory.is_dir():
@@ -196,7 +196,7 @@ def load_tokenizer(spec: str, checkpoint: CheckpointDir | None, *, field: str = 
 def check_vocabulary(tokenizer: Any, model_config: Qwen3Config, what: str) -> None:
   """Every id the tokenizer writes must be a row of the model's embedding table."""
   if len(tokenizer) > model_config.vocab_size:
-    raise CheckpointError(f"the tokenizer has {len(tokenizer)} tokens, but {what} has a vocabulary of "
+    raise CheckpointError(f"the tokenizer has {len(tokenizer)} tokens but {what} has a vocabulary of "
                           f"{model_config.vocab_size}")
 
 
