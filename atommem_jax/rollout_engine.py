@@ -1,6 +1,6 @@
 """The rollout engine a run uses (`rollout.engine` in training and evaluation configs), chosen by name.
 
-- "host": `agent.rollout.rollout`, the turn loop on the host (observations rendered, responses parsed, between
+- "host": `agent.engines.host.rollout`, the turn loop on the host (observations rendered, responses parsed, between
   jitted transitions).
 - "device": the whole rollout in one `while_loop` on the device (`agent.device_loop`); not yet selectable by a run.
 
@@ -14,9 +14,10 @@ import dataclasses
 from typing import Callable, Literal
 
 from atommem_jax import configlib
-from atommem_jax.agent import rollout as rollout_lib
+from atommem_jax.agent.engines import host
+from atommem_jax.agent.trajectory import Trajectory
 
-RolloutFn = Callable[..., list[rollout_lib.Trajectory]]  # the signature of `agent.rollout.rollout`
+RolloutFn = Callable[..., list[Trajectory]]  # the signature of `agent.engines.host.rollout`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,4 +30,4 @@ def rollout_fn(config: RolloutEngineConfig) -> RolloutFn:
   if config.engine == "device":
     raise configlib.ConfigError("rollout.engine='device' is not wired yet for this run (training and evaluation "
                                 "use the host engine for now; it will be wired later): set rollout.engine=host")
-  return rollout_lib.rollout
+  return host.rollout

@@ -223,7 +223,7 @@ def test_embedder_width_must_be_the_memory_width(checkpoint_dir, tmp_path):
 def test_many_synthetic_worlds_give_exactly_the_trainers_held_out_episodes(tmp_path):
   """`synthetic_worlds` builds each world on its own, as the trainer builds its held-out worlds; with the trainer's
   seeds and sizes the evaluation reads the very episodes the trainer reports EM on."""
-  from atommem_jax.agent import rollout as rollout_lib
+  from atommem_jax.agent.envs.long_context import Episode
   from atommem_jax.train import task_split
   from atommem_jax.train.config import TrainConfig
 
@@ -237,7 +237,7 @@ def test_many_synthetic_worlds_give_exactly_the_trainers_held_out_episodes(tmp_p
   config = tiny_eval_config(tmp_path, datasets={"synthetic": synthetic})
   (task,) = runner.prepare_tasks(config)
   assert len(task.examples) == len(held_out) == 12  # three worlds of four questions
-  assert tuple(rollout_lib.Episode.from_example(e) for e in task.examples) == held_out
+  assert tuple(Episode.from_example(e) for e in task.examples) == held_out
   assert len({e.id.split("-")[1] for e in task.examples}) == 3  # ids name their world's seed
 
 

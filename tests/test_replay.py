@@ -10,9 +10,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from atommem_jax import configlib
 from atommem_jax.agent import replay
-from atommem_jax.agent import env as env_lib
-from atommem_jax.agent import protocol, rollout
-from atommem_jax.agent.config import AgentConfig
+from atommem_jax.agent import protocol
+from atommem_jax.agent.config import AgentConfig, RolloutConfig
+from atommem_jax.agent.engines import host
+from atommem_jax.agent.envs import long_context
 from atommem_jax.data.tokenizer import load_tiny_tokenizer
 from atommem_jax.memory.config import MemoryConfig
 from atommem_jax.memory.embedders import HashingEmbedder
@@ -30,7 +31,7 @@ def two_chunks():
   """Chunk settings that cut DOCUMENT into exactly two chunks."""
   n = len(load_tiny_tokenizer().encode(DOCUMENT, add_special_tokens=False))
   config = {"chunk_tokens": n // 2 + 1, "overlap_tokens": 0}
-  assert len(env_lib.chunk_document(range(n), AgentConfig(**config))) == 2
+  assert len(long_context.chunk_document(range(n), AgentConfig(**config))) == 2
   return config
 
 
@@ -189,12 +190,13 @@ def test_fuzzed_episodes_keep_memory_and_pointer_invariants(fuzz_setup, response
   agent = dataclasses.replace(agent, query_limit_action=action)
   stream = iter(responses * 10)
   states = []
-  episode = rollout.Episode(id="fuzz", document=DOCUMENT, questions=("Where was Kalomi born?", "Who founded Rativo?"),
-                            answers=(("Tesuna",), ("Kalomi",)))
-  (trajectory,) = rollout.rollout([episode], lambda observations: [next(stream) for _ in observations],
-                                  tokenizer=tokenizer, embed_fn=HashingEmbedder(memory.embed_dim),
-                                  config=rollout.RolloutConfig(agent=agent, memory=memory),
-                                  after_turn=lambda mem, env: states.append((mem, env)))
+  episode = long_context.Episode(id="fuzz", document=DOCUMENT,
+                                 questions=("Where was Kalomi born?", "Who founded Rativo?"),
+                                 answers=(("Tesuna",), ("Kalomi",)))
+  (trajectory,) = host.rollout([episode], lambda observations: [next(stream) for _ in observations],
+                               tokenizer=tokenizer, embed_fn=HashingEmbedder(memory.embed_dim),
+                               config=RolloutConfig(agent=agent, memory=memory),
+                               after_turn=lambda mem, env: states.append((mem, env)))
   assert trajectory.done and 1 <= len(trajectory.turns) <= agent.max_steps
   for mem, env in states:
     valid = mem.valid_BxM[0]
@@ -244,9 +246,10 @@ def test_a_user_template_directory_replaces_our_wording(tmp_path, two_chunks):
   policy = lambda observations: seen.extend(observations) or ["<final_answer>\\boxed{Tesuna}</final_answer>"]
   memory = MemoryConfig(**{k: v for k, v in BASE.items() if k != "top_k"}, top_k=3)
   agent = AgentConfig(template_dir=str(tmp_path), **two_chunks)
-  episode = rollout.Episode(id="t", document=DOCUMENT, questions=("Where was Kalomi born?",), answers=(("Tesuna",),))
-  (trajectory,) = rollout.rollout([episode], policy, tokenizer=tokenizer, embed_fn=HashingEmbedder(64),
-                                  config=rollout.RolloutConfig(agent=agent, memory=memory))
+  episode = long_context.Episode(id="t", document=DOCUMENT, questions=("Where was Kalomi born?",),
+                                 answers=(("Tesuna",),))
+  (trajectory,) = host.rollout([episode], policy, tokenizer=tokenizer, embed_fn=HashingEmbedder(64),
+                               config=RolloutConfig(agent=agent, memory=memory))
   assert trajectory.reward == 1.0
   assert seen[0].startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nREAD 1/2 | Question 1: ")
   assert "| notes: (no memory) | $5 | Document 1:" in seen[0]

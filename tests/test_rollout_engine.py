@@ -5,7 +5,7 @@ import pathlib
 import pytest
 
 from atommem_jax import configlib, rollout_engine
-from atommem_jax.agent import rollout as rollout_lib
+from atommem_jax.agent.engines import host
 from atommem_jax.eval.config import eval_config_from_dict
 from atommem_jax.train.config import TrainConfig
 
@@ -41,7 +41,7 @@ def test_every_experiment_names_its_rollout_engine_and_training_its_embedder():
 
 
 def test_the_host_engine_is_the_host_rollout_and_the_device_engine_is_refused_until_wired():
-  assert rollout_engine.rollout_fn(rollout_engine.RolloutEngineConfig()) is rollout_lib.rollout
+  assert rollout_engine.rollout_fn(rollout_engine.RolloutEngineConfig()) is host.rollout
   with pytest.raises(configlib.ConfigError, match=r"rollout.engine='device' is not wired yet for this run"):
     rollout_engine.rollout_fn(rollout_engine.RolloutEngineConfig(engine="device"))
   with pytest.raises(configlib.ConfigError, match=r"rollout.engine: 'gpu' is not one of \('host', 'device'\)"):

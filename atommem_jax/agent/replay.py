@@ -27,8 +27,9 @@ import dataclasses
 from typing import Any
 
 from atommem_jax import configlib
-from atommem_jax.agent import rollout as rollout_lib
-from atommem_jax.agent.config import AgentConfig
+from atommem_jax.agent.config import AgentConfig, RolloutConfig
+from atommem_jax.agent.engines import host
+from atommem_jax.agent.envs.long_context import Episode
 from atommem_jax.memory.config import MemoryConfig
 
 _TOOL_KEYS = ("tokenizer", "embedder")
@@ -91,13 +92,12 @@ def replay(transcript: dict[str, Any], where: str = "transcript") -> dict[str, A
   _check_transcript(transcript, where)
   agent, memory, tools = split_config(transcript.get("config", {}), where)
   tokenizer, embed_fn = _load_tools(tools, memory, where)
-  episode = rollout_lib.Episode(id=where, document=transcript["document"], questions=tuple(transcript["questions"]),
-                                answers=tuple(tuple(a) for a in transcript["answers"]))
+  episode = Episode(id=where, document=transcript["document"], questions=tuple(transcript["questions"]),
+                    answers=tuple(tuple(a) for a in transcript["answers"]))
   responses = iter(transcript["responses"])
   policy = lambda observations: [next(responses) for _ in observations]
-  (trajectory,) = rollout_lib.rollout([episode], policy, tokenizer=tokenizer, embed_fn=embed_fn,
-                                      config=rollout_lib.RolloutConfig(agent=agent, memory=memory),
-                                      max_turns=len(transcript["responses"]))
+  (trajectory,) = host.rollout([episode], policy, tokenizer=tokenizer, embed_fn=embed_fn,
+                               config=RolloutConfig(agent=agent, memory=memory), max_turns=len(transcript["responses"]))
   return {
       "turns": [{"chunk_index": t.chunk_index, "phase": t.phase,
                  "ops": [{"type": op["type"], "valid": op["valid"]} for op in t.ops], "retrieved": t.retrieved}

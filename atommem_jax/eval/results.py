@@ -12,15 +12,13 @@ import os
 import pathlib
 from typing import Any, Iterable, Mapping, Sequence
 
-from atommem_jax import atomic_files
-from atommem_jax.agent import protocol
+from atommem_jax import atomic_files, op_table
 from atommem_jax.metrics import scores as scores_lib
 
 SCORE_KEYS = ("em", "f1", "sub_em", "boxed_em")
 # Accepted ops of each protocol kind, in the paper's vocabulary; refused or malformed ops are counted as `invalid`.
-OP_KEYS = tuple(name for name in protocol.KIND_NAMES if name != "invalid") + ("invalid",)
-OP_LABELS = {"update_memory": "scratchpad", "update_query": "read", "add_memory": "create",
-             "modify_memory": "update", "delete_memory": "delete", "final_answer": "answer", "invalid": "invalid"}
+OP_KEYS = tuple(spec.name for spec in op_table.OPS) + (op_table.INVALID_NAME,)
+OP_LABELS = {**{spec.name: spec.metric for spec in op_table.OPS}, op_table.INVALID_NAME: op_table.INVALID_NAME}
 
 
 @dataclasses.dataclass(frozen=True)

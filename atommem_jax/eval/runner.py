@@ -20,7 +20,10 @@ from tqdm import tqdm
 
 from atommem_jax import configlib, rollout_engine
 from atommem_jax import sharding as sharding_lib
-from atommem_jax.agent import rollout as rollout_lib
+from atommem_jax.agent.config import RolloutConfig
+from atommem_jax.agent.envs.long_context import Episode
+from atommem_jax.agent.policy import SamplerPolicy
+from atommem_jax.agent.trajectory import Trajectory
 from atommem_jax.checkpoint import loader
 from atommem_jax.data import long_context, readers, synthetic
 from atommem_jax.eval import plots
@@ -105,7 +108,7 @@ def make_embedders(config: EvalConfig, mesh: jax.sharding.Mesh, tokenizer: Any) 
           for width in widths}
 
 
-def episode_result(variant: str, task: Task, trajectory: rollout_lib.Trajectory) -> results_lib.EpisodeResult:
+def episode_result(variant: str, task: Task, trajectory: Trajectory) -> results_lib.EpisodeResult:
   counts = {key: 0 for key in results_lib.OP_KEYS}
   for turn in trajectory.turns:
     for name, count in turn.op_counts.items():
@@ -145,14 +148,14 @@ def evaluate(config: EvalConfig, workdir: str | pathlib.Path, *, devices: Sequen
   # ---- greedy episodes: every variant on every (dataset, N)
   sampler_config = _sampler_config(config.sampler, tokenizer, checkpoint, config.tokenizer)
   sampler = Sampler(model, sampler_config, tokenizer=tokenizer, mesh=mesh)
-  policy = rollout_lib.SamplerPolicy(sampler, seed=config.seed)
+  policy = SamplerPolicy(sampler, seed=config.seed)
   episodes_out: list[results_lib.EpisodeResult] = []
   trajectory_rows: list[dict[str, Any]] = []
   is_main = jax.process_index() == 0
   for variant, (agent, memory) in variants.items():
-    rollout_config = rollout_lib.RolloutConfig(agent=agent, memory=memory, num_samples=1, seed=config.seed)
+    rollout_config = RolloutConfig(agent=agent, memory=memory, num_samples=1, seed=config.seed)
     for task in tasks:
-      episodes = [rollout_lib.Episode.from_example(e) for e in task.examples]
+      episodes = [Episode.from_example(e) for e in task.examples]
       with tqdm(total=len(episodes), desc=f"{variant} {task.dataset}@{task.num_docs}", unit="episode",
                 disable=not (progress and is_main), file=sys.stderr) as bar:
         for start in range(0, len(episodes), config.batch_size):

@@ -26,6 +26,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from atommem_jax import op_table
 from atommem_jax.memory import ops as op_lib
 from atommem_jax.memory import retrieval
 from atommem_jax.memory.config import MemoryConfig
@@ -60,9 +61,9 @@ def _apply_op(mem: MemoryState, op_type: jax.Array, target: jax.Array, tokens_W:
   k = mem.shown_slots_BxK.shape[0]
   text_length = jnp.clip(length, 0, tokens_W.shape[0])
   known = (op_type >= 0) & (op_type < op_lib.NUM_OP_TYPES)
-  needs_text = ((op_type == op_lib.SET_SCRATCHPAD) | (op_type == op_lib.SET_QUERY) | (op_type == op_lib.CREATE) |
-                (op_type == op_lib.UPDATE))
-  targeted = (op_type == op_lib.UPDATE) | (op_type == op_lib.DELETE)
+  row = jnp.clip(op_type, 0, op_lib.NUM_OP_TYPES - 1)
+  needs_text = known & jnp.asarray(op_table.MEMORY_NEEDS_TEXT_T)[row]
+  targeted = known & jnp.asarray(op_table.MEMORY_TARGETED_T)[row]
 
   position = target - 1
   in_range = (position >= 0) & (position < k)

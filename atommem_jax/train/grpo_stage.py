@@ -17,11 +17,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from atommem_jax.agent import rollout as rollout_lib
+from atommem_jax.agent.config import RolloutConfig
+from atommem_jax.agent.envs.long_context import Episode
+from atommem_jax.agent.policy import SamplerPolicy
+from atommem_jax.agent.trajectory import Trajectory
 from atommem_jax.data.long_context import LongContextExample
 from atommem_jax.rollout_engine import RolloutFn
 from atommem_jax.sampling.sampler import Sampler
-from atommem_jax.train import batching, checkpointing, rollouts, step as step_lib
+from atommem_jax.train import batching, checkpointing, grpo_rows, step as step_lib
 from atommem_jax.train.config import GRPOStageConfig
 
 
@@ -44,7 +47,7 @@ class GRPOStage:
   tokenizer: Any
   embed_fn: Any
   run_rollout: RolloutFn
-  rollout_config: rollout_lib.RolloutConfig
+  rollout_config: RolloutConfig
   train_step: Callable[..., tuple[step_lib.TrainState, dict[str, jax.Array]]]
   logprobs_fn: Callable[..., jax.Array]
   batch_sharding: batching.TrainBatch
@@ -54,10 +57,10 @@ class GRPOStage:
     """Rollouts of `examples` under `params` (sampling with `seed`), as the mini-batches of the next updates."""
     started = time.time()
     trajectories = self.collect_rollouts(params, examples, seed)
-    metrics = rollouts.rollout_metrics(trajectories)
+    metrics = grpo_rows.rollout_metrics(trajectories)
     metrics["rollout_time_s"] = time.time() - started
-    rows, _ = rollouts.turn_rows(trajectories, self.config.loss)  # each row carries its group's advantage
-    host_batches, pack_stats = rollouts.minibatches(
+    rows, _ = grpo_rows.turn_rows(trajectories, self.config.loss)  # each row carries its group's advantage
+    host_batches, pack_stats = grpo_rows.minibatches(
         rows, self.config.updates_per_rollout, buckets=self.config.length_buckets,
         pad_id=self.tokenizer.pad_token_id, microbatch_rows=self.config.microbatch_rows)
     metrics.update(truncated_rows=float(pack_stats["truncated_rows"]), turn_rows=float(len(rows)))
@@ -66,10 +69,10 @@ class GRPOStage:
                         num_tokens=[float(b.mask_NxT.sum()) for b in host_batches], metrics=metrics)
 
   def collect_rollouts(self, params: step_lib.Params, examples: Sequence[LongContextExample],
-                       seed: int) -> list[rollout_lib.Trajectory]:
+                       seed: int) -> list[Trajectory]:
     self.sampler.params = nnx.state(nnx.merge(self.graphdef, params))
-    policy = rollout_lib.SamplerPolicy(self.sampler, seed=seed)
-    return self.run_rollout([rollout_lib.Episode.from_example(e) for e in examples], policy,
+    policy = SamplerPolicy(self.sampler, seed=seed)
+    return self.run_rollout([Episode.from_example(e) for e in examples], policy,
                             tokenizer=self.tokenizer, embed_fn=self.embed_fn, config=self.rollout_config)
 
   def with_logprobs(self, minibatches: list[batching.TrainBatch], params: step_lib.Params,

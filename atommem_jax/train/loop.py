@@ -23,11 +23,13 @@ from flax import nnx
 
 from atommem_jax import rollout_engine
 from atommem_jax import sharding as sharding_lib
-from atommem_jax.agent import rollout as rollout_lib
+from atommem_jax.agent.config import RolloutConfig
+from atommem_jax.agent.envs.long_context import Episode
+from atommem_jax.agent.policy import SamplerPolicy
 from atommem_jax.checkpoint import loader
 from atommem_jax.data import pipeline
 from atommem_jax.sampling.sampler import Sampler
-from atommem_jax.train import (batching, checkpointing, drills, grpo_stage, oracle_pairs, params_io, rollouts,
+from atommem_jax.train import (batching, checkpointing, drills, grpo_rows, grpo_stage, oracle_pairs, params_io,
                                step as step_lib, task_split)
 from atommem_jax.train.config import TrainConfig
 from atommem_jax.train.metrics_log import DeferredMetrics, MetricsLog, NonFiniteLossError
@@ -70,16 +72,16 @@ def sft_update(state: step_lib.TrainState, sft_step: UpdateFn, batch_sharding: b
                                      num_tokens=float(raw["completion_mask_BxC"].sum() + raw["prompt_mask_BxP"].sum()))
 
 
-def evaluate_em(eval_sets: Sequence[tuple[int, Sequence[rollout_lib.Episode]]], policy: rollout_lib.SamplerPolicy,
-                tokenizer: Any, embed_fn: Any, rollout_config: rollout_lib.RolloutConfig,
+def evaluate_em(eval_sets: Sequence[tuple[int, Sequence[Episode]]], policy: SamplerPolicy,
+                tokenizer: Any, embed_fn: Any, rollout_config: RolloutConfig,
                 run_rollout: rollout_engine.RolloutFn) -> dict[int, dict[str, float]]:
   """Greedy episodes, every size in one rollout: per size, reward, EM / F1 and memory-op rates
-  (`rollouts.rollout_metrics`)."""
+  (`grpo_rows.rollout_metrics`)."""
   episodes = [e for _, size_episodes in eval_sets for e in size_episodes]
   trajectories = run_rollout(episodes, policy, tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config)
   metrics, start = {}, 0
   for num_docs, size_episodes in eval_sets:
-    metrics[num_docs] = rollouts.rollout_metrics(trajectories[start:start + len(size_episodes)])
+    metrics[num_docs] = grpo_rows.rollout_metrics(trajectories[start:start + len(size_episodes)])
     start += len(size_episodes)
   return metrics
 
@@ -89,13 +91,13 @@ class HeldOutEval:
   """The run's greedy evaluations on its held-out episodes (at the start, after SFT, at the end), each logged once
   to `eval.jsonl`, so a resumed run does not repeat one."""
 
-  eval_sets: list[tuple[int, tuple[rollout_lib.Episode, ...]]]
+  eval_sets: list[tuple[int, tuple[Episode, ...]]]
   sampler: Sampler
   graphdef: nnx.GraphDef
   tokenizer: Any
   embed_fn: Any
   run_rollout: rollout_engine.RolloutFn
-  rollout_config: rollout_lib.RolloutConfig
+  rollout_config: RolloutConfig
   log: MetricsLog
   echo: bool
 
@@ -103,7 +105,7 @@ class HeldOutEval:
     if not self.eval_sets or self.log.has_eval(label):
       return None
     self.sampler.params = nnx.state(nnx.merge(self.graphdef, params))
-    policy = rollout_lib.SamplerPolicy(self.sampler, seed=self.rollout_config.seed)
+    policy = SamplerPolicy(self.sampler, seed=self.rollout_config.seed)
     metrics = evaluate_em(self.eval_sets, policy, self.tokenizer, self.embed_fn, self.rollout_config,
                           self.run_rollout)
     self.log.write_eval(at_step, label, metrics)
@@ -172,7 +174,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
   grpo = grpo_stage.GRPOStage(
       config=config.grpo, graphdef=graphdef, sampler=sampler, tokenizer=tokenizer, embed_fn=embed_fn,
       run_rollout=run_rollout,
-      rollout_config=rollout_lib.RolloutConfig(agent=config.agent, memory=config.memory,
+      rollout_config=RolloutConfig(agent=config.agent, memory=config.memory,
                                                num_samples=config.grpo.loss.num_generations, seed=config.seed),
       train_step=step_lib.make_train_step(graphdef, grpo_tx,
                                           step_lib.StepConfig("grpo", config.grpo.loss, temperature=temperature),
@@ -204,7 +206,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
   held_out_eval = HeldOutEval(
       eval_sets=task.eval_sets(config.eval.num_episodes), sampler=eval_sampler, graphdef=graphdef,
       tokenizer=tokenizer, embed_fn=embed_fn, run_rollout=run_rollout,
-      rollout_config=rollout_lib.RolloutConfig(agent=config.agent, memory=config.memory, num_samples=1,
+      rollout_config=RolloutConfig(agent=config.agent, memory=config.memory, num_samples=1,
                                                seed=config.seed),
       log=log, echo=is_main)
   metrics = DeferredMetrics(log, total_steps=config.total_steps, log_every=config.log_every,

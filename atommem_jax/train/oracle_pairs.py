@@ -11,7 +11,9 @@ import jax
 from absl import logging
 
 from atommem_jax.agent import oracle, protocol
-from atommem_jax.agent import rollout as rollout_lib
+from atommem_jax.agent.config import RolloutConfig
+from atommem_jax.agent.engines import host
+from atommem_jax.agent.envs.long_context import Episode
 from atommem_jax.data import pipeline, synthetic
 from atommem_jax.data.long_context import LongContextExample
 from atommem_jax.train import sft
@@ -46,13 +48,12 @@ def sft_pairs(config: TrainConfig, task: TaskSplit, tokenizer: Any, embed_fn: An
     if not task.oracle_keys:
       raise ValueError("sft.pairs_path is required: the oracle only plays the synthetic task")
     trajectories = []
-    rollout_config = rollout_lib.RolloutConfig(agent=config.agent, memory=config.memory, num_samples=1,
-                                               seed=config.seed)
+    rollout_config = RolloutConfig(agent=config.agent, memory=config.memory, num_samples=1, seed=config.seed)
     n = config.sft.oracle_episodes
     for examples, table in oracle_batches(task.train_examples[:n], task.oracle_keys[:n]):
-      trajectories += rollout_lib.rollout([rollout_lib.Episode.from_example(e) for e in examples],
-                                          oracle.OraclePolicy(list(table.values())), tokenizer=tokenizer,
-                                          embed_fn=embed_fn, config=rollout_config)
+      trajectories += host.rollout([Episode.from_example(e) for e in examples],
+                                   oracle.OraclePolicy(list(table.values())), tokenizer=tokenizer,
+                                   embed_fn=embed_fn, config=rollout_config)
     pairs = oracle.oracle_sft_pairs(trajectories, tokenizer, min_reward=config.sft.min_reward)
     if not pairs:
       raise ValueError(f"no oracle trajectory reached reward {config.sft.min_reward}; nothing to fine-tune on")

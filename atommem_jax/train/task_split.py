@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from atommem_jax.agent import rollout as rollout_lib
+from atommem_jax.agent.envs.long_context import Episode
 from atommem_jax.data import long_context, pipeline, readers, synthetic
 from atommem_jax.data.long_context import LongContextExample
 from atommem_jax.train.config import TaskConfig
@@ -19,18 +19,18 @@ class TaskSplit:
   """A run's episodes: what SFT and GRPO train on and what is held out for its greedy evaluations."""
 
   train_examples: tuple[LongContextExample, ...]
-  eval_episodes: tuple[rollout_lib.Episode, ...]
+  eval_episodes: tuple[Episode, ...]
   # Per training example, the questions of its synthetic world (the oracle's answer key); empty for native datasets.
   oracle_keys: tuple[tuple[synthetic.SyntheticQuestion, ...], ...] = ()
   # With `grpo_num_docs`: GRPO's training examples and the same held-out questions at that size.
   grpo_examples: tuple[LongContextExample, ...] = ()
-  grpo_eval_episodes: tuple[rollout_lib.Episode, ...] = ()
+  grpo_eval_episodes: tuple[Episode, ...] = ()
 
   @property
   def rollout_examples(self) -> tuple[LongContextExample, ...]:
     return self.grpo_examples or self.train_examples
 
-  def eval_sets(self, limit: int) -> list[tuple[int, tuple[rollout_lib.Episode, ...]]]:
+  def eval_sets(self, limit: int) -> list[tuple[int, tuple[Episode, ...]]]:
     """`(documents per episode, the first `limit` held-out episodes)` for each size trained at."""
     sets = [(self.eval_episodes, self.train_examples), (self.grpo_eval_episodes, self.grpo_examples)]
     return [(examples[0].num_docs, episodes[:limit]) for episodes, examples in sets if episodes[:limit]]
@@ -45,7 +45,7 @@ def split_task(config: TaskConfig) -> TaskSplit:
   """
   held_out, train = _split(config, config.long_context)
   task = TaskSplit(train_examples=tuple(e for e, _ in train),
-              eval_episodes=tuple(rollout_lib.Episode.from_example(e) for e, _ in held_out),
+              eval_episodes=tuple(Episode.from_example(e) for e, _ in held_out),
               oracle_keys=tuple(key for _, key in train) if train[0][1] else ())
   if config.grpo_num_docs in (0, config.long_context.num_docs):
     return task
@@ -55,7 +55,7 @@ def split_task(config: TaskConfig) -> TaskSplit:
   if not grpo_examples:
     raise ValueError(f"no {config.grpo_num_docs}-document example is free of held-out questions")
   return dataclasses.replace(task, grpo_examples=grpo_examples, grpo_eval_episodes=tuple(
-      rollout_lib.Episode.from_example(e) for e, _ in grpo_held_out))
+      Episode.from_example(e) for e, _ in grpo_held_out))
 
 
 Keyed = list[tuple[LongContextExample, tuple[synthetic.SyntheticQuestion, ...]]]
