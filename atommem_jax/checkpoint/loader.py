@@ -31,7 +31,9 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from atommem_jax import configlib
 from atommem_jax.checkpoint.hf import CheckpointError, load_hf
+from atommem_jax.checkpoint.model_init import ModelInitConfig
 from atommem_jax.checkpoint.orbax_params import is_orbax_params_dir, load_config, restore_params
 from atommem_jax.checkpoint.tokenizer_files import tokenizer_files
 from atommem_jax.configlib import ConfigError
@@ -45,7 +47,7 @@ HASHING = "hashing"  # the weight-free embedder's name, beside checkpoint direct
 TINY_TOKENIZER = "tiny"  # the packaged tiny tokenizer's name, beside tokenizer directories
 
 # Fields that do not change what the parameters mean; a checkpoint may differ from an expected preset in these.
-_RUNTIME_FIELDS = ("dtype", "remat", "max_position_embeddings")
+_RUNTIME_FIELDS = ("dtype", "remat", "attention", "logits_chunk", "max_position_embeddings")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +110,11 @@ def _train_step(step_dir: pathlib.Path) -> CheckpointDir:
     model_config, tokenizer_dir = start.model_config, start.tokenizer_dir
   else:
     model_config, tokenizer_dir = get_preset(preset), pathlib.Path(tiny_tokenizer_dir())
+  # The run's dtypes, attention and remat (its parameters were saved in its `model.param_dtype`).
+  try:
+    model_config = configlib.from_dict(ModelInitConfig, model).runtime(model_config)
+  except ConfigError as e:
+    raise CheckpointError(f"trainer checkpoint {step_dir}: the run's model config in {meta_file}: {e}") from None
   return CheckpointDir("train_step", step_dir, model_config, pathlib.Path(tokenizer) if tokenizer else tokenizer_dir)
 
 

@@ -110,14 +110,14 @@ class Qwen3EmbedderConfig:
   pad_id: int = 0
 
   @classmethod
-  def for_tokenizer(cls, tokenizer) -> "Qwen3EmbedderConfig":
-    """The Qwen3-Embedding recipe with our retrieval instruction, in the ids of `tokenizer`: the one that wrote the
-    texts the embedder reads (the memory's entries and queries)."""
+  def for_tokenizer(cls, tokenizer, instruction: str = RETRIEVAL_INSTRUCTION) -> "Qwen3EmbedderConfig":
+    """The Qwen3-Embedding recipe with a retrieval instruction (the memory's by default), in the ids of `tokenizer`:
+    the one that wrote the texts the embedder reads (the memory's entries and queries, or a corpus's)."""
     pooled = tokenizer.get_vocab().get(POOLED_TOKEN)
     if pooled is None:
       raise ValueError(f"the tokenizer has no {POOLED_TOKEN} token, which a Qwen3-Embedding model pools; a Qwen3 "
                        f"embedder needs the Qwen tokenizer's vocabulary")
-    return cls(query_prefix_ids=tuple(tokenizer.encode(RETRIEVAL_INSTRUCTION, add_special_tokens=False)),
+    return cls(query_prefix_ids=tuple(tokenizer.encode(instruction, add_special_tokens=False)),
                suffix_ids=(pooled,), pad_id=tokenizer.pad_token_id or 0)  # padding is masked: any id will do
 
 

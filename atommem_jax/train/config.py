@@ -9,6 +9,7 @@ import dataclasses
 from typing import Literal
 
 from atommem_jax.agent.config import AgentConfig
+from atommem_jax.checkpoint.model_init import ModelInitConfig
 from atommem_jax.data.long_context import LongContextConfig
 from atommem_jax.data.synthetic import SyntheticConfig
 from atommem_jax.memory.config import MemoryConfig
@@ -23,14 +24,6 @@ RESUMABLE_KEYS = ("total_steps", "checkpoint_every", "keep_checkpoints", "log_ev
                   "eval.num_episodes", "eval.max_new_tokens", "max_nonfinite_streak",
                   # The engines give the same trajectories; only the speed differs.
                   "rollout.engine")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelInitConfig:
-  preset: str = "tiny_default"  # a `model.PRESETS` name (ignored when `checkpoint` holds a config)
-  checkpoint: str = ""  # any dir `checkpoint.loader.resolve` reads (HF, Orbax params, a trainer workdir); "" = random
-  # init from `seed`
-  tokenizer: str = ""  # a tokenizer dir; "" = the checkpoint's, or the packaged tiny tokenizer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import pathlib
 import shutil
 
+import jax
 from flax import nnx
 from jax.sharding import Mesh
 
 from atommem_jax import checkpoint as checkpoint_lib
 from atommem_jax.checkpoint import loader
-from atommem_jax.model import Qwen3Config, get_preset
+from atommem_jax.model import Qwen3Config, abstract_model, get_preset
 from atommem_jax.train import step as step_lib
 from atommem_jax.train.config import ModelInitConfig
 
@@ -28,13 +29,16 @@ def init_model(config: ModelInitConfig, seed: int, mesh: Mesh
   """`(model config, graphdef, params, params shardings)`, the params placed on `mesh`."""
   start = start_checkpoint(config)
   if start is None:
-    model_config = get_preset(config.preset)
+    model_config = config.runtime(get_preset(config.preset))
     graphdef, params, shardings = step_lib.init_params(model_config, seed, mesh)
     return model_config, graphdef, params, shardings
   model = loader.load_model(start, mesh)
-  graphdef, _ = nnx.split(model)
+  model_config = config.runtime(model.config)
+  graphdef, _ = abstract_model(model_config)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  return model.config, graphdef, params, step_lib.param_shardings(model, mesh)
+  if model_config.param_dtype != model.config.param_dtype:
+    params = jax.tree.map(lambda x: x.astype(model_config.param_dtype), params)
+  return model_config, graphdef, params, step_lib.param_shardings(model, mesh)
 
 
 def export_params(directory: pathlib.Path, graphdef: nnx.GraphDef, params: step_lib.Params,
