@@ -1,7 +1,8 @@
 """The GRPO stage, one rollout at a time: collect rollouts -> turn rows -> advantages -> micro-batches -> updates.
 
-`GRPOStage.collect` plays one batch of episodes with the current policy (G samples each), turns every turn of every
-trajectory into a training row carrying its trajectory's group advantage, and packs the rows into the
+`GRPOStage.collect` plays one batch of episodes with the current policy (G samples each), scores each trajectory with
+the stage's injected `reward_fn` (tunix-style: exact match, F1 or a judge plug in without touching an engine or an
+environment), turns every turn of every trajectory into a training row carrying its trajectory's group advantage, and packs the rows into the
 `updates_per_rollout` mini-batches (each `[micro-batches, rows, T]`) with the old and reference log-probabilities
 filled in; `GRPOStage.update` takes one optimizer step on one of them. `begin` starts the stage: a fresh optimizer
 for the new objective, and the frozen reference policy for the KL term.
@@ -20,6 +21,7 @@ from flax import nnx
 from atommem_jax.agent.config import RolloutConfig
 from atommem_jax.agent.envs.long_context import Episode
 from atommem_jax.agent.policy import SamplerPolicy
+from atommem_jax.agent.rewards import RewardFn
 from atommem_jax.agent.trajectory import Trajectory
 from atommem_jax.data.long_context import LongContextExample
 from atommem_jax.rollout_engine import RolloutFn
@@ -29,7 +31,7 @@ from atommem_jax.train.config import GRPOStageConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class RolloutBatch:
+class RolloutUpdates:
   """One rollout's training data: the mini-batch of each of its updates, their token counts, its metrics."""
 
   minibatches: list[batching.TrainBatch]  # placed on the mesh
@@ -48,12 +50,13 @@ class GRPOStage:
   embed_fn: Any
   run_rollout: RolloutFn
   rollout_config: RolloutConfig
+  reward_fn: RewardFn  # trajectory -> reward, injected (the config's `agent.reward` unless the caller gives one)
   train_step: Callable[..., tuple[step_lib.TrainState, dict[str, jax.Array]]]
   logprobs_fn: Callable[..., jax.Array]
   batch_sharding: batching.TrainBatch
 
   def collect(self, params: step_lib.Params, reference_params: step_lib.Params | None,
-              examples: Sequence[LongContextExample], seed: int) -> RolloutBatch:
+              examples: Sequence[LongContextExample], seed: int) -> RolloutUpdates:
     """Rollouts of `examples` under `params` (sampling with `seed`), as the mini-batches of the next updates."""
     started = time.time()
     trajectories = self.collect_rollouts(params, examples, seed)
@@ -65,15 +68,15 @@ class GRPOStage:
         pad_id=self.tokenizer.pad_token_id, microbatch_rows=self.config.microbatch_rows)
     metrics.update(truncated_rows=float(pack_stats["truncated_rows"]), turn_rows=float(len(rows)))
     minibatches = [step_lib.shard_batch(b, self.batch_sharding) for b in host_batches]
-    return RolloutBatch(minibatches=self.with_logprobs(minibatches, params, reference_params),
+    return RolloutUpdates(minibatches=self.with_logprobs(minibatches, params, reference_params),
                         num_tokens=[float(b.mask_NxT.sum()) for b in host_batches], metrics=metrics)
 
   def collect_rollouts(self, params: step_lib.Params, examples: Sequence[LongContextExample],
                        seed: int) -> list[Trajectory]:
     self.sampler.params = nnx.state(nnx.merge(self.graphdef, params))
     policy = SamplerPolicy(self.sampler, seed=seed)
-    return self.run_rollout([Episode.from_example(e) for e in examples], policy,
-                            tokenizer=self.tokenizer, embed_fn=self.embed_fn, config=self.rollout_config)
+    return self.run_rollout([Episode.from_example(e) for e in examples], policy, tokenizer=self.tokenizer,
+                            embed_fn=self.embed_fn, config=self.rollout_config, reward_fn=self.reward_fn)
 
   def with_logprobs(self, minibatches: list[batching.TrainBatch], params: step_lib.Params,
                     reference_params: step_lib.Params | None) -> list[batching.TrainBatch]:
@@ -85,7 +88,7 @@ class GRPOStage:
       minibatches = [b.replace(ref_logprobs_NxT=self.logprobs_fn(reference_params, b)) for b in minibatches]
     return minibatches
 
-  def update(self, state: step_lib.TrainState, batch: RolloutBatch, index: int
+  def update(self, state: step_lib.TrainState, batch: RolloutUpdates, index: int
              ) -> tuple[step_lib.TrainState, dict[str, jax.Array], dict[str, Any]]:
     """The `index`-th update on `batch`: `(state, device metrics, host metrics)`."""
     state, device_metrics = self.train_step(state, batch.minibatches[index])

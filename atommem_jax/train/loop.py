@@ -23,6 +23,7 @@ from flax import nnx
 
 from atommem_jax import rollout_engine
 from atommem_jax import sharding as sharding_lib
+from atommem_jax.agent import rewards
 from atommem_jax.agent.config import RolloutConfig
 from atommem_jax.agent.envs.long_context import Episode
 from atommem_jax.agent.policy import SamplerPolicy
@@ -74,11 +75,12 @@ def sft_update(state: step_lib.TrainState, sft_step: UpdateFn, batch_sharding: b
 
 def evaluate_em(eval_sets: Sequence[tuple[int, Sequence[Episode]]], policy: SamplerPolicy,
                 tokenizer: Any, embed_fn: Any, rollout_config: RolloutConfig,
-                run_rollout: rollout_engine.RolloutFn) -> dict[int, dict[str, float]]:
+                run_rollout: rollout_engine.RolloutFn, reward_fn: rewards.RewardFn) -> dict[int, dict[str, float]]:
   """Greedy episodes, every size in one rollout: per size, reward, EM / F1 and memory-op rates
   (`grpo_rows.rollout_metrics`)."""
   episodes = [e for _, size_episodes in eval_sets for e in size_episodes]
-  trajectories = run_rollout(episodes, policy, tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config)
+  trajectories = run_rollout(episodes, policy, tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config,
+                             reward_fn=reward_fn)
   metrics, start = {}, 0
   for num_docs, size_episodes in eval_sets:
     metrics[num_docs] = grpo_rows.rollout_metrics(trajectories[start:start + len(size_episodes)])
@@ -98,6 +100,7 @@ class HeldOutEval:
   embed_fn: Any
   run_rollout: rollout_engine.RolloutFn
   rollout_config: RolloutConfig
+  reward_fn: rewards.RewardFn
   log: MetricsLog
   echo: bool
 
@@ -107,7 +110,7 @@ class HeldOutEval:
     self.sampler.params = nnx.state(nnx.merge(self.graphdef, params))
     policy = SamplerPolicy(self.sampler, seed=self.rollout_config.seed)
     metrics = evaluate_em(self.eval_sets, policy, self.tokenizer, self.embed_fn, self.rollout_config,
-                          self.run_rollout)
+                          self.run_rollout, self.reward_fn)
     self.log.write_eval(at_step, label, metrics)
     if self.echo:
       for (num_docs, episodes), size in zip(self.eval_sets, metrics.values()):
@@ -125,9 +128,11 @@ def data_positions(sft_iter: Any, grpo_iter: Any) -> dict[str, Any]:
   return out
 
 
-def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict[str, Any]:
+def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path, *,
+                       reward_fn: rewards.RewardFn | None = None) -> dict[str, Any]:
   """Runs (or resumes) the run `config` describes in `workdir`; returns the final evaluation metrics, keyed by
-  documents per episode."""
+  documents per episode. `reward_fn(trajectory) -> float` scores the GRPO rollouts and the held-out evaluations
+  (default: the reward `config.agent.reward` names)."""
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -140,6 +145,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
   tokenizer = loader.load_tokenizer(config.model.tokenizer, start, field="model.tokenizer")
   embed_fn = loader.load_embedder(config.embedder, embed_dim=config.memory.embed_dim, tokenizer=tokenizer, mesh=mesh)
   run_rollout = rollout_engine.rollout_fn(config.rollout)
+  reward_fn = reward_fn if reward_fn is not None else rewards.by_name(config.agent.reward)
   task = task_split.split_task(config.task)
   sft_iter = grpo_iter = None
   if any(not drills.is_drill_step(config.sft, s) for s in range(config.sft.steps)):  # drills need no pairs
@@ -175,7 +181,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
       config=config.grpo, graphdef=graphdef, sampler=sampler, tokenizer=tokenizer, embed_fn=embed_fn,
       run_rollout=run_rollout,
       rollout_config=RolloutConfig(agent=config.agent, memory=config.memory,
-                                               num_samples=config.grpo.loss.num_generations, seed=config.seed),
+                                   num_samples=config.grpo.loss.num_generations, seed=config.seed),
+      reward_fn=reward_fn,
       train_step=step_lib.make_train_step(graphdef, grpo_tx,
                                           step_lib.StepConfig("grpo", config.grpo.loss, temperature=temperature),
                                           state_sharding, mesh),
@@ -206,16 +213,15 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
   held_out_eval = HeldOutEval(
       eval_sets=task.eval_sets(config.eval.num_episodes), sampler=eval_sampler, graphdef=graphdef,
       tokenizer=tokenizer, embed_fn=embed_fn, run_rollout=run_rollout,
-      rollout_config=RolloutConfig(agent=config.agent, memory=config.memory, num_samples=1,
-                                               seed=config.seed),
-      log=log, echo=is_main)
+      rollout_config=RolloutConfig(agent=config.agent, memory=config.memory, num_samples=1, seed=config.seed),
+      reward_fn=reward_fn, log=log, echo=is_main)
   metrics = DeferredMetrics(log, total_steps=config.total_steps, log_every=config.log_every,
                             max_nonfinite_streak=config.max_nonfinite_streak, echo=is_main)
 
   # ---- loop
   if start_step == 0:
     held_out_eval("start", 0, state.params)
-  rollout_batch: grpo_stage.RolloutBatch | None = None
+  rollout_batch: grpo_stage.RolloutUpdates | None = None
   try:
     for step in range(start_step, config.total_steps):
       if drills.is_drill_step(config.sft, step):
