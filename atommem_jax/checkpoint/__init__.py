@@ -10,6 +10,8 @@ Public API:
           load_model(checkpoint, mesh=None), load_tokenizer(spec, checkpoint), tokenizer_dir(spec, checkpoint),
           stop_ids(tokenizer, dir), load_embedder(spec, *, embed_dim, tokenizer, mesh=None),
           check_architecture(checkpoint, preset), check_vocabulary(tokenizer, model_config, what)
+  model_init.ModelInitConfig: the model a run starts from and how it executes it (`.runtime(model_config)`); a
+          trainer checkpoint records it, and the loader reads it back
 """
 from atommem_jax.checkpoint import loader
 from atommem_jax.checkpoint.hf import CheckpointError, export_hf, load_hf
