@@ -114,3 +114,20 @@ def test_an_embedder_of_another_width_or_a_smaller_vocabulary_is_refused(dirs, t
     loader.load_embedder(str(tmp_path / "small_vocab"), embed_dim=64, tokenizer=tokenizer)
   with pytest.raises(configlib.ConfigError, match=r"embedder is empty"):
     loader.load_embedder("", embed_dim=64, tokenizer=tokenizer)
+
+
+def test_a_trainer_step_is_read_as_its_run_executed_the_model(tmp_path):
+  # What a run records (its `model` config) decides the dtypes, attention and remat its parameters are restored in.
+  step_dir = tmp_path / "run" / "checkpoints" / "7"
+  (step_dir / "state").mkdir(parents=True)
+  (step_dir / "meta").mkdir()
+  model = dict(preset="tiny_default", checkpoint="", tokenizer="", attention="dense", remat="full", logits_chunk=64,
+               dtype="bfloat16", param_dtype="float32")
+  (step_dir / "meta" / "metadata").write_text(json.dumps({"config": {"model": model}}))
+  config = loader.resolve(tmp_path / "run").model_config
+  assert (config.attention, config.remat, config.logits_chunk, config.dtype, config.param_dtype) == (
+      "dense", "full", 64, "bfloat16", "float32")
+  loader.check_architecture(loader.resolve(step_dir), "tiny_default")  # runtime fields are not the architecture
+  (step_dir / "meta" / "metadata").write_text(json.dumps({"config": {"model": dict(model, remat="sometimes")}}))
+  with pytest.raises(CheckpointError, match=r"trainer checkpoint .*/7: the run's model config in .*metadata: .*remat"):
+    loader.resolve(step_dir)
