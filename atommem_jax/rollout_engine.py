@@ -2,7 +2,8 @@
 
 - "host": `agent.engines.host.rollout`, the turn loop on the host (observations rendered, responses parsed, between
   jitted transitions).
-- "device": the whole rollout in one `while_loop` on the device (`agent.device_loop`); not yet selectable by a run.
+- "device": `agent.engines.device.rollout`, the same trajectories with each turn's rendering, tokenization and
+  parsing in-graph; the model only, and only for settings it can serve (`check` refuses the others by name).
 
 Every rollout a run plays with its model goes through `rollout_fn(config)`, resolved once when the run starts, so
 an engine that cannot serve the run is refused before anything is computed. The oracle's demonstrations are host
@@ -14,7 +15,7 @@ import dataclasses
 from typing import Callable, Literal
 
 from atommem_jax import configlib
-from atommem_jax.agent.engines import host
+from atommem_jax.agent import engines
 from atommem_jax.agent.trajectory import Trajectory
 
 RolloutFn = Callable[..., list[Trajectory]]  # the signature of `agent.engines.host.rollout`
@@ -27,7 +28,13 @@ class RolloutEngineConfig:
 
 def rollout_fn(config: RolloutEngineConfig) -> RolloutFn:
   """The rollout function of `config.engine`: `fn(episodes, policy, *, tokenizer, embed_fn, config)`."""
-  if config.engine == "device":
-    raise configlib.ConfigError("rollout.engine='device' is not wired yet for this run (training and evaluation "
-                                "use the host engine for now; it will be wired later): set rollout.engine=host")
-  return host.rollout
+  return engines.get(config.engine)
+
+
+def check(config: RolloutEngineConfig, *, tokenizer, rollout_config, sampler) -> None:
+  """One ConfigError, naming `rollout.engine` and each setting at fault, when the engine cannot serve rollouts of
+  `rollout_config` (its environment and memory) with this tokenizer and sampler."""
+  try:
+    engines.check(config.engine, tokenizer=tokenizer, config=rollout_config, sampler=sampler)
+  except ValueError as error:
+    raise configlib.ConfigError(str(error)) from None

@@ -1,11 +1,14 @@
-"""`rollout.engine` is a key of every training and evaluation config; "device" is refused, with one clear error,
-until it is wired."""
+"""`rollout.engine` is a key of every training and evaluation config; each name is its engine's rollout, and an
+engine that cannot serve a run's settings is refused with one clear error naming them."""
 import pathlib
 
 import pytest
 
 from atommem_jax import configlib, rollout_engine
-from atommem_jax.agent.engines import host
+from atommem_jax.agent.config import AgentConfig, RolloutConfig
+from atommem_jax.agent.engines import device, host
+from atommem_jax.data.tokenizer import load_tiny_tokenizer
+from atommem_jax.memory.config import MemoryConfig
 from atommem_jax.eval.config import eval_config_from_dict
 from atommem_jax.train.config import TrainConfig
 
@@ -40,9 +43,20 @@ def test_every_experiment_names_its_rollout_engine_and_training_its_embedder():
   assert eval_config_from_dict(evaluation).rollout.engine == "host"
 
 
-def test_the_host_engine_is_the_host_rollout_and_the_device_engine_is_refused_until_wired():
+def test_each_name_is_its_engine_and_an_engine_that_cannot_serve_the_run_is_refused_by_setting():
   assert rollout_engine.rollout_fn(rollout_engine.RolloutEngineConfig()) is host.rollout
-  with pytest.raises(configlib.ConfigError, match=r"rollout.engine='device' is not wired yet for this run"):
-    rollout_engine.rollout_fn(rollout_engine.RolloutEngineConfig(engine="device"))
+  assert rollout_engine.rollout_fn(rollout_engine.RolloutEngineConfig(engine="device")) is device.rollout
+  tokenizer = load_tiny_tokenizer()
+  tiny = configlib.from_dict(TrainConfig, configlib.load_config_file(EXPERIMENTS / "grpo_hotpot.py").get_config("tiny"))
+  served = RolloutConfig(agent=tiny.agent, memory=tiny.memory)
+  for engine in ("host", "device"):  # the tiny default's settings are served by both
+    rollout_engine.check(rollout_engine.RolloutEngineConfig(engine=engine), tokenizer=tokenizer,
+                         rollout_config=served, sampler=None)
+  spilling = RolloutConfig(agent=AgentConfig(), memory=MemoryConfig(spill="scann"))
+  rollout_engine.check(rollout_engine.RolloutEngineConfig(engine="host"), tokenizer=tokenizer,
+                       rollout_config=spilling, sampler=None)
+  with pytest.raises(configlib.ConfigError, match=r"rollout.engine='device'.*memory.spill"):
+    rollout_engine.check(rollout_engine.RolloutEngineConfig(engine="device"), tokenizer=tokenizer,
+                         rollout_config=spilling, sampler=None)
   with pytest.raises(configlib.ConfigError, match=r"rollout.engine: 'gpu' is not one of \('host', 'device'\)"):
     configlib.from_dict(TrainConfig, {"rollout": {"engine": "gpu"}})

@@ -154,6 +154,9 @@ def evaluate(config: EvalConfig, workdir: str | pathlib.Path, *, devices: Sequen
   episodes_out: list[results_lib.EpisodeResult] = []
   trajectory_rows: list[dict[str, Any]] = []
   is_main = jax.process_index() == 0
+  for agent, memory in variants.values():  # every variant checked before any episode runs
+    rollout_engine.check(config.rollout, tokenizer=tokenizer, sampler=sampler,
+                         rollout_config=RolloutConfig(agent=agent, memory=memory, num_samples=1, seed=config.seed))
   for variant, (agent, memory) in variants.items():
     rollout_config = RolloutConfig(agent=agent, memory=memory, num_samples=1, seed=config.seed)
     for task in tasks:

@@ -188,6 +188,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path, *,
                                           state_sharding, mesh),
       logprobs_fn=step_lib.make_logprobs_fn(graphdef, params_sharding, mesh, temperature=temperature),
       batch_sharding=batch_sharding)
+  rollout_engine.check(config.rollout, tokenizer=tokenizer, rollout_config=grpo.rollout_config, sampler=sampler)
 
   # ---- checkpoint restore
   checkpoints = checkpointing.RunCheckpoints(workdir, config)
