@@ -18,6 +18,7 @@ def released() -> ml_collections.ConfigDict:
   c.mesh = dict(data=1, fsdp=1, tensor=1)
   c.model = dict(preset="qwen3_8b", checkpoint="", tokenizer="")
   c.task = dict(dataset="hotpotqa", path="", examples_path="", num_eval_episodes=64, grpo_num_docs=0,
+                grpo_short_fraction=0.0,
                 synthetic=dict(seed=0, num_documents=256, num_questions=64), synthetic_worlds=1,
                 long_context=dict(num_docs=200, seed=0, single_question_fraction=1.0))
   c.agent = dict(method="atommem", chunk_tokens=4000, overlap_tokens=100, max_chunks=40, max_steps=40,
