@@ -46,8 +46,13 @@ def eos_ids(tokenizer: Any, directory: pathlib.Path) -> tuple[int, ...]:
 
 
 def generate_from_dir(model_dir: str, prompts: Sequence[str], *, max_new_tokens: int, greedy: bool, temperature: float,
-             top_k: int, top_p: float, num_samples: int, stop: Sequence[str], seed: int, chat: bool) -> list[dict]:
-  """Loads DIR (HF or Orbax, with its tokenizer) and generates: one dict per prompt and sample, prompt-major."""
+             top_k: int, top_p: float, num_samples: int, stop: Sequence[str], seed: int, chat: bool,
+             attention: str = "auto") -> list[dict]:
+  """Loads DIR (HF or Orbax, with its tokenizer) and generates with `attention` (a `Qwen3Config.attention`): one
+  dict per prompt and sample, prompt-major."""
+  import flax.nnx as nnx
+
+  from atommem_jax.model import abstract_model
   from atommem_jax.sampling import chat as chat_lib
   from atommem_jax.sampling.config import SamplerConfig, StopReason
   from atommem_jax.sampling.sampler import Sampler
@@ -59,6 +64,7 @@ def generate_from_dir(model_dir: str, prompts: Sequence[str], *, max_new_tokens:
     raise ValueError("give at least one --prompt")
   tokenizer = load_tokenizer(directory)
   model = load_model(directory)
+  model = nnx.merge(abstract_model(model.config.replace(attention=attention))[0], nnx.state(model))
   if chat:
     prompt_ids = [chat_lib.user_prompt_ids(tokenizer, text) for text in prompts]
   else:
