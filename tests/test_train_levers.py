@@ -28,7 +28,7 @@ def _tiny(**overrides) -> TrainConfig:
 
 def test_the_embedded_default_sets_the_init_std_and_sfts_b2_and_both_can_be_overridden():
   config = _tiny()
-  assert config.model.initializer_range == 0.05 and config.sft.optimizer.b2 == 0.95
+  assert config.model.initializer_range == 0.0 and config.sft.optimizer.b2 == 0.95  # 0: the preset's std
   assert config.grpo.optimizer.b2 == 0.999 and config.sft.optimizer.b1 == 0.9
   config = _tiny(**{"model.initializer_range": 0.1, "sft.optimizer.b2": 0.5})
   assert config.model.initializer_range == 0.1 and config.sft.optimizer.b2 == 0.5
