@@ -76,9 +76,7 @@ def tiny() -> ml_collections.ConfigDict:
                   overflow="evict_oldest", max_ops_per_turn=4)
   c.sft.update(steps=850, oracle_episodes=1500, drill="recite", drill_steps=250, drill_every=3, batch_size=16,
                num_microbatches=1, max_prompt_tokens=216, max_completion_tokens=40)
-  # b2 0.95: Adam forgets the large gradients of the first ~40 steps (templates, unigrams) within ~15 steps instead of
-  # ~700, so they no longer shrink the small, steady gradient the copy heads grow from.
-  c.sft.optimizer.update(learning_rate=1e-3, warmup_steps=20, decay_steps=850, b2=0.95)
+  c.sft.optimizer.update(learning_rate=1e-3, warmup_steps=20, decay_steps=850)
   c.grpo.loss.num_generations = 4
   c.grpo.update(prompts_per_rollout=4, microbatch_rows=16, length_buckets=(384, 512))
   c.grpo.sampler.update(max_new_tokens=64, prompt_buckets=(256, 384), wave_rows=0)

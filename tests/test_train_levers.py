@@ -26,10 +26,10 @@ def _tiny(**overrides) -> TrainConfig:
   return configlib.from_dict(TrainConfig, config)
 
 
-def test_the_embedded_default_sets_the_init_std_and_sfts_b2_and_both_can_be_overridden():
+def test_the_init_std_and_adams_betas_are_keys_of_the_embedded_default():
   config = _tiny()
-  assert config.model.initializer_range == 0.0 and config.sft.optimizer.b2 == 0.95  # 0: the preset's std
-  assert config.grpo.optimizer.b2 == 0.999 and config.sft.optimizer.b1 == 0.9
+  assert config.model.initializer_range == 0.0  # the preset's std
+  assert (config.sft.optimizer.b1, config.sft.optimizer.b2, config.grpo.optimizer.b2) == (0.9, 0.999, 0.999)
   config = _tiny(**{"model.initializer_range": 0.1, "sft.optimizer.b2": 0.5})
   assert config.model.initializer_range == 0.1 and config.sft.optimizer.b2 == 0.5
   # 0 keeps the preset's std (HF's 0.02), which a checkpoint's config also carries through config.json.
