@@ -1,12 +1,32 @@
-"""JSON-lines files: whole-file writes that never leave a partial file (write beside, then rename), and a reader
-whose every error names the file and line."""
+"""Files written whole: never a partial file (write beside, then rename), never a replaced input, an existing output
+replaced only when asked; and a JSON-lines reader whose every error names the file and line."""
 from __future__ import annotations
 
 import json
 import os
 import pathlib
+import shutil
 import tempfile
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+
+class OutputError(ValueError):
+  """An output path that cannot be written as asked: a directory, one of the inputs, or an existing file."""
+
+
+def check_output(path: str | os.PathLike, *, overwrite: bool,
+                 inputs: Mapping[str, str | os.PathLike | None] | None = None, flag: str = "--output") -> None:
+  """Refuses an output that is a directory, is one of `inputs` (flag name -> path), or exists without `overwrite`."""
+  path = pathlib.Path(path)
+  inputs = inputs or {}
+  if path.is_dir():
+    raise OutputError(f"{flag} {path} is a directory; give the path of the file to write")
+  for name, source in inputs.items():
+    if source and (pathlib.Path(source).absolute() == path.absolute()
+                   or (path.exists() and os.path.exists(source) and os.path.samefile(source, path))):
+      raise OutputError(f"{flag} {path} is the same file as {name}; a writer never replaces its own input")
+  if path.exists() and not overwrite:
+    raise OutputError(f"{flag} {path} exists; pass --overwrite to replace it")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -27,12 +47,48 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
   write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+def replace_dir(directory: str | os.PathLike, write: Callable[[pathlib.Path], None]) -> None:
+  """`write(staging)` fills a fresh sibling directory, which then takes `directory`'s place; an earlier
+  `directory` is removed only after the new one is complete (a failed write leaves it as it was)."""
+  directory = pathlib.Path(directory)
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  staging = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+  try:
+    staging.rmdir()  # writers such as Orbax want to create the directory themselves
+    write(staging)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  if directory.exists():
+    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    os.replace(directory, old)
+    os.replace(staging, directory)
+    shutil.rmtree(old)
+  else:
+    os.replace(staging, directory)
+
+
+def decode_line(raw: bytes) -> str:
+  """`raw` as UTF-8; an invalid byte is a ValueError naming it and its column (1-based)."""
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+
+
 def read_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError) -> Iterator[tuple[int, dict[str, Any]]]:
-  """(line number, object) for each non-blank line; a missing file, invalid JSON or a non-object raises `error`."""
+  """(line number, object) for each non-blank line; a missing file, invalid UTF-8 or JSON, or a non-object raises
+  `error`."""
+  if os.path.isdir(path):
+    raise error(f"{path} is a directory, not a JSON-lines file")
   if not os.path.isfile(path):
     raise error(f"{path}: file does not exist")
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
+  with open(path, "rb") as f:
+    for line_no, raw in enumerate(f, start=1):
+      try:
+        line = decode_line(raw)
+      except ValueError as e:
+        raise error(f"{path}: line {line_no}: {e}") from None
       if not line.strip():
         continue
       try:
