@@ -14,6 +14,7 @@ retry it), and the run resumes from the newest one that restores, or from the st
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 from typing import Any
 
@@ -127,7 +128,7 @@ class RunCheckpoints:
       except CheckpointMismatchError:
         raise
       except Exception as e:  # pylint: disable=broad-except  # TensorStore, JSON and OS errors alike mean damage
-        restored, problem = None, " ".join(str(e).split()) or type(e).__name__
+        restored, problem = None, _what_is_wrong(self.directory / str(step), e)
       problem = _agreed_problem(problem)
       if problem is None:
         if self.repairs:
@@ -163,6 +164,22 @@ class RunCheckpoints:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+# Orbax's JSON files in a step directory; a JSON error does not say which one it came from.
+_JSON_FILES = ("_CHECKPOINT_METADATA", "_METADATA", "metadata", "_sharding")
+
+
+def _what_is_wrong(step_dir: pathlib.Path, error: Exception) -> str:
+  """The damaged file and its fault when a JSON file is, else the restore error (TensorStore's names the database
+  and array it could not read)."""
+  for path in sorted(step_dir.rglob("*")):
+    if path.is_file() and path.name in _JSON_FILES:
+      try:
+        json.loads(path.read_bytes())
+      except ValueError as e:
+        return f"{path.relative_to(step_dir)} is not valid JSON ({e})"
+  return " ".join(str(error).split()) or type(error).__name__
 
 
 def _agreed_problem(problem: str | None) -> str | None:
