@@ -98,3 +98,51 @@ def read_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError) -> 
       if not isinstance(row, dict):
         raise error(f"{path}: line {line_no}: expected a JSON object, got {type(row).__name__}")
       yield line_no, row
+
+
+def _lone_surrogate(value: Any, where: str = "") -> str | None:
+  """Where in a parsed JSON value a string holds an unpaired surrogate (a `\\ud800` escape is valid JSON but no
+  Unicode character), as `key[0].key (character N, \\udXXX)`; None if nowhere."""
+  if isinstance(value, str):
+    for index, char in enumerate(value):
+      if "\ud800" <= char <= "\udfff":
+        return f"{where or 'the value'} (character {index + 1}, \\u{ord(char):04x})"
+    return None
+  items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+  for key, item in items:
+    if isinstance(key, int):
+      path = f"{where}[{key}]"
+    else:  # a key may hold the surrogate itself: shown escaped
+      path = f"{where}.{key.encode('utf-8', 'backslashreplace').decode()}".lstrip(".")
+    found = (_lone_surrogate(key, f"the key {path}") if isinstance(key, str) else None) or _lone_surrogate(item, path)
+    if found:
+      return found
+  return None
+
+
+def read_json(path: str | os.PathLike, error: type[Exception] = ValueError) -> Any:
+  """A JSON file of valid Unicode text; a missing file, invalid UTF-8 (line and column), invalid JSON, or a string
+  with a lone surrogate escape raises `error` naming where."""
+  path = pathlib.Path(path)
+  if path.is_dir():
+    raise error(f"{path} is a directory, not a JSON file")
+  try:
+    data = path.read_bytes()
+  except FileNotFoundError:
+    raise error(f"{path}: file does not exist") from None
+  except OSError as e:
+    raise error(f"{path}: cannot read it ({e.strerror})") from None
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line_no, line_start = data.count(b"\n", 0, e.start) + 1, data.rfind(b"\n", 0, e.start) + 1
+    raise error(f"{path}: line {line_no}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column "
+                f"{e.start - line_start + 1})") from None
+  try:
+    value = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+  where = _lone_surrogate(value)
+  if where:
+    raise error(f"{path}: {where} is a lone surrogate, not a Unicode character")
+  return value

@@ -31,11 +31,12 @@ class CliError(Exception):
 
 def one_line(error: BaseException) -> str:
   text = error.args[0] if isinstance(error, KeyError) and len(error.args) == 1 else str(error)
-  return " ".join(line.strip() for line in str(text).splitlines() if line.strip()) or type(error).__name__
+  text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate would stop the print
+  return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__
 
 
 def fail(error: BaseException | str) -> NoReturn:
-  raise SystemExit(f"error: {error if isinstance(error, str) else one_line(error)}") from None
+  raise SystemExit(f"error: {one_line(error if isinstance(error, BaseException) else ValueError(error))}") from None
 
 
 def report_input_errors(main: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]], Any]:

@@ -122,7 +122,7 @@ class ResumedLog:
     self.key = key
     self._write = write
     self.repairs: list[str] = []
-    lines, damaged, ends_with_newline = read(self.path, _has_step)
+    lines, damaged, ends_with_newline = read(self.path, has_step)
     kept = [line for line in lines if line.row["step"] <= resume_step]
     kept_keys = {key(line.row) for line in kept}
     restored = [Line.of(row) for row in vouched or () if key(row) not in kept_keys]
@@ -171,7 +171,8 @@ class ResumedLog:
     atomic_files.write_text(self.path, "".join(line.text + "\n" for line in [*self._lines, *self._stale]))
 
 
-def _has_step(row: Row) -> str | None:
+def has_step(row: Row) -> str | None:
+  """Why `row` is no log row (no integer "step"), or None."""
   step = row.get("step")
   if not isinstance(step, int) or isinstance(step, bool):
     return "no integer 'step'"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
 from typing import Any
 
 import jax
@@ -179,7 +180,8 @@ def _what_is_wrong(step_dir: pathlib.Path, error: Exception) -> str:
         json.loads(path.read_bytes())
       except ValueError as e:
         return f"{path.relative_to(step_dir)} is not valid JSON ({e})"
-  return " ".join(str(error).split()) or type(error).__name__
+  message = re.sub(r"\s*\[tensorstore_spec=.*", "", " ".join(str(error).split()))  # its spec is a page of JSON
+  return message or type(error).__name__
 
 
 def _agreed_problem(problem: str | None) -> str | None:
