@@ -11,11 +11,11 @@ a user turn of the tokenizer's chat template. `--json` prints one JSON list with
 from __future__ import annotations
 
 import json
-import sys
 from typing import Sequence
 
-from absl import app, flags
+from absl import flags
 
+from atommem_jax import cli
 from atommem_jax.sampling.from_checkpoint import generate_from_dir
 
 FLAGS = flags.FLAGS
@@ -35,15 +35,12 @@ flags.DEFINE_bool("json", False, "print one JSON list instead of plain text")
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}; prompts go in --prompt")
+    raise cli.CliError(f"unexpected arguments {argv[1:]}; prompts go in --prompt")
   if not FLAGS.model:
-    sys.exit("error: --model DIR is required (an HF Qwen3 directory or an Orbax parameter directory)")
-  try:
-    rows = generate_from_dir(FLAGS.model, FLAGS.prompt, max_new_tokens=FLAGS.max_new_tokens, greedy=FLAGS.greedy,
-                    temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
-                    num_samples=FLAGS.num_samples, stop=FLAGS.stop, seed=FLAGS.seed, chat=FLAGS.chat)
-  except (ValueError, FileNotFoundError) as error:
-    sys.exit(f"error: {error}")
+    raise cli.CliError("--model DIR is required (an HF Qwen3 directory or an Orbax parameter directory)")
+  rows = generate_from_dir(FLAGS.model, FLAGS.prompt, max_new_tokens=FLAGS.max_new_tokens, greedy=FLAGS.greedy,
+                           temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
+                           num_samples=FLAGS.num_samples, stop=FLAGS.stop, seed=FLAGS.seed, chat=FLAGS.chat)
   if FLAGS.json:
     print(json.dumps(rows))
   else:
@@ -52,4 +49,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

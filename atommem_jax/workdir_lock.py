@@ -11,7 +11,8 @@
   is no longer running, delete the lock file (`rm WORKDIR/workdir.lock`) and start again. That is the documented
   way to break a stale lock.
 
-The lock is released when the holder finishes (`release`, or at interpreter exit); a SIGKILL leaves it, stale.
+The lock is released when the holder finishes (`release`, or at interpreter exit), with the workdir itself if the
+lock created it and nothing else was written there; a SIGKILL leaves the lock, stale.
 A multi-process job (`jax.distributed`) shares it: `acquire_for_job` takes it on process 0 only and tells every
 process the verdict, so all of them stop together when the workdir is in use.
 
@@ -108,6 +109,7 @@ class WorkdirLock:
     self.path = f"{self.workdir.rstrip('/')}/{LOCK_FILE}"
     self.record = this_process()
     self.held = False
+    self._created_workdir = False
 
   # ---- local filesystems: exclusive create
 
@@ -159,6 +161,7 @@ class WorkdirLock:
   def acquire(self) -> "WorkdirLock":
     if not _is_local(self.path):
       return self._acquire_remote()
+    self._created_workdir = not os.path.exists(self.workdir)
     os.makedirs(self.workdir, exist_ok=True)
     for _ in range(3):
       if self._create_local():
@@ -217,6 +220,11 @@ class WorkdirLock:
         else:
           self._path().unlink()
       except FileNotFoundError:
+        pass
+    if self._created_workdir:  # a command that wrote nothing leaves no empty workdir behind
+      try:
+        os.rmdir(self.workdir)
+      except OSError:
         pass
 
   def __enter__(self) -> "WorkdirLock":

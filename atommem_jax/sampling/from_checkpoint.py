@@ -22,6 +22,11 @@ def load_tokenizer(directory: pathlib.Path) -> Any:
   return AutoTokenizer.from_pretrained(str(directory))
 
 
+def _not_a_model(directory: pathlib.Path) -> ValueError:
+  return ValueError(f"{directory} is neither an HF Qwen3 directory (config.json + safetensors) nor an Orbax parameter "
+                    "directory (qwen3_config.json + params/)")
+
+
 def load_model(directory: pathlib.Path):
   from atommem_jax import checkpoint
 
@@ -29,8 +34,19 @@ def load_model(directory: pathlib.Path):
     return checkpoint.restore_params(directory)[1]
   if (directory / "config.json").is_file():
     return checkpoint.load_hf(directory)[1]
-  raise ValueError(f"{directory} is neither an HF Qwen3 directory (config.json + safetensors) nor an Orbax parameter "
-                   "directory (qwen3_config.json + params/)")
+  raise _not_a_model(directory)
+
+
+def model_config(directory: pathlib.Path):
+  """The architecture in DIR, read without its weights."""
+  from atommem_jax import checkpoint
+  from atommem_jax.model.config import Qwen3Config
+
+  if checkpoint.is_orbax_params_dir(directory):
+    return checkpoint.load_config(directory)
+  if (directory / "config.json").is_file():
+    return Qwen3Config.from_hf(directory)
+  raise _not_a_model(directory)
 
 
 def eos_ids(tokenizer: Any, directory: pathlib.Path) -> tuple[int, ...]:
@@ -57,8 +73,10 @@ def generate_from_dir(model_dir: str, prompts: Sequence[str], *, max_new_tokens:
     raise ValueError(f"--model {model_dir} is not a directory")
   if not prompts:
     raise ValueError("give at least one --prompt")
+  if max_new_tokens < 1:
+    raise ValueError(f"--max_new_tokens must be at least 1, got {max_new_tokens}")
+  positions = model_config(directory).max_position_embeddings
   tokenizer = load_tokenizer(directory)
-  model = load_model(directory)
   if chat:
     prompt_ids = [chat_lib.user_prompt_ids(tokenizer, text) for text in prompts]
   else:
@@ -66,8 +84,13 @@ def generate_from_dir(model_dir: str, prompts: Sequence[str], *, max_new_tokens:
   for index, ids in enumerate(prompt_ids):
     if not ids:
       raise ValueError(f"--prompt {index} ({prompts[index]!r}) tokenizes to no tokens")
-  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
   longest = max(len(ids) for ids in prompt_ids)
+  if longest + max_new_tokens > positions:
+    raise ValueError(f"--max_new_tokens {max_new_tokens} after the longest prompt ({longest} tokens) needs "
+                     f"{longest + max_new_tokens} positions; the model in {directory} has {positions} "
+                     f"(max_position_embeddings): use --max_new_tokens {max(positions - longest, 0)} or less")
+  model = load_model(directory)
+  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
   # Powers of two from 64 up to the first that fits the longest prompt.
   buckets = tuple(2 ** i for i in range(6, max(6, (longest - 1).bit_length()) + 1))
   config = SamplerConfig(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_k=top_k,
