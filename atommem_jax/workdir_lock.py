@@ -1,6 +1,7 @@
 """One run per workdir: a lock file naming its holder, so a second process is refused instead of doubling the run.
 
-`WORKDIR/workdir.lock` is created exclusively (`O_CREAT | O_EXCL`) and holds one JSON object: `host`, `pid`,
+`WORKDIR/workdir.lock` is created exclusively (a hard link of a complete file, atomic on NFS too; `O_EXCL` where
+there are no links) and holds one JSON object: `host`, `pid`,
 `pid_started` (the process's start time, seconds since the epoch, so a reused pid is not mistaken for the holder),
 `boot_id` (Linux: a reboot ends every holder), `pid_namespace`, `started_at` (ISO time) and `command`. A process that finds it:
 - on the same host, with the holder alive: refused, `WorkdirInUseError` naming the holder ("... is in use ...");
@@ -114,15 +115,28 @@ class WorkdirLock:
   # ---- local filesystems: exclusive create
 
   def _create_local(self) -> bool:
-    try:
-      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      return False
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    """Creates the lock file holding our record, or returns False if it exists. The record is written beside it and
+    hard-linked into place, so the lock file is never seen half-written (O_EXCL where links are not supported)."""
+    staging = f"{self.path}.{os.getpid()}.tmp"
+    with open(staging, "w", encoding="utf-8") as f:
       f.write(json.dumps(self.record) + "\n")
       f.flush()
       os.fsync(f.fileno())
-    return True
+    try:
+      os.link(staging, self.path)
+      return True
+    except FileExistsError:
+      return False
+    except OSError:  # no hard links here
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        return False
+      with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(self.record) + "\n")
+      return True
+    finally:
+      os.unlink(staging)
 
   def _read(self) -> dict[str, Any] | None:
     """The holder's record; {} for an unreadable one (a holder cut short while writing), None if there is none."""
