@@ -16,7 +16,6 @@ from __future__ import annotations
 import difflib
 import functools
 import os
-import sys
 from typing import Any, Callable, NoReturn, Sequence
 
 from absl import app, flags

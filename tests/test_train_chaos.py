@@ -8,7 +8,6 @@ during its write), and an outside SIGKILL a random moment after the run has logg
 """
 import json
 import os
-import pathlib
 import random
 import signal
 import subprocess
