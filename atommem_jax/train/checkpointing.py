@@ -171,7 +171,7 @@ class RunCheckpoints:
 _JSON_FILES = ("_CHECKPOINT_METADATA", "_METADATA", "metadata", "_sharding")
 
 
-def _what_is_wrong(step_dir: pathlib.Path, error: Exception) -> str:
+def _what_is_wrong(step_dir: pathlib.Path, error: BaseException | None) -> str:
   """The damaged file and its fault when a JSON file is, else the restore error (TensorStore's names the database
   and array it could not read)."""
   for path in sorted(step_dir.rglob("*")):
@@ -180,8 +180,14 @@ def _what_is_wrong(step_dir: pathlib.Path, error: Exception) -> str:
         json.loads(path.read_bytes())
       except ValueError as e:
         return f"{path.relative_to(step_dir)} is not valid JSON ({e})"
-  message = re.sub(r"\s*\[tensorstore_spec=.*", "", " ".join(str(error).split()))  # its spec is a page of JSON
-  return message or type(error).__name__
+  chain = []
+  while error is not None and len(chain) < 10:
+    chain.append(" ".join(str(error).split()))
+    error = error.__cause__ or error.__context__
+  # Orbax wraps TensorStore's error ("OUT_OF_RANGE: Error reading ... in OCDBT database at ...") in its own.
+  message = next((m for m in chain if re.match(r"[A-Z_]{4,}: ", m)), next((m for m in chain if m), ""))
+  message = re.sub(r"\s*\[tensorstore_spec=.*", "", message)  # a page of JSON
+  return message or "unknown error"
 
 
 def _agreed_problem(problem: str | None) -> str | None:
