@@ -71,7 +71,7 @@ def _process_started(pid: int) -> float | None:
 def this_process() -> dict[str, Any]:
   return {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": _process_started(os.getpid()),
           "boot_id": _boot_id(), "pid_namespace": _pid_namespace(), "started_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-          "command": " ".join(sys.argv)[:500]}
+          "command": " ".join(sys.orig_argv)[:500]}
 
 
 def describe(holder: dict[str, Any]) -> str:
