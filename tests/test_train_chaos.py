@@ -70,19 +70,25 @@ def test_five_kills_a_damaged_line_and_a_truncated_checkpoint_change_nothing(tmp
       result = _train(chaos, f"--config.debug_kill_at_step={at_step}")
       assert result.returncode == -signal.SIGKILL, result.stderr[-4000:]
       logs.append(result.stderr)
+      print(f"kill {kill}: from checkpoint {resume}, SIGKILL while checkpoint {at_step} is written")
     else:
-      logs.append(_kill_after_logged(chaos, rng.randint(resume, TOTAL_STEPS - 1), rng.uniform(0.0, 0.5)))
+      rows, delay = rng.randint(resume, TOTAL_STEPS - 1), rng.uniform(0.0, 0.5)
+      logs.append(_kill_after_logged(chaos, rows, delay))
+      print(f"kill {kill}: from checkpoint {resume}, SIGKILL {delay:.2f} s after {rows} rows were logged "
+            f"(then {len(_lines(chaos))} rows, newest checkpoint {_newest_checkpoint(chaos)})")
     lines = _lines(chaos)
     if kill >= damage_after and cut_text is None and lines:  # (later, if nothing was logged yet)
       index = rng.randrange(len(lines))
       cut_text = lines[index][:len(lines[index]) // 2]
       lines[index] = cut_text
       (chaos / "metrics.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
+      print(f"  metrics.jsonl line {index + 1} cut to {len(cut_text)} bytes")
     if kill >= truncate_after and truncated is None and _newest_checkpoint(chaos):
       newest = chaos / "checkpoints" / str(_newest_checkpoint(chaos))
       files = sorted((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
       files[-1].write_bytes(files[-1].read_bytes()[:files[-1].stat().st_size // 2])
       truncated = newest.name
+      print(f"  {files[-1].relative_to(chaos)} truncated")
   assert cut_text is not None and truncated is not None
   final = _train(chaos)
   assert final.returncode == 0, final.stderr[-4000:]
@@ -94,6 +100,8 @@ def test_five_kills_a_damaged_line_and_a_truncated_checkpoint_change_nothing(tmp
   assert (chaos / "eval.jsonl").read_text() == (straight / "eval.jsonl").read_text()
   # What was repaired was reported, and nothing damaged was thrown away.
   report = "\n".join(logs)
+  print("\n".join(line for line in report.splitlines() if "set aside" in line or "restore" in line
+                  or "stale lock" in line))
   assert "metrics.jsonl: line " in report and "set aside in" in report, report[-4000:]
   aside = [json.loads(line) for line in (chaos / "metrics.jsonl.damaged").read_text().splitlines()]
   assert cut_text.decode() in [record["text"] for record in aside]
