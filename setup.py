@@ -23,13 +23,22 @@ INSTALL_REQUIRES = [
     "psutil==7.2.2",  # the workdir lock: a holder's process start time
     "etils[epath]==1.15.0",  # the workdir lock on gs:// and other object stores
     "jinja2==3.1.6",  # transformers renders chat templates with it
+    # The web environment: MCP client and our corpus server, its retrieval, HTML extraction, tool-call repair, GAIA.
+    "mcp==2.3.0",
+    "bm25s==0.3.16",
+    "resiliparse==2.0.0",
+    "json-repair==0.64.4",
+    "pyarrow==26.0.1",
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest==9.2.0", "hypothesis==6.170.15", "torch==2.13.0"],
+    # jax[tpu] brings libtpu, the TPU compiler the fit check's test runs on this CPU-only host (`atommem_jax.aot`).
+    "test": ["pytest==9.2.0", "hypothesis==6.170.15", "torch==2.13.0", "jax[tpu]==0.10.2"],
     "bench": ["faiss-cpu==1.15.1", "torch==2.13.0"],
     "gpu": ["jax[cuda12]==0.10.2"],
     "tpu": ["jax[tpu]==0.10.2"],
+    # `python -m atommem_jax.aot`: compiles for a TPU slice on a host without one (libtpu, at the pinned jax).
+    "aot": ["jax[tpu]==0.10.2"],
 }
 
 setuptools.setup(

@@ -1,7 +1,7 @@
 """Generate from a checkpoint with the KV-cache sampler.
 
   python -m atommem_jax.generate --model DIR --prompt "Once upon" --prompt "The capital of" \
-      --max_new_tokens 32 --greedy --json
+      --max_new_tokens 32 --greedy --json [--attention blockwise]
 
 DIR is a transformers Qwen3 directory (config.json + safetensors) or an Orbax parameter directory written by
 `atommem_jax.convert`; the tokenizer is loaded from DIR. Prompts are tokenized raw unless `--chat` wraps each one as
@@ -11,11 +11,13 @@ a user turn of the tokenizer's chat template. `--json` prints one JSON list with
 from __future__ import annotations
 
 import json
+import typing
 from typing import Sequence
 
 from absl import flags
 
 from atommem_jax import cli
+from atommem_jax.model.config import Attention
 from atommem_jax.sampling.from_checkpoint import generate_from_dir
 
 FLAGS = flags.FLAGS
@@ -31,6 +33,8 @@ flags.DEFINE_multi_string("stop", [], "stop string; the text ends just after its
 flags.DEFINE_integer("seed", 0, "sampling seed")
 flags.DEFINE_bool("chat", False, "wrap each prompt as a user turn of the tokenizer's chat template")
 flags.DEFINE_bool("json", False, "print one JSON list instead of plain text")
+flags.DEFINE_enum("attention", "auto", list(typing.get_args(Attention)),
+                  "attention implementation (auto: splash on TPU, cuDNN on GPU, blockwise for long rows on CPU)")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -40,7 +44,8 @@ def main(argv: Sequence[str]) -> None:
     raise cli.CliError("--model DIR is required (an HF Qwen3 directory or an Orbax parameter directory)")
   rows = generate_from_dir(FLAGS.model, FLAGS.prompt, max_new_tokens=FLAGS.max_new_tokens, greedy=FLAGS.greedy,
                            temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
-                           num_samples=FLAGS.num_samples, stop=FLAGS.stop, seed=FLAGS.seed, chat=FLAGS.chat)
+                           num_samples=FLAGS.num_samples, stop=FLAGS.stop, seed=FLAGS.seed, chat=FLAGS.chat,
+                           attention=FLAGS.attention)
   if FLAGS.json:
     print(json.dumps(rows))
   else:

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from atommem_jax.agent import env, protocol
+from atommem_jax.agent import protocol
+from atommem_jax.agent.envs import long_context as env
+from atommem_jax.agent.envs.base import TurnOps
 from atommem_jax.agent.config import AgentConfig
 from atommem_jax.agent.protocol import (ADD_MEMORY, DELETE_MEMORY, FINAL_ANSWER, INVALID, MODIFY_MEMORY,
                                         UPDATE_MEMORY, UPDATE_QUERY)
@@ -97,13 +99,31 @@ def test_chunking_overlaps_and_caps():
   assert len(env.chunk_document(range(100), AgentConfig(chunk_tokens=4, overlap_tokens=0, max_chunks=5))) == 5
 
 
+def test_released_windows_and_middle_truncation():
+  released = AgentConfig(chunk_tokens=4, overlap_tokens=1, max_chunks=10, chunking="released")
+  # Chunk i is [4i - 1, 4(i + 1) + 1), clipped: stride 4, one token of overlap on each side.
+  assert env.chunk_document(range(10), released) == [[0, 1, 2, 3, 4], [3, 4, 5, 6, 7, 8], [7, 8, 9]]
+  assert env.chunk_document(range(8), released) == [[0, 1, 2, 3, 4], [3, 4, 5, 6, 7]]
+  capped = AgentConfig(chunk_tokens=4, overlap_tokens=1, max_chunks=2, chunking="released", truncation="middle")
+  assert env.chunk_budget(capped) == 8
+  # 20 tokens cut to 8 from the middle: the first 4 and the last 4 are read.
+  assert env.truncate_document(range(20), capped) == [0, 1, 2, 3, 16, 17, 18, 19]
+  assert env.chunk_document(range(20), capped) == [[0, 1, 2, 3, 16], [3, 16, 17, 18, 19]]
+  tail = AgentConfig(chunk_tokens=4, overlap_tokens=1, max_chunks=2, chunking="released", truncation="tail")
+  assert env.chunk_document(range(20), tail) == [[0, 1, 2, 3, 4], [3, 4, 5, 6, 7]]
+  # Stride windows cut from the middle keep what two windows of 4 every 3 cover (7 tokens), first and last parts.
+  stride = AgentConfig(chunk_tokens=4, overlap_tokens=1, max_chunks=2, truncation="middle")
+  assert env.chunk_document(range(20), stride) == [[0, 1, 2, 3], [3, 17, 18, 19]]
+  assert env.chunk_document(range(5), capped) == env.chunk_document(range(5), tail)  # short documents: no cut
+
+
 def _run(params, state, turns):
   """Steps one trajectory through `turns` (lists of op kinds, all valid) and records its pointers."""
   history = []
   for kinds in turns:
     kind = np.zeros((1, 6), np.int32)
     kind[0, :len(kinds)] = kinds
-    state, result = env.env_step_jit(state, kind, kind > 0, params)
+    state, result = env.step_jit(state, TurnOps(kind, kind > 0, np.zeros(1, bool)), params)
     history.append((int(state.chunk_index_B[0]), int(state.question_index_B[0]), int(state.query_count_B[0]),
                     bool(state.answer_phase_B[0]), bool(state.done_B[0]),
                     result.accepted_BxO[0, :len(kinds)].tolist(),
@@ -113,7 +133,7 @@ def _run(params, state, turns):
 
 def test_implicit_next_chunk_rule_query_limit_give_up_and_answer_phase():
   params = env.EnvParams.from_config(AgentConfig(query_limit=2, max_steps=20))
-  history = _run(params, env.init_env([2], [2]), [
+  history = _run(params, env.initial_state([2], [2]), [
       [UPDATE_QUERY, UPDATE_MEMORY],  # no Create/Update: re-read chunk 0; the scratchpad write resets the count
       [UPDATE_QUERY, UPDATE_QUERY],  # two Reads in a row: at the limit, still allowed, same chunk
       [UPDATE_QUERY],  # the third in a row is refused: question 0 given up; nothing accepted -> next chunk
@@ -135,7 +155,7 @@ def test_implicit_next_chunk_rule_query_limit_give_up_and_answer_phase():
 
 def test_force_forward_early_answers_and_step_cap():
   params = env.EnvParams.from_config(AgentConfig(query_limit=1, query_limit_action="force_forward", max_steps=4))
-  history = _run(params, env.init_env([5], [2]), [
+  history = _run(params, env.initial_state([5], [2]), [
       [UPDATE_QUERY, UPDATE_QUERY, ADD_MEMORY],  # 2nd Read refused: forced forward; the Create still applies
       [FINAL_ANSWER],  # an early answer goes to question 0; only a valid tag: re-read the same chunk
       [INVALID],  # nothing valid: advance
@@ -153,9 +173,9 @@ def test_force_forward_early_answers_and_step_cap():
 
 def test_memagent_always_advances_and_rag_answers_each_question_once():
   memagent = env.EnvParams.from_config(AgentConfig(method="memagent"))
-  assert [h[0] for h in _run(memagent, env.init_env([2], [1]), [[UPDATE_QUERY], [UPDATE_MEMORY]])] == [1, 2]
+  assert [h[0] for h in _run(memagent, env.initial_state([2], [1]), [[UPDATE_QUERY], [UPDATE_MEMORY]])] == [1, 2]
   rag = env.EnvParams.from_config(AgentConfig(method="rag"))
-  history = _run(rag, env.init_env([0], [3]), [[], [FINAL_ANSWER], [INVALID]])
+  history = _run(rag, env.initial_state([0], [3]), [[], [FINAL_ANSWER], [INVALID]])
   assert [(h[1], h[3], h[4], h[6]) for h in history] == [(1, True, False, []), (2, True, False, [1]),
                                                           (3, True, True, [-1])]
 
@@ -167,12 +187,12 @@ def test_memagent_always_advances_and_rag_answers_each_question_once():
 def test_env_fuzz_keeps_pointer_invariants(turns, num_chunks, num_questions, action, method):
   config = AgentConfig(method=method, query_limit=2, query_limit_action=action, max_steps=12)
   params = env.EnvParams.from_config(config)
-  state = env.init_env([num_chunks], [num_questions])
+  state = env.initial_state([num_chunks], [num_questions])
   previous = state
   for kinds in turns:
     kind = np.zeros((1, 6), np.int32)
     kind[0, :len(kinds)] = kinds
-    state, result = env.env_step_jit(state, kind, kind > 0, params)
+    state, result = env.step_jit(state, TurnOps(kind, kind > 0, np.zeros(1, bool)), params)
     assert 0 <= int(state.chunk_index_B[0]) <= num_chunks
     assert int(previous.chunk_index_B[0]) <= int(state.chunk_index_B[0]) <= int(previous.chunk_index_B[0]) + 1
     assert int(previous.question_index_B[0]) <= int(state.question_index_B[0]) <= num_questions

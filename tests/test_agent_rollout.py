@@ -5,8 +5,12 @@ import json
 import flax.nnx as nnx
 import pytest
 
-from atommem_jax.agent import oracle, rollout
-from atommem_jax.agent.config import AgentConfig
+from atommem_jax.agent import oracle
+from atommem_jax.agent.config import AgentConfig, RolloutConfig
+from atommem_jax.agent.engines import host
+from atommem_jax.agent.envs.long_context import Episode
+from atommem_jax.agent.policy import SamplerPolicy
+from atommem_jax.agent.trajectory import write_jsonl
 from atommem_jax.data import long_context, synthetic
 from atommem_jax.data.tokenizer import load_tiny_tokenizer
 from atommem_jax.memory.config import MemoryConfig
@@ -34,14 +38,14 @@ def task():
 def _episodes(task, num_docs, count, bundled=True):
   config = long_context.LongContextConfig(num_docs=num_docs, seed=7, single_question_fraction=0.0 if bundled else 1.0,
                                           max_bundle_size=3)
-  return [rollout.Episode.from_example(e) for e in long_context.build_examples(task.corpus(), config)[:count]]
+  return [Episode.from_example(e) for e in long_context.build_examples(task.corpus(), config)[:count]]
 
 
 @pytest.mark.parametrize("num_docs", [8, 32, 96])
 def test_oracle_scores_exact_match_one_at_several_document_sizes(tokenizer, task, num_docs):
   episodes = _episodes(task, num_docs, count=2)
-  trajectories = rollout.rollout(episodes, oracle.OraclePolicy(task.questions), tokenizer=tokenizer, embed_fn=EMBED,
-                                 config=rollout.RolloutConfig(agent=AGENT, memory=MEMORY))
+  trajectories = host.rollout(episodes, oracle.OraclePolicy(task.questions), tokenizer=tokenizer, embed_fn=EMBED,
+                              config=RolloutConfig(agent=AGENT, memory=MEMORY))
   assert [t.reward for t in trajectories] == [1.0] * len(episodes)
   assert all(t.done for t in trajectories)
   assert sum(len(t.questions) for t in trajectories) > len(trajectories)  # bundles of several questions
@@ -70,8 +74,8 @@ def test_oracle_queries_storage_when_facts_are_out_of_view(tokenizer, task):
   """With K=1 the answer view shows one entry: the oracle must Read (and note facts in its scratchpad) to answer."""
   memory = dataclasses.replace(MEMORY, top_k=1)
   episodes = _episodes(task, 32, count=2)
-  trajectories = rollout.rollout(episodes, oracle.OraclePolicy(task.questions), tokenizer=tokenizer, embed_fn=EMBED,
-                                 config=rollout.RolloutConfig(agent=AGENT, memory=memory))
+  trajectories = host.rollout(episodes, oracle.OraclePolicy(task.questions), tokenizer=tokenizer, embed_fn=EMBED,
+                              config=RolloutConfig(agent=AGENT, memory=memory))
   assert [t.reward for t in trajectories] == [1.0, 1.0]
   reads = sum(turn.op_counts["update_query"] for t in trajectories for turn in t.turns)
   assert reads > 0
@@ -84,14 +88,14 @@ def model_policy(tokenizer):
   model = Qwen3(dataclasses.replace(PRESETS["tiny_default"], num_layers=1), rngs=nnx.Rngs(0))
   config = SamplerConfig(max_new_tokens=8, temperature=1.0, prompt_buckets=(1024,), batch_buckets=(16,),
                          eos_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id)
-  return rollout.SamplerPolicy(Sampler(model, config, tokenizer=tokenizer), seed=0)
+  return SamplerPolicy(Sampler(model, config, tokenizer=tokenizer), seed=0)
 
 
 def test_random_model_rollout_4_prompts_x_4_samples_ends_and_writes_jsonl(tokenizer, task, model_policy, tmp_path):
   episodes = _episodes(task, 8, count=4, bundled=False)
   agent = dataclasses.replace(AGENT, chunk_tokens=64, overlap_tokens=8, max_steps=5)
-  trajectories = rollout.rollout(episodes, model_policy, tokenizer=tokenizer, embed_fn=EMBED,
-                                 config=rollout.RolloutConfig(agent=agent, memory=MEMORY, num_samples=4))
+  trajectories = host.rollout(episodes, model_policy, tokenizer=tokenizer, embed_fn=EMBED,
+                              config=RolloutConfig(agent=agent, memory=MEMORY, num_samples=4))
   assert len(trajectories) == 16
   assert [(t.episode_id, t.sample) for t in trajectories] == [(e.id, g) for e in episodes for g in range(4)]
   for t in trajectories:
@@ -110,7 +114,7 @@ def test_random_model_rollout_4_prompts_x_4_samples_ends_and_writes_jsonl(tokeni
   assert len({tuple(turn.response_ids) for turn in first}) > 1
 
   path = tmp_path / "rollout.jsonl"
-  rollout.write_jsonl(trajectories, path)
+  write_jsonl(trajectories, path)
   rows = [json.loads(line) for line in path.read_text().splitlines()]
   assert len(rows) == 16
   assert rows[5]["turns"][0]["observation"] == trajectories[5].turns[0].observation
@@ -131,8 +135,8 @@ def test_baselines_and_ablations_run_episodes_end_to_end(tokenizer, task, method
   episodes = _episodes(task, 16, count=2)
   agent = dataclasses.replace(AGENT, method=method, **overrides)
   memory = dataclasses.replace(MEMORY, **memory_overrides)
-  trajectories = rollout.rollout(episodes, oracle.OraclePolicy(task.questions, method=method), tokenizer=tokenizer,
-                                 embed_fn=EMBED, config=rollout.RolloutConfig(agent=agent, memory=memory))
+  trajectories = host.rollout(episodes, oracle.OraclePolicy(task.questions, method=method), tokenizer=tokenizer,
+                              embed_fn=EMBED, config=RolloutConfig(agent=agent, memory=memory))
   for episode, t in zip(episodes, trajectories):
     assert t.done and len(t.turns) <= agent.max_steps
     names = {op["type"] for turn in t.turns for op in turn.ops if op["valid"]}
@@ -163,5 +167,5 @@ def test_baselines_and_ablations_run_episodes_end_to_end(tokenizer, task, method
 def test_policy_returning_the_wrong_number_of_responses_is_a_clear_error(tokenizer, task):
   episodes = _episodes(task, 8, count=2)
   with pytest.raises(ValueError, match="one string per observation"):
-    rollout.rollout(episodes, lambda observations: [], tokenizer=tokenizer, embed_fn=EMBED,
-                    config=rollout.RolloutConfig(agent=AGENT, memory=MEMORY))
+    host.rollout(episodes, lambda observations: [], tokenizer=tokenizer, embed_fn=EMBED,
+                 config=RolloutConfig(agent=AGENT, memory=MEMORY))

@@ -44,7 +44,7 @@ def test_missing_or_failing_experiment_files(tmp_path):
   line = _one_line_error(_run("-m", "atommem_jax.train", "--config=experiments/nope.py", f"--workdir={tmp_path}"))
   assert line == "error: --config: experiment file experiments/nope.py does not exist"
   line = _one_line_error(_run(*TRAIN[:2], f"{TRAIN[2]}y", f"--workdir={tmp_path}"))
-  assert line.endswith("ValueError: unknown config argument 'tinyy'; use '' (HotpotQA, released settings) or 'tiny'")
+  assert line.startswith("error: --config ") and "ValueError: unknown config argument 'tinyy'" in line
 
 
 def test_evaluate_names_an_unknown_preset(tmp_path):

@@ -10,6 +10,7 @@ import torch
 from atommem_jax.sampling.from_checkpoint import generate_from_dir
 from atommem_jax.checkpoint import copy_tokenizer_files, load_hf, save_params
 from atommem_jax.data.tokenizer import load_tiny_tokenizer, tiny_tokenizer_dir
+from atommem_jax.model import attention as attention_lib
 from atommem_jax.sampling import chat
 from hf_fixtures import make_tiny_hf_checkpoint
 
@@ -72,10 +73,25 @@ def test_orbax_dir_with_chat_template_and_samples(hf_dir_and_model, tmp_path):
   assert [r["token_ids"] for r in rows] == [expected[0], expected[0], expected[1], expected[1]]
 
 
+def test_blockwise_attention_generates_transformers_tokens(hf_dir_and_model, monkeypatch):
+  """Greedy generation with `attention="blockwise"` in blocks of 16 queries (the 63-token prefill of the 64 bucket in
+  4 blocks) gives transformers' tokens."""
+  monkeypatch.setattr(attention_lib, "BLOCK_QUERIES", 16)
+  path, hf_model = hf_dir_and_model
+  tokenizer = load_tiny_tokenizer()
+  rows = generate_from_dir(str(path), PROMPTS, max_new_tokens=NEW, greedy=True, temperature=1.0, top_k=0, top_p=1.0,
+                           num_samples=1, stop=[], seed=0, chat=False, attention="blockwise")
+  prompt_ids = [tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
+  assert [r["token_ids"] for r in rows] == hf_greedy_until_eos(hf_model, tokenizer, prompt_ids)
+
+
 def test_clear_errors(hf_dir_and_model, tmp_path):
   result = subprocess.run([sys.executable, "-m", "atommem_jax.generate", "--prompt", "hi"], capture_output=True,
                           text=True, env=dict(os.environ), timeout=120)
   assert result.returncode != 0 and "--model DIR is required" in result.stderr
+  result = subprocess.run([sys.executable, "-m", "atommem_jax.generate", "--model", str(tmp_path), "--prompt", "hi",
+                           "--attention", "flash"], capture_output=True, text=True, env=dict(os.environ), timeout=120)
+  assert result.returncode != 0 and "--attention" in result.stderr and "blockwise" in result.stderr
   bare = tmp_path / "no_tokenizer"
   make_tiny_hf_checkpoint(bare)
   with pytest.raises(ValueError, match="holds no tokenizer files"):

@@ -158,10 +158,11 @@ def squared_logits_grad(graphdef, state, tokens_BxT, positions_BxT, mask_BxT):
   return jax.grad(loss)(state)
 
 
-def test_remat_gives_the_same_gradients(tiny_model):
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_gives_the_same_gradients(tiny_model, remat):
   config, model = tiny_model
   graphdef, state = nnx.split(model)
-  remat_graphdef, _ = abstract_model(config.replace(remat=True))
+  remat_graphdef, _ = abstract_model(config.replace(remat=remat))
   tokens, positions, mask = left_padded_batch(config.vocab_size, length=8)
   plain_grads = jax.tree.leaves(squared_logits_grad(graphdef, state, tokens, positions, mask))
   remat_grads = jax.tree.leaves(squared_logits_grad(remat_graphdef, state, tokens, positions, mask))
@@ -206,6 +207,15 @@ def test_to_hf_dict_is_read_back_by_transformers_and_by_from_hf():
     assert hf.rope_parameters["rope_theta"] == config.rope_theta
     assert (hf.num_hidden_layers, hf.head_dim, hf.tie_word_embeddings) == (
         config.num_layers, config.head_dim, config.tie_word_embeddings)
+
+
+def test_config_reads_remat_saved_as_a_bool_and_refuses_unknown_names():
+  assert Qwen3Config.from_dict({"remat": True}).remat == "full"
+  assert Qwen3Config.from_dict({"remat": False}).remat == "none"
+  with pytest.raises(configlib.ConfigError, match="flash"):
+    Qwen3Config.from_dict({"attention": "flash"})
+  with pytest.raises(configlib.ConfigError, match="everything"):
+    Qwen3Config(remat="everything")
 
 
 def test_config_boundary_refuses_unknown_keys_and_bad_shapes():

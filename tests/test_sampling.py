@@ -221,3 +221,18 @@ def test_chat_formatting_uses_the_tokenizers_template():
     chat.chat_text(tokenizer, [{"role": "user", "content": "Hi"}])
   with pytest.raises(ValueError, match="message 0 must have a 'role'"):
     chat.chat_text(load_tiny_tokenizer(), [{"content": "Hi"}])
+
+
+def test_waves_give_the_same_samples_with_one_compilation(model):
+  """5 prompts x 2 samples in waves of 4 rows: 3 waves of 2 prompts (the last padded to the same batch), the same
+  tokens and logprobs as the whole batch at once, since each row is seeded by its row id."""
+  prompts = PROMPTS + [rng.integers(3, VOCAB, 9).tolist()]
+  whole = Sampler(model, SAMPLED).generate(prompts, seed=3, num_samples=2)
+  waved_sampler = Sampler(model, dataclasses.replace(SAMPLED, wave_rows=4))
+  waved = waved_sampler.generate(prompts, seed=3, num_samples=2)
+  np.testing.assert_array_equal(waved.tokens_RxN, whole.tokens_RxN)
+  np.testing.assert_array_equal(waved.lengths_R, whole.lengths_R)
+  np.testing.assert_allclose(waved.logprobs_RxN, whole.logprobs_RxN, atol=1e-5)
+  assert waved_sampler.trace_count == 2  # one prefill and one decode for all three waves
+  prefill, _ = waved_sampler.functions(2)
+  assert prefill._cache_size() == 1

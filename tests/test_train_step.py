@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from atommem_jax import sharding
+from atommem_jax.model import Qwen3
 from atommem_jax.model.config import PRESETS
 from atommem_jax.sampling import Sampler, SamplerConfig
 from atommem_jax.train import batching, grpo, step
@@ -156,3 +157,32 @@ def test_the_samplers_logprobs_are_pi_old_of_the_tempered_policy():
         params, batch))
     gap = np.abs(recomputed[mask] - np.asarray(batch.old_logprobs_NxT)[mask]).max()
     assert (gap < 1e-4) == close, (temperature_fn, gap)
+
+
+@pytest.mark.parametrize("objective,remat,chunk", [("grpo", "full", 5), ("sft", "dots", 4)])
+def test_remat_and_chunked_lm_head_leave_loss_and_gradients_equal(objective, remat, chunk):
+  """The LM head in chunks of 5 (4) positions, 3 (4, the last padded) chunks of a 16-token row, under per-layer remat
+  gives the loss, metrics and gradients of whole-row logits without remat."""
+  config = step.StepConfig(objective=objective, grpo=grpo.GRPOConfig(kl_coef=0.1, entropy_coef=0.01),
+                           temperature=0.7 if objective == "grpo" else 1.0)
+  mesh = sharding.make_mesh(sharding.MeshConfig(), jax.devices()[:1])
+  graphdef, params, _ = step.init_params(MODEL, seed=0, mesh=mesh)
+  micro = jax.tree.map(lambda x: x[0], _batch(3))
+  num_tokens = micro.loss_mask_NxT.sum().astype(np.float32)
+  num_rows = (micro.loss_mask_NxT.sum(-1) > 0).sum().astype(np.float32)
+
+  loss_and_grads = jax.jit(
+      lambda params, graphdef: jax.value_and_grad(step._microbatch_loss, has_aux=True)(
+          params, graphdef, micro, num_tokens, num_rows, config), static_argnums=1)
+  (want_loss, want_metrics), want_grads = loss_and_grads(params, graphdef)
+  assert MODEL.logits_chunk >= micro.tokens_NxT.shape[1] and MODEL.remat == "none"
+  other = nnx.split(nnx.eval_shape(lambda: Qwen3(MODEL.replace(remat=remat, logits_chunk=chunk),
+                                                 rngs=nnx.Rngs(0))))[0]
+  (loss, metrics), grads = loss_and_grads(params, other)
+  np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-5, atol=1e-5)
+  assert set(metrics) == set(want_metrics)
+  for key in want_metrics:
+    np.testing.assert_allclose(float(metrics[key]), float(want_metrics[key]), rtol=1e-5, atol=1e-5, err_msg=key)
+  for a, b in zip(jax.tree.leaves(want_grads), jax.tree.leaves(grads)):
+    assert np.abs(np.asarray(a)).max() > 0
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)

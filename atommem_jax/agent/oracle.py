@@ -20,7 +20,8 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from atommem_jax.agent import rollout as rollout_lib
+from atommem_jax import op_table
+from atommem_jax.agent.trajectory import Trajectory
 from atommem_jax.data.synthetic import Fact, SyntheticQuestion
 
 _CHUNK_RE = re.compile(r"^Chunk (\d+) of \d+:\n", re.MULTILINE)
@@ -53,7 +54,7 @@ class OraclePolicy:
       facts = [f for q in self._questions_in(observation[:chunk.start()]) for f in q.facts
                if f.sentence in observation]
       notes = " ".join(dict.fromkeys(f.sentence for f in facts)) or "No relevant facts yet."
-      return f"<update_memory>{notes}</update_memory>"
+      return op_table.tag(op_table.UPDATE_MEMORY, notes)
     if chunk is not None:
       return self._read(observation[chunk.end():], int(chunk.group(1)), observation[:chunk.start()], shown)
     # The answer view states the current question first (the query line further down may quote another one).
@@ -62,7 +63,7 @@ class OraclePolicy:
     if self.method != "atommem":
       visible = [f for f in question.facts if f.sentence in observation]
       answer = _derive(question.kind, visible) if len(visible) == len(question.facts) else "unknown"
-      return f"<final_answer>\\boxed{{{answer}}}</final_answer>"
+      return op_table.tag(op_table.FINAL_ANSWER, f"\\boxed{{{answer}}}")
     return self._answer(question, shown, scratchpad)
 
   def _read(self, chunk_text: str, chunk_number: int, header: str, shown: Sequence[str]) -> str:
@@ -75,8 +76,8 @@ class OraclePolicy:
       return f"Chunk {chunk_number} holds nothing for the questions; moving on."
     # Facts first, in reasoning order, so each is copied while its question is the freshest context; the
     # scratchpad then records only the progress.
-    adds = "".join(f"<add_memory>{fact.sentence}</add_memory>" for fact in facts)
-    return f"{adds}<update_memory>Chunk {chunk_number}: stored {len(facts)} facts.</update_memory>"
+    adds = "".join(op_table.tag(op_table.ADD_MEMORY, fact.sentence) for fact in facts)
+    return adds + op_table.tag(op_table.UPDATE_MEMORY, f"Chunk {chunk_number}: stored {len(facts)} facts.")
 
   def _answer(self, question: SyntheticQuestion, shown: Sequence[str], scratchpad: str) -> str:
     visible = [f for f in question.facts if any(f.sentence in entry for entry in shown) or f.sentence in scratchpad]
@@ -85,9 +86,9 @@ class OraclePolicy:
       # The facts first, in reasoning order: each step of the chain is then a lookup in view, and the answer is
       # the last word just written.
       reasoning = " ".join(f.sentence for f in question.facts)
-      return f"{reasoning}<final_answer>\\boxed{{{_derive(question.kind, visible)}}}</final_answer>"
+      return reasoning + op_table.tag(op_table.FINAL_ANSWER, f"\\boxed{{{_derive(question.kind, visible)}}}")
     keep = " ".join(f.sentence for f in visible) or "Looking for the facts."
-    return f"<update_memory>{keep}</update_memory><update_query>{missing[0].sentence}</update_query>"
+    return op_table.tag(op_table.UPDATE_MEMORY, keep) + op_table.tag(op_table.UPDATE_QUERY, missing[0].sentence)
 
 
 def _derive(kind: str, facts: Sequence[Fact]) -> str:
@@ -96,7 +97,7 @@ def _derive(kind: str, facts: Sequence[Fact]) -> str:
   return facts[-1].object
 
 
-def oracle_sft_pairs(trajectories: Sequence[rollout_lib.Trajectory], tokenizer: Any, *, min_reward: float = 0.5,
+def oracle_sft_pairs(trajectories: Sequence[Trajectory], tokenizer: Any, *, min_reward: float = 0.5,
                      append_eos: bool = True) -> list[dict[str, str]]:
   """Every turn of every trajectory with reward >= `min_reward` as {"prompt", "completion"}.
 

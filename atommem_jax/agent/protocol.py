@@ -39,25 +39,25 @@ import importlib.resources
 import pathlib
 import re
 import string
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+from atommem_jax import op_table
 from atommem_jax.metrics.boxed import last_boxed
 
-# Op kinds as small ints: the environment and the jitted rollout carry these, the host carries the names.
-INVALID = 0
-UPDATE_MEMORY = 1  # scratchpad write
-UPDATE_QUERY = 2  # Read
-ADD_MEMORY = 3  # Create
-MODIFY_MEMORY = 4  # Update
-DELETE_MEMORY = 5  # Delete
-FINAL_ANSWER = 6
-
-KIND_NAMES = ("invalid", "update_memory", "update_query", "add_memory", "modify_memory", "delete_memory",
-              "final_answer")
-TAG_KINDS = {name: kind for kind, name in enumerate(KIND_NAMES) if kind != INVALID}
+# Op kinds as small ints (the environment and the jitted rollout carry these, the host carries the names), all from
+# the op table.
+INVALID = op_table.INVALID
+UPDATE_MEMORY = op_table.UPDATE_MEMORY  # scratchpad write
+UPDATE_QUERY = op_table.UPDATE_QUERY  # Read
+ADD_MEMORY = op_table.ADD_MEMORY  # Create
+MODIFY_MEMORY = op_table.MODIFY_MEMORY  # Update
+DELETE_MEMORY = op_table.DELETE_MEMORY  # Delete
+FINAL_ANSWER = op_table.FINAL_ANSWER
+KIND_NAMES = op_table.KIND_NAMES
+TAG_KINDS = op_table.TAG_KINDS
 
 _PROTOCOL_TAG_RE = re.compile(r"<(/?)(" + "|".join(TAG_KINDS) + r")>")
-_THINK_RE = re.compile(r"<think>.*?(</think>|\Z)", re.DOTALL)
+_THINK_RE = re.compile(f"<{op_table.THINK}>.*?(</{op_table.THINK}>|\\Z)", re.DOTALL)
 _UNKNOWN_PAIR_RE = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>.*?</\1>", re.DOTALL)
 _MODIFY_RE = re.compile(r"\s*Memory\s+(\d+)\s*:(.*)\Z", re.DOTALL)
 _DELETE_RE = re.compile(r"\s*Memory\s+(\d+)\s*\Z")
@@ -86,26 +86,28 @@ def _invalid(reason: str, text: str = "") -> Op:
 
 
 def _parse_body(kind: int, body: str, num_shown: int, deleted: set[int]) -> Op:
+  grammar = op_table.BY_KIND[kind].body
   if not body.strip():
     return _invalid(f"empty <{KIND_NAMES[kind]}>")
-  if kind in (UPDATE_MEMORY, UPDATE_QUERY, ADD_MEMORY):
+  if grammar == "text":
     return Op(kind=kind, text=body.strip())
-  if kind == FINAL_ANSWER:
+  if grammar == "boxed":
     answer = last_boxed(body)
     if answer is None:
-      return _invalid("final_answer without a balanced \\boxed{}", body)
+      return _invalid(f"{KIND_NAMES[kind]} without a balanced \\boxed{{}}", body)
     if not answer.strip():
       return _invalid("empty \\boxed{}", body)
     return Op(kind=kind, text=answer.strip())
-  match = (_MODIFY_RE if kind == MODIFY_MEMORY else _DELETE_RE).match(body)
+  match = (_MODIFY_RE if grammar == "target_text" else _DELETE_RE).match(body)
   if match is None:
-    return _invalid(f"<{KIND_NAMES[kind]}> body is not 'Memory i{': TEXT' if kind == MODIFY_MEMORY else ''}'", body)
+    form = "Memory i: TEXT" if grammar == "target_text" else "Memory i"
+    return _invalid(f"<{KIND_NAMES[kind]}> body is not '{form}'", body)
   target = int(match.group(1))
   if not 1 <= target <= num_shown:
     return _invalid(f"Memory {target} is not among the {num_shown} shown entries", body)
   if target in deleted:
     return _invalid(f"Memory {target} was already deleted in this response", body)
-  if kind == DELETE_MEMORY:
+  if grammar == "target":
     deleted.add(target)
     return Op(kind=kind, target=target)
   text = match.group(2).strip()
@@ -145,7 +147,7 @@ def parse_response(response: str, num_shown: int) -> list[Op]:
   for tag_a, tag_b in _protocol_spans(tags):
     blanked[tag_a:tag_b] = " " * (tag_b - tag_a)
   for match in _UNKNOWN_PAIR_RE.finditer("".join(blanked)):
-    if match.group(1) != "think":
+    if match.group(1) != op_table.THINK:
       ops.append((match.start(), _invalid(f"unknown tag <{match.group(1)}>")))
   return [op for _, op in sorted(ops, key=lambda pair: pair[0])]
 
@@ -175,21 +177,31 @@ def disable_ops(ops: Sequence[Op], disabled_kinds: Sequence[int]) -> list[Op]:
 # Observations
 # ----------------------------------------------------------------------------------------------------------------
 
-# Each view's file and the placeholders it may use (a template may leave any of them out).
+# Each view's file and the placeholders it may use (a template may leave any of them out): the long-context
+# reader's; another environment loads its own table. Every value the released prompt shows has one:
+#   questions        every question, numbered, the current one marked
+#   question         the current question; question_number / num_questions: its 1-based number, how many in all
+#   scratchpad, query, memories   the memory ("Memory i: ..." lines, or the no-memory marker)
+#   chunk, chunk_number, num_chunks   the chunk read this turn
+#   reads_in_a_row   Reads (query updates) made in a row so far; query_limit: how many in a row are allowed
+#   memory           MemAgent's one memory; chunks: RAG's retrieved passages; context: the full-context cut
+_QUESTION = ("question", "question_number", "num_questions")
+_CHUNK = ("chunk", "chunk_number", "num_chunks")
+_ATOMMEM_MEMORY = ("scratchpad", "query", "memories", "reads_in_a_row", "query_limit")
 TEMPLATE_FIELDS = {
     "system": (),
     "baseline_system": (),
-    "read": ("questions", "scratchpad", "query", "memories", "chunk", "chunk_number", "num_chunks"),
-    "answer": ("question", "scratchpad", "query", "memories"),
-    "memagent_read": ("questions", "memory", "chunk", "chunk_number", "num_chunks"),
-    "memagent_answer": ("question", "memory"),
-    "rag_answer": ("question", "chunks"),
-    "full_context_answer": ("question", "context"),
+    "read": ("questions", *_QUESTION, *_ATOMMEM_MEMORY, *_CHUNK),
+    "answer": ("questions", *_QUESTION, *_ATOMMEM_MEMORY),
+    "memagent_read": ("questions", *_QUESTION, "memory", *_CHUNK),
+    "memagent_answer": (*_QUESTION, "memory"),
+    "rag_answer": (*_QUESTION, "chunks"),
+    "full_context_answer": (*_QUESTION, "context"),
 }
-TEMPLATE_NAMES = tuple(TEMPLATE_FIELDS)
 # Packaged variants of our wording, each a subdirectory of `templates/` holding the files it changes.
 # "compact": a one-paragraph system prompt (about 60 tokens instead of 250) for small models with short contexts.
-PACKAGED_VARIANTS = ("compact",)
+# "released": our wording showing every value the released prompt shows, the reads in a row included.
+PACKAGED_VARIANTS = ("compact", "released")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,24 +212,25 @@ class Templates:
   directory: str
 
   @classmethod
-  def load(cls, directory: str | None = None) -> "Templates":
+  def load(cls, directory: str | None = None,
+           fields: Mapping[str, Sequence[str]] = TEMPLATE_FIELDS) -> "Templates":
     """Our packaged templates (`directory` "" or None), a packaged variant by name (`PACKAGED_VARIANTS`), or a
-    user's directory holding every file (`NAME.txt`)."""
+    user's directory holding every file (`NAME.txt`); `fields` names the files and the placeholders each may use."""
     packaged = pathlib.Path(str(importlib.resources.files(__package__) / "templates"))
     root = packaged / directory if directory in PACKAGED_VARIANTS else pathlib.Path(directory or packaged)
     texts = {}
-    for name in TEMPLATE_NAMES:
+    for name in fields:
       path = root / f"{name}.txt"
       if directory in PACKAGED_VARIANTS and not path.is_file():
         path = packaged / f"{name}.txt"  # a variant holds only the files it changes
       if not path.is_file():
-        raise FileNotFoundError(f"template directory {root} has no {name}.txt (needs {list(TEMPLATE_NAMES)})")
+        raise FileNotFoundError(f"template directory {root} has no {name}.txt (needs {list(fields)})")
       texts[name] = path.read_text(encoding="utf-8")
       template = string.Template(texts[name])
-      unknown = sorted(set(template.get_identifiers()) - set(TEMPLATE_FIELDS[name]))
+      unknown = sorted(set(template.get_identifiers()) - set(fields[name]))
       if unknown or not template.is_valid():
         raise ValueError(f"template {path}: placeholder(s) {unknown or 'malformed ($ not followed by a name)'} "
-                         f"not among {list(TEMPLATE_FIELDS[name])} (write $$ for a literal $)")
+                         f"not among {list(fields[name])} (write $$ for a literal $)")
     return cls(texts=texts, directory=str(root))
 
   def render(self, name: str, **fields: Any) -> str:
@@ -247,7 +260,9 @@ def render_questions(questions: Sequence[str], current: int) -> str:
   return "\n".join(lines)
 
 
-def chat_prompt(tokenizer: Any, system: str, user: str) -> str:
-  """System + user message through the tokenizer's own chat template, ending with the assistant turn opener."""
+def chat_prompt(tokenizer: Any, system: str, user: str, tools: Sequence[Any] | None = None) -> str:
+  """System + user message through the tokenizer's own chat template, ending with the assistant turn opener;
+  `tools` (JSON schemas) are rendered by the template as it renders them (Qwen3's lists them in the system turn)."""
   messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-  return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+  return tokenizer.apply_chat_template(messages, tools=list(tools) if tools is not None else None, tokenize=False,
+                                       add_generation_prompt=True)

@@ -5,8 +5,9 @@
 The transcript is
   {"document": str, "questions": [str], "answers": [[str]], "config": {...}, "responses": [str, ...]}
 where `config` overrides fields of `agent.config.AgentConfig` (chunk_tokens, overlap_tokens, max_chunks, max_steps,
-query_limit, query_limit_action, method, ablation switches, ...) and of `memory.config.MemoryConfig` (top_k,
-capacity, entry_tokens, ...), plus `tokenizer` (a tokenizer directory; default: the tiny default tokenizer) and
+query_limit, query_limit_action, method, ablation switches, chunking, truncation, reward, template_dir, ...) and of
+`memory.config.MemoryConfig` (top_k, capacity, entry_tokens, spill, ...), plus `tokenizer` (a tokenizer directory;
+default: the tiny default tokenizer) and
 `embedder`: "hashing" (the default, weight-free) or the directory of a transformers Qwen3 checkpoint used as a
 Qwen3-Embedding-style embedder (last-token pooling, an instruction prefix on queries; its hidden size must equal
 `embed_dim` and its vocabulary must cover the tokenizer's). Responses are fed in order as the policy's
@@ -14,9 +15,10 @@ outputs; if they run out before the episode ends, the replay stops there with `d
 
 Exactly one JSON object is printed:
   {"turns": [{"chunk_index": int, "phase": "read"|"answer", "ops": [{"type": str, "valid": bool}],
-              "retrieved": [str]}],
+              "retrieved": [str], "observation": str}],
    "final": {"scratchpad": str, "storage": [str], "query": str, "answers": [str], "reward": float, "done": bool}}
-`retrieved` is what that turn's observation showed; storage is in creation order; an unanswered question's answer
+`retrieved` is what that turn's observation showed, `observation` the text of that turn's prompt (the user
+message); `reward` is the one `config.reward` names; storage is in creation order; an unanswered question's answer
 is "". Op type names are those of `agent.protocol` (`update_memory, update_query, add_memory, modify_memory,
 delete_memory, final_answer, invalid`).
 """
@@ -27,8 +29,9 @@ import os
 from typing import Any
 
 from atommem_jax import configlib
-from atommem_jax.agent import rollout as rollout_lib
-from atommem_jax.agent.config import AgentConfig
+from atommem_jax.agent.config import AgentConfig, RolloutConfig
+from atommem_jax.agent.engines import host
+from atommem_jax.agent.envs.long_context import Episode
 from atommem_jax.memory.config import MemoryConfig
 
 _TOOL_KEYS = ("tokenizer", "embedder")
@@ -105,16 +108,16 @@ def replay(transcript: dict[str, Any], where: str = "transcript") -> dict[str, A
   from atommem_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   tokenizer = tokenizer_lib.load_tiny_tokenizer(tools.get("tokenizer"))
   embed_fn = _embedder(tools.get("embedder", "hashing"), memory, tokenizer, where)
-  episode = rollout_lib.Episode(id=where, document=transcript["document"], questions=tuple(transcript["questions"]),
-                                answers=tuple(tuple(a) for a in transcript["answers"]))
+  episode = Episode(id=where, document=transcript["document"], questions=tuple(transcript["questions"]),
+                    answers=tuple(tuple(a) for a in transcript["answers"]))
   responses = iter(transcript["responses"])
   policy = lambda observations: [next(responses) for _ in observations]
-  (trajectory,) = rollout_lib.rollout([episode], policy, tokenizer=tokenizer, embed_fn=embed_fn,
-                                      config=rollout_lib.RolloutConfig(agent=agent, memory=memory),
-                                      max_turns=len(transcript["responses"]))
+  (trajectory,) = host.rollout([episode], policy, tokenizer=tokenizer, embed_fn=embed_fn,
+                               config=RolloutConfig(agent=agent, memory=memory), max_turns=len(transcript["responses"]))
   return {
       "turns": [{"chunk_index": t.chunk_index, "phase": t.phase,
-                 "ops": [{"type": op["type"], "valid": op["valid"]} for op in t.ops], "retrieved": t.retrieved}
+                 "ops": [{"type": op["type"], "valid": op["valid"]} for op in t.ops], "retrieved": t.retrieved,
+                 "observation": t.observation}
                 for t in trajectory.turns],
       "final": {"scratchpad": trajectory.scratchpad, "storage": trajectory.storage, "query": trajectory.query,
                 "answers": [a if a is not None else "" for a in trajectory.answers], "reward": trajectory.reward,

@@ -1,4 +1,5 @@
-"""`python -m atommem_jax.bench {forward,decode,memory,rollout} --json`: speed against the alternative a user picks."""
+"""`python -m atommem_jax.bench {forward,decode,memory,rollout,attention,web,long_eval} --json`: speed against the
+alternative a user picks."""
 import importlib
 import json
 import sys
@@ -8,6 +9,9 @@ SUITES = {
     "decode": "atommem_jax.bench.decode",
     "memory": "atommem_jax.bench.memory",
     "rollout": "atommem_jax.bench.rollout",
+    "attention": "atommem_jax.bench.attention",
+    "web": "atommem_jax.bench.web",
+    "long_eval": "atommem_jax.bench.long_eval",
 }
 
 

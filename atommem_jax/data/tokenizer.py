@@ -26,14 +26,15 @@ import os
 import random
 from typing import Iterator, Sequence
 
+from atommem_jax import op_table
+
 VOCAB_SIZE = 2048
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
 EOS_TOKEN = "<|im_end|>"
 SPECIAL_TOKENS = (PAD_TOKEN, IM_START, EOS_TOKEN)
-PROTOCOL_TAGS = tuple(f"<{close}{name}>" for name in ("update_memory", "update_query", "add_memory", "modify_memory",
-                                                      "delete_memory", "final_answer", "think")
-                      for close in ("", "/"))
+# The op table's tags, opening then closing, think last: their order fixes their ids in the committed asset.
+PROTOCOL_TAGS = op_table.tag_tokens()
 # Qwen2/3's split: contractions, letter runs (with one leading non-letter), single digits, punctuation runs,
 # newlines, spaces. One change: `{` never leads a letter run, so an answer in `\\boxed{...}` tokenizes as the same
 # word does at the start of a line.

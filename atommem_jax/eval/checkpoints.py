@@ -26,9 +26,10 @@ from atommem_jax import configlib
 from atommem_jax.data import tokenizer as tokenizer_lib
 from atommem_jax.model import abstract_model, get_preset
 from atommem_jax.model.config import Qwen3Config
+from atommem_jax.train.config import ModelInitConfig
 
 # Fields that do not change what the parameters mean; a checkpoint may differ from `expected_model` in these.
-_RUNTIME_FIELDS = ("dtype", "remat", "max_position_embeddings")
+_RUNTIME_FIELDS = ("dtype", "remat", "attention", "logits_chunk", "max_position_embeddings")
 
 
 class EvalError(ValueError):
@@ -79,6 +80,8 @@ def _train_step_source(step_dir: pathlib.Path) -> ModelSource:
     model_config = checkpoint_lib.load_config(init_checkpoint)
   else:
     model_config = Qwen3Config.from_hf(init_checkpoint)
+  # The run's dtypes, attention and remat (its parameters were saved in its `model.param_dtype`).
+  model_config = configlib.from_dict(ModelInitConfig, model).runtime(model_config)
   tokenizer_dir = pathlib.Path(tokenizer or init_checkpoint or tokenizer_lib.tiny_tokenizer_dir())
   return ModelSource("train_step", step_dir, model_config, tokenizer_dir)
 

@@ -21,13 +21,13 @@ from absl import logging
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
-from atommem_jax import jsonl_log  # pylint: disable=g-import-not-at-top
+from atommem_jax import jsonl_log, op_table  # pylint: disable=g-import-not-at-top
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 OP_RATE_PREFIX = "op_rate/"
 EVAL_FILE = "eval.jsonl"  # the trainer's held-out evaluations, one row per evaluation (step, label, em, ...)
 # The paper's training-dynamics figure: atomic storage operations in this order, with these names.
-DYNAMICS_OPS = (("read", "Read"), ("create", "Create"), ("update", "Update"), ("delete", "Delete"))
+DYNAMICS_OPS = tuple((spec.metric, spec.figure_label) for spec in op_table.OPS if spec.figure_label)
 
 
 class MetricsError(ValueError):

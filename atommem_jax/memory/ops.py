@@ -13,17 +13,15 @@ import flax.struct
 import jax
 import numpy as np
 
+from atommem_jax import op_table
 from atommem_jax.memory.config import MemoryConfig
 
-NOOP = 0  # padding: a slot in the O-wide op row that holds no op; never counted
-SET_SCRATCHPAD = 1  # <update_memory>TEXT</update_memory>
-SET_QUERY = 2  # <update_query>TEXT</update_query>
-CREATE = 3  # <add_memory>TEXT</add_memory>
-UPDATE = 4  # <modify_memory>Memory i: TEXT</modify_memory>
-DELETE = 5  # <delete_memory>Memory i</delete_memory>
-NUM_OP_TYPES = 6
-OP_NAMES = ("noop", "set_scratchpad", "set_query", "create", "update", "delete")
-TARGETED_OPS = (UPDATE, DELETE)
+# The op types and their names come from the op table (`atommem_jax.op_table.MEMORY_OPS`).
+NOOP, SET_SCRATCHPAD, SET_QUERY, CREATE, UPDATE, DELETE = (op_table.NOOP, op_table.SET_SCRATCHPAD, op_table.SET_QUERY,
+                                                           op_table.CREATE, op_table.UPDATE, op_table.DELETE)
+NUM_OP_TYPES = op_table.NUM_MEMORY_OPS
+OP_NAMES = op_table.MEMORY_OP_NAMES
+TARGETED_OPS = op_table.TARGETED_MEMORY_OPS
 
 # One op as the host hands it over: (type, target, token ids) or (type, target, token ids, valid).
 HostOp = tuple[int, int, Sequence[int]] | tuple[int, int, Sequence[int], bool]

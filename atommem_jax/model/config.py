@@ -4,11 +4,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import typing
 from typing import Any, Literal, Mapping
 
 from atommem_jax import configlib
 
 DType = Literal["float32", "bfloat16"]
+# `model/attention.py`: "auto" picks splash on TPU, cuDNN on GPU, and on CPU blockwise for long rows, dense otherwise.
+Attention = Literal["auto", "dense", "blockwise", "splash", "cudnn"]
+# Per-layer rematerialisation in the backward pass: nothing, everything but the layer's input, or every matmul
+# without batch dimensions kept (the projections; attention scores are recomputed).
+Remat = Literal["none", "full", "dots"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,11 +32,15 @@ class Qwen3Config:
   max_position_embeddings: int = 1024
   dtype: DType = "float32"  # activations
   param_dtype: DType = "float32"
-  remat: bool = False  # rematerialise each layer in the backward pass
+  attention: Attention = "auto"
+  remat: Remat = "none"
+  # Training losses apply the LM head to this many sequence positions at a time (under remat), so no [N, T, V]
+  # logits exist; rows no longer than this are one chunk.
+  logits_chunk: int = 1024
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                 "intermediate_size", "max_position_embeddings"):
+                 "intermediate_size", "max_position_embeddings", "logits_chunk"):
       if getattr(self, name) <= 0:
         raise configlib.ConfigError(f"Qwen3Config.{name} must be positive, got {getattr(self, name)}")
     if self.num_heads % self.num_kv_heads:
@@ -40,6 +50,11 @@ class Qwen3Config:
       raise configlib.ConfigError(f"Qwen3Config.head_dim must be even for rotary embeddings, got {self.head_dim}")
     if self.rope_theta <= 0 or self.rms_norm_eps <= 0:
       raise configlib.ConfigError("Qwen3Config.rope_theta and rms_norm_eps must be positive")
+    if self.attention not in typing.get_args(Attention):
+      raise configlib.ConfigError(f"Qwen3Config.attention must be one of {typing.get_args(Attention)}, "
+                                  f"got {self.attention!r}")
+    if self.remat not in typing.get_args(Remat):
+      raise configlib.ConfigError(f"Qwen3Config.remat must be one of {typing.get_args(Remat)}, got {self.remat!r}")
 
   @property
   def num_params(self) -> int:
@@ -55,6 +70,9 @@ class Qwen3Config:
 
   @classmethod
   def from_dict(cls, mapping: Any) -> "Qwen3Config":
+    mapping = dict(mapping.to_dict() if hasattr(mapping, "to_dict") else mapping)
+    if isinstance(mapping.get("remat"), bool):  # configs saved before remat named a policy
+      mapping["remat"] = "full" if mapping["remat"] else "none"
     return configlib.from_dict(cls, mapping)
 
   def to_dict(self) -> dict[str, Any]:

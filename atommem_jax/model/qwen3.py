@@ -5,15 +5,20 @@ D model width, N query heads, K kv heads, G = N / K query heads per kv head, H h
 L layers. Parameters are stacked on a leading `layers` axis so the layer stack compiles once, whatever L is.
 
 Numerics follow transformers' Qwen3: RMSNorm in fp32 (scaled by its weight in the activation dtype), q/k RMSNorm per
-head before rotate-half RoPE, grouped-query attention with an fp32 softmax, SwiGLU MLP, tied or untied LM head.
+head before rotate-half RoPE, grouped-query attention with an fp32 softmax (`attention.py`: dense, blockwise, splash
+or cuDNN, by `config.attention`), SwiGLU MLP, tied or untied LM head.
 """
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from atommem_jax import sharding as sharding_lib
+from atommem_jax.model import attention as attention_lib
 from atommem_jax.model.config import Qwen3Config
 from atommem_jax.model.kv_cache import DecodeKV, KVCache
 
@@ -88,41 +93,27 @@ def apply_rope(x_BxTxNxH: jax.Array, sin_BxTxHh: jax.Array, cos_BxTxHh: jax.Arra
   return rotated.astype(x_BxTxNxH.dtype)
 
 
-def attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array, visible_BxTxS: jax.Array,
-              rules: sharding_lib.ShardingRules) -> jax.Array:
-  b, t, n, h = q_BxTxNxH.shape
-  k = k_BxSxKxH.shape[2]
-  q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, k, n // k, h)
-  if t == 1:
-    # Single-token decode is memory-bound: a fused multiply-reduce reads the cache once in its stored layout,
-    # where a batched matmul first transposes every layer's keys and values to put (b, k) in front (about 30%
-    # faster per decode step on CPU; not yet measured on an accelerator).
-    scores_BxKxGxTxS = jnp.sum(q_BxTxKxGxH[:, 0, :, :, None, None, :].astype(jnp.float32)
-                               * k_BxSxKxH.transpose(0, 2, 1, 3)[:, :, None, None].astype(jnp.float32),
-                               axis=-1) * (h ** -0.5)
-  else:
-    scores_BxKxGxTxS = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH,
-                                  preferred_element_type=jnp.float32) * (h ** -0.5)
-  # A finite fill keeps fully masked rows (queries on left padding) free of NaNs; their output is never used.
-  scores_BxKxGxTxS = jnp.where(visible_BxTxS[:, None, None], scores_BxKxGxTxS, jnp.finfo(jnp.float32).min)
-  probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1)
-  if t == 1:
-    out_BxTxKxGxH = jnp.sum(probs_BxKxGxTxS[:, :, :, 0, :, None]
-                            * v_BxSxKxH.transpose(0, 2, 1, 3)[:, :, None].astype(jnp.float32),
-                            axis=-2)[:, None].astype(v_BxSxKxH.dtype)
-  else:
-    out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS.astype(v_BxSxKxH.dtype), v_BxSxKxH)
-  return sharding_lib.constrain(out_BxTxKxGxH.reshape(b, t, n, h), ("batch", "length", "act_heads", None), rules)
+@dataclasses.dataclass(frozen=True)
+class AttentionPlan:
+  """What every layer's attention sees, decided once per forward: the resolved implementation, the key mask, the
+  first query's slot (the int 0 for self-attention), and dense's [B, T, S] mask when dense runs."""
+
+  implementation: str
+  key_mask_BxS: jax.Array
+  query_start: Any
+  self_attention: bool
+  visible_BxTxS: jax.Array | None = None
 
 
 def decoder_layer(config: Qwen3Config, rules: sharding_lib.ShardingRules, p: dict[str, jax.Array],
-                  x_BxTxD: jax.Array, sin_BxTxHh: jax.Array, cos_BxTxHh: jax.Array, visible_BxTxS: jax.Array,
+                  x_BxTxD: jax.Array, sin_BxTxHh: jax.Array, cos_BxTxHh: jax.Array, plan: AttentionPlan,
                   kv: tuple[jax.Array, jax.Array, jax.Array] | None, index: jax.Array | None):
   """One pre-norm decoder layer.
 
   `kv` is None (no cache) or `(k_LxBxSxKxH, v_LxBxSxKxH, layer)`: the whole-stack cache, carried through the layer
   scan so that each layer writes only its T new slots in place (scanning over per-layer cache slices instead
-  rewrites every layer's full cache each step, about twice the decode time), and this layer's index.
+  rewrites every layer's full cache each step, about twice the decode time), and this layer's index. With
+  `plan.self_attention` the new tokens attend to each other only (a prefill into an empty cache).
   """
   dtype, eps = x_BxTxD.dtype, config.rms_norm_eps
   p = {name: w.astype(dtype) for name, w in p.items()}
@@ -136,18 +127,20 @@ def decoder_layer(config: Qwen3Config, rules: sharding_lib.ShardingRules, p: dic
     v_BxTxKxH = sharding_lib.constrain(v_BxTxKxH, ("batch", "length", "act_kv_heads", None), rules)
     q_BxTxNxH = apply_rope(rms_norm(q_BxTxNxH, p["q_norm"], eps), sin_BxTxHh, cos_BxTxHh)
     k_BxTxKxH = apply_rope(rms_norm(k_BxTxKxH, p["k_norm"], eps), sin_BxTxHh, cos_BxTxHh)
-    if kv is None:
-      keys_BxSxKxH, values_BxSxKxH, new_kv = k_BxTxKxH, v_BxTxKxH, None
-    else:
+    keys_BxSxKxH, values_BxSxKxH, new_kv = k_BxTxKxH, v_BxTxKxH, None
+    if kv is not None:
       # Only the T new slots of this layer are written, in place in the whole-stack cache carried by the scan.
       cache_k, cache_v, layer = kv
       start = (layer, 0, index, 0, 0)
       cache_k = jax.lax.dynamic_update_slice(cache_k, k_BxTxKxH[None].astype(cache_k.dtype), start)
       cache_v = jax.lax.dynamic_update_slice(cache_v, v_BxTxKxH[None].astype(cache_v.dtype), start)
       new_kv = (cache_k, cache_v, layer + 1)
-      keys_BxSxKxH = jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False).astype(dtype)
-      values_BxSxKxH = jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False).astype(dtype)
-    out_BxTxNxH = attention(q_BxTxNxH, keys_BxSxKxH, values_BxSxKxH, visible_BxTxS, rules)
+      if not plan.self_attention:
+        keys_BxSxKxH = jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False).astype(dtype)
+        values_BxSxKxH = jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False).astype(dtype)
+    out_BxTxNxH = attention_lib.attention(q_BxTxNxH, keys_BxSxKxH, values_BxSxKxH, plan.key_mask_BxS,
+                                          plan.query_start, implementation=plan.implementation, rules=rules,
+                                          visible_BxTxS=plan.visible_BxTxS)
     x_BxTxD = x_BxTxD + jnp.einsum("btnh,nhd->btd", out_BxTxNxH, p["o_proj"])
     x_BxTxD = sharding_lib.constrain(x_BxTxD, ("batch", "length", "act_embed"), rules)
   with jax.named_scope("mlp"):
@@ -259,6 +252,13 @@ class Qwen3(nnx.Module):
     """Final-RMSNormed hidden states `h_BxTxD` in the activation dtype (no cache)."""
     return self._backbone(tokens_BxT, positions_BxT, mask_BxT, None)[0]
 
+  def prefill(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, mask_BxT: jax.Array,
+              cache: KVCache) -> KVCache:
+    """Writes the T tokens' keys and values into `cache` at its index, the tokens attending to each other only:
+    for an empty cache the same as `__call__` with it, and every attention implementation applies (no key beyond
+    the new tokens exists)."""
+    return self._backbone(tokens_BxT, positions_BxT, mask_BxT, cache, self_attention=True)[1]
+
   def logits(self, h_BxTxD: jax.Array) -> jax.Array:
     """The LM head alone, so a loss can apply it to chunks of hidden states; float32 logits."""
     head_VxD = (self.embed if self.config.tie_word_embeddings else self.lm_head)[...]
@@ -323,7 +323,7 @@ class Qwen3(nnx.Module):
     return logits_BxV, DecodeKV(k_layers_BxKxHxS=tuple(new_k), v_layers_BxKxSxH=tuple(new_v), mask_BxS=mask_BxS,
                                 index=index + 1)
 
-  def _backbone(self, tokens_BxT, positions_BxT, mask_BxT, cache):
+  def _backbone(self, tokens_BxT, positions_BxT, mask_BxT, cache, self_attention: bool = False):
     config, rules = self.config, self.rules
     dtype = _DTYPES[config.dtype]
     mask_BxT = mask_BxT.astype(jnp.bool_)
@@ -333,27 +333,35 @@ class Qwen3(nnx.Module):
     sin_BxTxHh, cos_BxTxHh = rope_sin_cos(positions_BxT, config.head_dim, config.rope_theta)
     t = tokens_BxT.shape[1]
     if cache is None:
-      causal_TxS = jnp.tril(jnp.ones((t, t), jnp.bool_))
-      visible_BxTxS = causal_TxS[None] & mask_BxT[:, None, :]
-      index, kv = None, None
+      index, kv, mask_BxS = None, None, None
     else:
       _check_cache_room(cache, t)
       index = cache.index
       mask_BxS = jax.lax.dynamic_update_slice(cache.mask_BxS, mask_BxT, (0, index))
-      slot_S = jnp.arange(cache.max_len)
-      causal_TxS = slot_S[None, :] <= (index + jnp.arange(t))[:, None]
-      visible_BxTxS = causal_TxS[None] & mask_BxS[:, None, :]
       kv = (cache.k_LxBxSxKxH, cache.v_LxBxSxKxH, jnp.zeros((), jnp.int32))
+    self_attention = cache is None or self_attention
+    implementation = attention_lib.resolve(config.attention, queries=t, self_attention=self_attention, dtype=dtype)
+    if cache is not None and implementation == "dense":
+      # Dense attends over the whole cache (empty past the new tokens in a prefill): the numbers it always gave.
+      self_attention = False
+    key_mask_BxS, query_start = (mask_BxT, 0) if self_attention else (mask_BxS, index)
+    # Dense's [B, T, S] mask is built once, outside the layer scan.
+    visible_BxTxS = (attention_lib.visible_mask(key_mask_BxS, query_start, t) if implementation == "dense"
+                     else None)
+    plan = AttentionPlan(implementation, key_mask_BxS, query_start, self_attention, visible_BxTxS)
 
     def body(carry, layer_params):
       x_BxTxD, kv = carry
-      x_BxTxD, kv = decoder_layer(config, rules, layer_params, x_BxTxD, sin_BxTxHh, cos_BxTxHh, visible_BxTxS, kv,
-                                  index)
+      x_BxTxD, kv = decoder_layer(config, rules, layer_params, x_BxTxD, sin_BxTxHh, cos_BxTxHh, plan, kv, index)
       return (x_BxTxD, kv), None
 
-    if config.remat:
+    if config.remat == "full":
       # Per-layer rematerialisation: only the residual stream between layers is kept for the backward pass.
       body = jax.checkpoint(body, prevent_cse=False)
+    elif config.remat == "dots":
+      # The projections' outputs are kept too; attention scores and elementwise work are recomputed.
+      body = jax.checkpoint(body, prevent_cse=False,
+                            policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
     with jax.named_scope("layers"):
       (x_BxTxD, new_kv), _ = jax.lax.scan(body, (x_BxTxD, kv), self.layers.arrays())
     with jax.named_scope("final_norm"):

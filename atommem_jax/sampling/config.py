@@ -34,6 +34,9 @@ class SamplerConfig:
       means rows end only at a stop string or the length budget (callers pass the tokenizer's EOS explicitly).
     pad_id: the id written into prompt padding and after a row has stopped.
     cache_dtype: dtype of the KV cache ("float32" or "bfloat16"); None uses the model's activation dtype.
+    wave_rows: the most generated rows (prompts x samples) one prefill and decode call holds; a larger batch runs
+      as consecutive waves of this many, so the batch size does not decide whether the KV cache fits. 0 = the whole
+      batch at once.
   """
 
   max_new_tokens: int = 256
@@ -47,6 +50,7 @@ class SamplerConfig:
   eos_ids: tuple[int, ...] = ()
   pad_id: int = 0
   cache_dtype: str | None = None
+  wave_rows: int = 0
 
   @property
   def policy_temperature(self) -> float:
@@ -70,5 +74,7 @@ class SamplerConfig:
       raise ValueError(f"SamplerConfig.batch_buckets must be positive and strictly increasing, got {self.batch_buckets}")
     if any(not s for s in self.stop_strings):
       raise ValueError("SamplerConfig.stop_strings must not contain the empty string")
+    if self.wave_rows < 0:
+      raise ValueError(f"SamplerConfig.wave_rows must be >= 0 (0 = the whole batch at once), got {self.wave_rows}")
     if self.cache_dtype not in (None, "float32", "bfloat16"):
       raise ValueError(f"SamplerConfig.cache_dtype must be 'float32' or 'bfloat16', got {self.cache_dtype!r}")

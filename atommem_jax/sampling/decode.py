@@ -86,8 +86,7 @@ def prefill(graphdef: nnx.GraphDef, params: nnx.State, tokens_BxP: jax.Array, ma
   cache = KVCache.init(model.config, batch, length + config.max_new_tokens, config.cache_dtype)
   cache = _constrain_cache(cache)
   prefix_mask_BxT = mask_BxP[:, :-1]
-  # Only the cache is kept: the prefix logits are unused and compiled away.
-  _, cache = model(tokens_BxP[:, :-1], positions_from_mask(prefix_mask_BxT), prefix_mask_BxT, cache=cache)
+  cache = model.prefill(tokens_BxP[:, :-1], positions_from_mask(prefix_mask_BxT), prefix_mask_BxT, cache)
   return _constrain_cache(_repeat_rows(cache, num_samples))
 
 

@@ -62,8 +62,13 @@ def eos_ids(tokenizer: Any, directory: pathlib.Path) -> tuple[int, ...]:
 
 
 def generate_from_dir(model_dir: str, prompts: Sequence[str], *, max_new_tokens: int, greedy: bool, temperature: float,
-             top_k: int, top_p: float, num_samples: int, stop: Sequence[str], seed: int, chat: bool) -> list[dict]:
-  """Loads DIR (HF or Orbax, with its tokenizer) and generates: one dict per prompt and sample, prompt-major."""
+             top_k: int, top_p: float, num_samples: int, stop: Sequence[str], seed: int, chat: bool,
+             attention: str = "auto") -> list[dict]:
+  """Loads DIR (HF or Orbax, with its tokenizer) and generates with `attention` (a `Qwen3Config.attention`): one
+  dict per prompt and sample, prompt-major."""
+  import flax.nnx as nnx
+
+  from atommem_jax.model import abstract_model
   from atommem_jax.sampling import chat as chat_lib
   from atommem_jax.sampling.config import SamplerConfig, StopReason
   from atommem_jax.sampling.sampler import Sampler
@@ -90,6 +95,7 @@ def generate_from_dir(model_dir: str, prompts: Sequence[str], *, max_new_tokens:
                      f"{longest + max_new_tokens} positions; the model in {directory} has {positions} "
                      f"(max_position_embeddings): use --max_new_tokens {max(positions - longest, 0)} or less")
   model = load_model(directory)
+  model = nnx.merge(abstract_model(model.config.replace(attention=attention))[0], nnx.state(model))
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
   # Powers of two from 64 up to the first that fits the longest prompt.
   buckets = tuple(2 ** i for i in range(6, max(6, (longest - 1).bit_length()) + 1))

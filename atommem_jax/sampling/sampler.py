@@ -86,69 +86,65 @@ class Sampler:
     """The jitted `prefill(params, tokens_BxP, mask_BxP) -> cache` and `decode(params, cache, last_token_B,
     prompt_lengths_B, active_B, row_ids_B, key, eos_ids_E, stop_table_SxW) -> (DecodeResult, cache)` for G samples
     (decode donates its cache); built once per G."""
-    if num_samples in self._jitted:
-      return self._jitted[num_samples]
+    if num_samples not in self._jitted:
+      def counted(fn):
+        @functools.wraps(fn)
+        def wrapper(*args):
+          self.trace_count += 1
+          return fn(*args)
+        return wrapper
 
-    def counted(fn):
-      @functools.wraps(fn)
-      def wrapper(*args):
-        self.trace_count += 1
-        return fn(*args)
-      return wrapper
-
-    prefill = counted(functools.partial(decode_lib.prefill, self.graphdef, config=self.config,
-                                        num_samples=num_samples))
-    decode = counted(functools.partial(decode_lib.decode, self.graphdef, config=self.config,
-                                       num_samples=num_samples))
-    if self.mesh is None:
-      jitted = (jax.jit(prefill), jax.jit(decode, donate_argnums=1))
-    else:
-      named = lambda *axes: self.rules.named(self.mesh, axes)
-      params = param_shardings(self.params, self.mesh, self.rules)
-      cache = KVCache.shardings(self.mesh, self.rules)
-      rows, replicated = named("batch"), named()
-      jitted = (
-          jax.jit(prefill, in_shardings=(params, named("batch", None), named("batch", None)), out_shardings=cache),
-          jax.jit(decode, donate_argnums=1,
-                  in_shardings=(params, cache, rows, rows, rows, rows, replicated, replicated, replicated),
-                  out_shardings=(decode_lib.DecodeResult(named("batch", None), named("batch", None),
-                                                         named("batch", None), rows, rows), cache)))
-    self._jitted[num_samples] = jitted
-    return jitted
+      params = None if self.mesh is None else param_shardings(self.params, self.mesh, self.rules)
+      self._jitted[num_samples] = jitted_functions(self.graphdef, self.config, num_samples, mesh=self.mesh,
+                                                   rules=self.rules, params_sharding=params, wrap=counted)
+    return self._jitted[num_samples]
 
   def generate(self, prompt_ids: Sequence[Sequence[int]], *, num_samples: int = 1, seed: int = 0,
                row_ids: Sequence[int] | None = None, params: nnx.State | None = None) -> SampleOutput:
     """Samples `num_samples` continuations of every prompt.
 
     `row_ids` (one per prompt, default 0..P-1) seed each prompt's randomness: a prompt with the same row id and seed
-    gets the same samples in any batch.
+    gets the same samples in any batch, and so in any wave (`SamplerConfig.wave_rows`).
     """
     if num_samples < 1:
       raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    padded = batching.left_pad(prompt_ids, length_buckets=self.config.prompt_buckets,
-                               batch_buckets=self.config.batch_buckets, batch_multiple_of=self._batch_shards,
-                               pad_id=self.config.pad_id, vocab_size=self.vocab_size)
-    batch = padded.tokens_BxP.shape[0]
-    if row_ids is None:
-      row_ids = range(padded.num_prompts)
-    if len(row_ids) != padded.num_prompts:
-      raise ValueError(f"row_ids has {len(row_ids)} entries for {padded.num_prompts} prompts")
-    row_ids_B = np.zeros((batch,), np.int32)
+    row_ids = list(range(len(prompt_ids)) if row_ids is None else row_ids)
+    if len(row_ids) != len(prompt_ids):
+      raise ValueError(f"row_ids has {len(row_ids)} entries for {len(prompt_ids)} prompts")
+    wave = max(len(prompt_ids), 1)  # no prompts: `left_pad` says so
+    batch_buckets = self.config.batch_buckets
+    if self.config.wave_rows and len(prompt_ids) * num_samples > self.config.wave_rows:
+      wave = max(1, self.config.wave_rows // num_samples)
+      # Every wave, the last one too, pads to the same batch: one compilation.
+      batch_buckets = (batching.batch_bucket(wave, self.config.batch_buckets, self._batch_shards),)
+    waves = [self._generate_wave(prompt_ids[i:i + wave], row_ids[i:i + wave], num_samples, seed, params,
+                                 batch_buckets) for i in range(0, max(len(prompt_ids), 1), wave)]
+    output = waves[0] if len(waves) == 1 else SampleOutput(
+        *(np.concatenate([getattr(w, f) for w in waves]) for f in
+          ("tokens_RxN", "logprobs_RxN", "sampling_logprobs_RxN", "lengths_R", "stop_reasons_R")),
+        num_samples=num_samples)
+    return self._cut_on_host(output) if self.tokenizer is not None else output
+
+  def _generate_wave(self, prompt_ids: Sequence[Sequence[int]], row_ids: Sequence[int], num_samples: int, seed: int,
+                     params: nnx.State | None, batch_buckets: Sequence[int]) -> SampleOutput:
+    padded = batching.left_pad(prompt_ids, length_buckets=self.config.prompt_buckets, batch_buckets=batch_buckets,
+                               batch_multiple_of=self._batch_shards, pad_id=self.config.pad_id,
+                               vocab_size=self.vocab_size)
+    row_ids_B = np.zeros((padded.tokens_BxP.shape[0],), np.int32)
     row_ids_B[:padded.num_prompts] = row_ids
     prefill, decode = self.functions(num_samples)
     params = self.params if params is None else params
     with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
       cache = prefill(params, padded.tokens_BxP, padded.mask_BxP)
       result, _ = decode(params, cache, padded.tokens_BxP[:, -1], padded.lengths_B, padded.active_B, row_ids_B,
-                      jax.random.key(seed), self.eos_ids_E, self.stop_table_SxW)
+                         jax.random.key(seed), self.eos_ids_E, self.stop_table_SxW)
     result = jax.device_get(result)
     rows = padded.num_prompts * num_samples
-    output = SampleOutput(
+    return SampleOutput(
         tokens_RxN=np.array(result.tokens_RxN[:rows]), logprobs_RxN=np.array(result.logprobs_RxN[:rows]),
         sampling_logprobs_RxN=np.array(result.sampling_logprobs_RxN[:rows]),
         lengths_R=np.array(result.lengths_R[:rows]), stop_reasons_R=np.array(result.stop_reason_R[:rows]),
         num_samples=num_samples)
-    return self._cut_on_host(output) if self.tokenizer is not None else output
 
   def _cut_on_host(self, output: SampleOutput) -> SampleOutput:
     """Decodes rows and cuts each exactly after its first stop string (dropping the tokens after it)."""
@@ -168,3 +164,24 @@ class Sampler:
       output.lengths_R[row] = keep
       output.stop_reasons_R[row] = StopReason.STOP
     return dataclasses.replace(output, texts=texts)
+
+
+def jitted_functions(graphdef: nnx.GraphDef, config: SamplerConfig, num_samples: int, *, mesh: Mesh | None = None,
+                     rules: sharding.ShardingRules = sharding.DEFAULT_RULES, params_sharding: Any = None,
+                     wrap: Callable[[Callable], Callable] = lambda fn: fn) -> tuple[Callable, Callable]:
+  """`Sampler.functions` for a graphdef: prefill and decode jitted, with explicit shardings on a mesh (the
+  parameters' given as `params_sharding`); `wrap` sees each Python function before it is jitted."""
+  prefill = wrap(functools.partial(decode_lib.prefill, graphdef, config=config, num_samples=num_samples))
+  decode = wrap(functools.partial(decode_lib.decode, graphdef, config=config, num_samples=num_samples))
+  if mesh is None:
+    return jax.jit(prefill), jax.jit(decode, donate_argnums=1)
+  named = lambda *axes: rules.named(mesh, axes)
+  cache = KVCache.shardings(mesh, rules)
+  rows, replicated = named("batch"), named()
+  return (
+      jax.jit(prefill, in_shardings=(params_sharding, named("batch", None), named("batch", None)),
+              out_shardings=cache),
+      jax.jit(decode, donate_argnums=1,
+              in_shardings=(params_sharding, cache, rows, rows, rows, rows, replicated, replicated, replicated),
+              out_shardings=(decode_lib.DecodeResult(named("batch", None), named("batch", None),
+                                                     named("batch", None), rows, rows), cache)))

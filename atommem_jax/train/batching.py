@@ -3,10 +3,14 @@
 A row is one (prompt + response) sequence, right-padded to the smallest of a few bucket lengths so the jitted step
 compiles once per bucket. `loss_mask` is True on response tokens only. Per-token arrays are aligned with `tokens`:
 entry t of `old_logprobs` is log p(tokens[t] | tokens[:t]), so the first token of a row never carries loss.
+
+Training never holds [N, T, V] logits for rows longer than one chunk: `next_token_stats` applies the LM head to
+final hidden states a chunk of positions at a time, under remat.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import flax.struct
 import jax
@@ -91,6 +95,64 @@ def pack_rows(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequen
                      old_logprobs_NxT=old_logprobs, ref_logprobs_NxT=np.zeros_like(old_logprobs),
                      advantage_N=advantage)
   return batch, {"truncated_rows": truncated, "rows": n, "length": length}
+
+
+def tempered(logits: jax.Array, temperature: float) -> jax.Array:
+  return logits if temperature == 1.0 else logits.astype(jnp.float32) / temperature
+
+
+@flax.struct.dataclass
+class TokenStats:
+  """Per-token statistics aligned like `token_logprobs` (entry 0 is 0 / False); absent ones are None."""
+
+  logprobs_NxT: jax.Array  # log p(tokens[t] | tokens[:t]) under softmax(logits / temperature)
+  entropy_NxT: jax.Array | None = None  # entropy of the distribution that predicted token t
+  correct_NxT: jax.Array | None = None  # whether token t is that distribution's argmax
+
+
+def next_token_stats(logits_fn: Callable[[jax.Array], jax.Array], h_NxTxD: jax.Array, tokens_NxT: jax.Array, *,
+                     chunk: int, temperature: float = 1.0, entropy: bool = False,
+                     accuracy: bool = False) -> TokenStats:
+  """Next-token statistics from final hidden states, `logits_fn` (the LM head) applied to `chunk` positions at a
+  time.
+
+  A row of at most `chunk` tokens is one chunk, computed exactly as from whole logits. Longer rows scan over chunks
+  of the shifted sequence, each chunk's logits recomputed in the backward pass: memory holds [N, chunk, V] logits
+  at most, and the results equal the one-chunk ones to float rounding.
+  """
+  n, t, d = h_NxTxD.shape
+  if t <= chunk:
+    logits_NxTxV = tempered(logits_fn(h_NxTxD), temperature)
+    correct_NxT = None
+    if accuracy:
+      correct_NxT = jnp.pad(jnp.argmax(logits_NxTxV[:, :-1], axis=-1) == tokens_NxT[:, 1:], ((0, 0), (1, 0)))
+    return TokenStats(token_logprobs(logits_NxTxV, tokens_NxT),
+                      shifted_entropy(logits_NxTxV) if entropy else None, correct_NxT)
+
+  chunks = -(-(t - 1) // chunk)
+  pad = chunks * chunk - (t - 1)
+  h_NxPxD = jnp.pad(h_NxTxD[:, :-1], ((0, 0), (0, pad), (0, 0)))
+  targets_NxP = jnp.pad(tokens_NxT[:, 1:], ((0, 0), (0, pad)))
+  h_CxNxQxD = h_NxPxD.reshape(n, chunks, chunk, d).transpose(1, 0, 2, 3)
+  targets_CxNxQ = targets_NxP.reshape(n, chunks, chunk).transpose(1, 0, 2)
+
+  @functools.partial(jax.checkpoint, prevent_cse=False)
+  def one_chunk(h_NxQxD, targets_NxQ):
+    logits_NxQxV = tempered(logits_fn(h_NxQxD), temperature).astype(jnp.float32)
+    log_probs_NxQxV = jax.nn.log_softmax(logits_NxQxV, axis=-1)
+    out = {"logprobs": jnp.take_along_axis(log_probs_NxQxV, targets_NxQ[..., None], axis=-1)[..., 0]}
+    if entropy:
+      out["entropy"] = -jnp.sum(jnp.exp(log_probs_NxQxV) * log_probs_NxQxV, axis=-1)
+    if accuracy:
+      out["correct"] = jnp.argmax(logits_NxQxV, axis=-1) == targets_NxQ
+    return out
+
+  _, out = jax.lax.scan(lambda _, xs: (None, one_chunk(*xs)), None, (h_CxNxQxD, targets_CxNxQ))
+  # [C, N, Q] -> [N, T]: chunks back in sequence order, the padding cut, entry 0 (nothing predicts it) filled.
+  aligned = lambda x_CxNxQ: jnp.pad(x_CxNxQ.transpose(1, 0, 2).reshape(n, chunks * chunk)[:, :t - 1],
+                                    ((0, 0), (1, 0)))
+  return TokenStats(aligned(out["logprobs"]), aligned(out["entropy"]) if entropy else None,
+                    aligned(out["correct"]) if accuracy else None)
 
 
 def token_logprobs(logits_NxTxV: jax.Array, tokens_NxT: jax.Array) -> jax.Array:

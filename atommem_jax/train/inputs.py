@@ -19,11 +19,13 @@ from jax.sharding import Mesh
 
 from atommem_jax import checkpoint as checkpoint_lib
 from atommem_jax.agent import oracle, protocol
-from atommem_jax.agent import rollout as rollout_lib
+from atommem_jax.agent.config import RolloutConfig
+from atommem_jax.agent.engines import host
+from atommem_jax.agent.envs.long_context import Episode
 from atommem_jax.data import long_context, pipeline, readers, synthetic
 from atommem_jax.data.long_context import LongContextExample
 from atommem_jax.data.tokenizer import load_tiny_tokenizer, tiny_tokenizer_dir
-from atommem_jax.model import Qwen3Config, get_preset
+from atommem_jax.model import Qwen3Config, abstract_model, get_preset
 from atommem_jax.train import batching, sft, step as step_lib
 from atommem_jax.train.config import ModelInitConfig, SFTStageConfig, TaskConfig, TrainConfig
 
@@ -33,18 +35,18 @@ SFT_PAIRS_FILE = "sft_pairs.jsonl"
 @dataclasses.dataclass(frozen=True)
 class Task:
   train_examples: tuple[LongContextExample, ...]
-  eval_episodes: tuple[rollout_lib.Episode, ...]
+  eval_episodes: tuple[Episode, ...]
   # Per training example, the questions of its synthetic world (the oracle's answer key); empty for native datasets.
   oracle_keys: tuple[tuple[synthetic.SyntheticQuestion, ...], ...] = ()
   # With `grpo_num_docs`: GRPO's training examples and the same held-out questions at that size.
   grpo_examples: tuple[LongContextExample, ...] = ()
-  grpo_eval_episodes: tuple[rollout_lib.Episode, ...] = ()
+  grpo_eval_episodes: tuple[Episode, ...] = ()
 
   @property
   def rollout_examples(self) -> tuple[LongContextExample, ...]:
     return self.grpo_examples or self.train_examples
 
-  def eval_sets(self, limit: int) -> list[tuple[int, tuple[rollout_lib.Episode, ...]]]:
+  def eval_sets(self, limit: int) -> list[tuple[int, tuple[Episode, ...]]]:
     """`(documents per episode, the first `limit` held-out episodes)` for each size trained at."""
     sets = [(self.eval_episodes, self.train_examples), (self.grpo_eval_episodes, self.grpo_examples)]
     return [(examples[0].num_docs, episodes[:limit]) for episodes, examples in sets if episodes[:limit]]
@@ -82,7 +84,7 @@ def build_task(config: TaskConfig) -> Task:
   """
   held_out, train = _split(config, config.long_context)
   task = Task(train_examples=tuple(e for e, _ in train),
-              eval_episodes=tuple(rollout_lib.Episode.from_example(e) for e, _ in held_out),
+              eval_episodes=tuple(Episode.from_example(e) for e, _ in held_out),
               oracle_keys=tuple(key for _, key in train) if train[0][1] else ())
   if config.grpo_num_docs in (0, config.long_context.num_docs):
     return task
@@ -92,7 +94,7 @@ def build_task(config: TaskConfig) -> Task:
   if not grpo_examples:
     raise ValueError(f"no {config.grpo_num_docs}-document example is free of held-out questions")
   return dataclasses.replace(task, grpo_examples=grpo_examples, grpo_eval_episodes=tuple(
-      rollout_lib.Episode.from_example(e) for e, _ in grpo_held_out))
+      Episode.from_example(e) for e, _ in grpo_held_out))
 
 
 Keyed = list[tuple[LongContextExample, tuple[synthetic.SyntheticQuestion, ...]]]
@@ -149,13 +151,12 @@ def sft_pairs(config: TrainConfig, task: Task, tokenizer: Any, embed_fn: Any,
     if not task.oracle_keys:
       raise ValueError("sft.pairs_path is required: the oracle only plays the synthetic task")
     trajectories = []
-    rollout_config = rollout_lib.RolloutConfig(agent=config.agent, memory=config.memory, num_samples=1,
-                                               seed=config.seed)
+    rollout_config = RolloutConfig(agent=config.agent, memory=config.memory, num_samples=1, seed=config.seed)
     n = config.sft.oracle_episodes
     for examples, table in _oracle_batches(task.train_examples[:n], task.oracle_keys[:n]):
-      trajectories += rollout_lib.rollout([rollout_lib.Episode.from_example(e) for e in examples],
-                                          oracle.OraclePolicy(list(table.values())), tokenizer=tokenizer,
-                                          embed_fn=embed_fn, config=rollout_config)
+      trajectories += host.rollout([Episode.from_example(e) for e in examples],
+                                   oracle.OraclePolicy(list(table.values())), tokenizer=tokenizer,
+                                   embed_fn=embed_fn, config=rollout_config)
     pairs = oracle.oracle_sft_pairs(trajectories, tokenizer, min_reward=config.sft.min_reward)
     if not pairs:
       raise ValueError(f"no oracle trajectory reached reward {config.sft.min_reward}; nothing to fine-tune on")
@@ -294,15 +295,18 @@ def init_model(config: ModelInitConfig, seed: int, mesh: Mesh
                ) -> tuple[Qwen3Config, nnx.GraphDef, step_lib.Params, step_lib.Params]:
   """`(model config, graphdef, params, params shardings)`, the params placed on `mesh`."""
   if not config.checkpoint:
-    model_config = get_preset(config.preset)
+    model_config = config.runtime(get_preset(config.preset))
     graphdef, params, shardings = step_lib.init_params(model_config, seed, mesh)
     return model_config, graphdef, params, shardings
   if checkpoint_lib.is_orbax_params_dir(config.checkpoint):
-    model_config, model = checkpoint_lib.restore_params(config.checkpoint, mesh=mesh)
+    stored_config, model = checkpoint_lib.restore_params(config.checkpoint, mesh=mesh)
   else:
-    model_config, model = checkpoint_lib.load_hf(config.checkpoint, mesh=mesh)
-  graphdef, _ = nnx.split(model)
+    stored_config, model = checkpoint_lib.load_hf(config.checkpoint, mesh=mesh)
+  model_config = config.runtime(stored_config)
+  graphdef, _ = abstract_model(model_config)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  if model_config.param_dtype != stored_config.param_dtype:
+    params = jax.tree.map(lambda x: x.astype(model_config.param_dtype), params)
   return model_config, graphdef, params, step_lib.param_shardings(model, mesh)
 
 

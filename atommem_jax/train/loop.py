@@ -23,11 +23,14 @@ from flax import nnx
 
 from atommem_jax import sharding as sharding_lib
 from atommem_jax import workdir_lock
-from atommem_jax.agent import rollout as rollout_lib
+from atommem_jax.agent.config import RolloutConfig
+from atommem_jax.agent.engines import host
+from atommem_jax.agent.envs.long_context import Episode
+from atommem_jax.agent.policy import SamplerPolicy
 from atommem_jax.data import pipeline
 from atommem_jax.memory.embedders import HashingEmbedder
 from atommem_jax.sampling.sampler import Sampler
-from atommem_jax.train import batching, checkpointing, inputs, rollouts, step as step_lib
+from atommem_jax.train import batching, checkpointing, grpo_rows, inputs, step as step_lib
 from atommem_jax.train.config import TrainConfig
 from atommem_jax.train.metrics_log import MetricsLog
 
@@ -61,16 +64,16 @@ def _rollout_seed(rng_key: jax.Array, rollout_index: int) -> int:
   return int(jax.random.randint(jax.random.fold_in(rng_key, rollout_index), (), 0, 2**20)) * 1024
 
 
-def evaluate_em(eval_sets: Sequence[tuple[int, Sequence[rollout_lib.Episode]]], policy: rollout_lib.SamplerPolicy,
-                tokenizer: Any, embed_fn: Any, rollout_config: rollout_lib.RolloutConfig
+def evaluate_em(eval_sets: Sequence[tuple[int, Sequence[Episode]]], policy: SamplerPolicy,
+                tokenizer: Any, embed_fn: Any, rollout_config: RolloutConfig
                 ) -> dict[int, dict[str, float]]:
   """Greedy episodes, every size in one rollout: per size, reward, EM / F1 and memory-op rates
-  (`rollouts.rollout_metrics`)."""
+  (`grpo_rows.rollout_metrics`)."""
   episodes = [e for _, size_episodes in eval_sets for e in size_episodes]
-  trajectories = rollout_lib.rollout(episodes, policy, tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config)
+  trajectories = host.rollout(episodes, policy, tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config)
   metrics, start = {}, 0
   for num_docs, size_episodes in eval_sets:
-    metrics[num_docs] = rollouts.rollout_metrics(trajectories[start:start + len(size_episodes)])
+    metrics[num_docs] = grpo_rows.rollout_metrics(trajectories[start:start + len(size_episodes)])
     start += len(size_episodes)
   return metrics
 
@@ -119,10 +122,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
   sampler = Sampler(nnx.merge(graphdef, params), sampler_config, tokenizer=tokenizer, mesh=mesh)
   eval_sampler = Sampler(nnx.merge(graphdef, params), dataclasses.replace(
       sampler_config, greedy=True, max_new_tokens=config.eval.max_new_tokens), tokenizer=tokenizer, mesh=mesh)
-  rollout_config = rollout_lib.RolloutConfig(agent=config.agent, memory=config.memory,
-                                             num_samples=config.grpo.loss.num_generations, seed=config.seed)
-  eval_rollout_config = rollout_lib.RolloutConfig(agent=config.agent, memory=config.memory, num_samples=1,
-                                                  seed=config.seed)
+  rollout_config = RolloutConfig(agent=config.agent, memory=config.memory,
+                                 num_samples=config.grpo.loss.num_generations, seed=config.seed)
+  eval_rollout_config = RolloutConfig(agent=config.agent, memory=config.memory, num_samples=1, seed=config.seed)
 
   # ---- update steps
   sft_step = step_lib.make_train_step(graphdef, sft_tx, step_lib.StepConfig("sft"), state_sharding, mesh)
@@ -159,7 +161,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
     if not eval_sets or log.has_eval(label):
       return None
     eval_sampler.params = _as_nnx_state(graphdef, state.params)
-    policy = rollout_lib.SamplerPolicy(eval_sampler, seed=config.seed)
+    policy = SamplerPolicy(eval_sampler, seed=config.seed)
     metrics = evaluate_em(eval_sets, policy, tokenizer, embed_fn, eval_rollout_config)
     log.write_eval(at_step, label, metrics)
     if is_main:
@@ -243,14 +245,14 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
           rollout_index = grpo_index // config.grpo.updates_per_rollout
           examples = next(grpo_iter).examples
           sampler.params = _as_nnx_state(graphdef, state.params)
-          policy = rollout_lib.SamplerPolicy(sampler, seed=_rollout_seed(rng_key, rollout_index))
+          policy = SamplerPolicy(sampler, seed=_rollout_seed(rng_key, rollout_index))
           t_rollout = time.time()
-          trajectories = rollout_lib.rollout([rollout_lib.Episode.from_example(e) for e in examples], policy,
-                                             tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config)
-          rollout_extras = rollouts.rollout_metrics(trajectories)
+          trajectories = host.rollout([Episode.from_example(e) for e in examples], policy,
+                                      tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config)
+          rollout_extras = grpo_rows.rollout_metrics(trajectories)
           rollout_extras["rollout_time_s"] = time.time() - t_rollout
-          rows, _ = rollouts.turn_rows(trajectories, config.grpo.loss)
-          host_batches, pack_stats = rollouts.minibatches(
+          rows, _ = grpo_rows.turn_rows(trajectories, config.grpo.loss)
+          host_batches, pack_stats = grpo_rows.minibatches(
               rows, config.grpo.updates_per_rollout, buckets=config.grpo.length_buckets,
               pad_id=tokenizer.pad_token_id, microbatch_rows=config.grpo.microbatch_rows)
           rollout_extras.update(truncated_rows=float(pack_stats["truncated_rows"]), turn_rows=float(len(rows)))

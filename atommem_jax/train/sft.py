@@ -53,11 +53,17 @@ def sft_loss(logits_NxTxV: jax.Array, tokens_NxT: jax.Array, loss_mask_NxT: jax.
 
   Masked positions are removed with `where`, not multiplied by zero, so their logits get an exactly-zero gradient.
   """
-  logprobs_NxT = batching.token_logprobs(logits_NxTxV, tokens_NxT)
-  nll_NxT = jnp.where(loss_mask_NxT, -logprobs_NxT, 0.0)
+  stats = batching.next_token_stats(lambda x: x, logits_NxTxV, tokens_NxT, chunk=logits_NxTxV.shape[1],
+                                    accuracy=True)
+  return sft_loss_from_stats(stats, loss_mask_NxT, num_tokens)
+
+
+def sft_loss_from_stats(stats: batching.TokenStats, loss_mask_NxT: jax.Array,
+                        num_tokens: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`sft_loss` from `batching.next_token_stats(..., accuracy=True)` (the train step's chunked LM head)."""
+  nll_NxT = jnp.where(loss_mask_NxT, -stats.logprobs_NxT, 0.0)
   if num_tokens is None:
     num_tokens = loss_mask_NxT.sum()
   loss = nll_NxT.sum() / jnp.maximum(num_tokens, 1)
-  predicted_NxT = jnp.pad(jnp.argmax(logits_NxTxV[:, :-1], axis=-1), ((0, 0), (1, 0)))
-  accuracy = jnp.where(loss_mask_NxT, predicted_NxT == tokens_NxT, False).sum() / jnp.maximum(num_tokens, 1)
+  accuracy = jnp.where(loss_mask_NxT, stats.correct_NxT, False).sum() / jnp.maximum(num_tokens, 1)
   return loss, {"loss": loss, "token_accuracy": accuracy}

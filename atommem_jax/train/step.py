@@ -146,22 +146,24 @@ def shard_batch(batch: batching.TrainBatch, shardings: batching.TrainBatch) -> b
   return jax.tree.map(place, batch, shardings)
 
 
-def tempered(logits: jax.Array, temperature: float) -> jax.Array:
-  return logits if temperature == 1.0 else logits.astype(jnp.float32) / temperature
+def _token_stats(params: Params, graphdef: nnx.GraphDef, micro: batching.TrainBatch, **kwargs
+                 ) -> batching.TokenStats:
+  """Next-token statistics of a micro-batch; the LM head runs in chunks of `logits_chunk` positions."""
+  model = nnx.merge(graphdef, params)
+  h_NxTxD = model.hidden_states(micro.tokens_NxT, micro.positions_NxT, micro.mask_NxT)
+  return batching.next_token_stats(model.logits, h_NxTxD, micro.tokens_NxT, chunk=model.config.logits_chunk,
+                                   **kwargs)
 
 
 def _microbatch_loss(params: Params, graphdef: nnx.GraphDef, micro: batching.TrainBatch, num_tokens: jax.Array,
                      num_rows: jax.Array, config: StepConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
-  model = nnx.merge(graphdef, params)
-  logits_NxTxV, _ = model(micro.tokens_NxT, micro.positions_NxT, micro.mask_NxT)
   if config.objective == "sft":
-    return sft.sft_loss(logits_NxTxV, micro.tokens_NxT, micro.loss_mask_NxT, num_tokens)
-  logits_NxTxV = tempered(logits_NxTxV, config.temperature)
-  logprobs_NxT = batching.token_logprobs(logits_NxTxV, micro.tokens_NxT)
-  entropy_NxT = batching.shifted_entropy(logits_NxTxV)
-  loss, metrics = grpo.grpo_loss(logprobs_NxT, micro.old_logprobs_NxT, micro.ref_logprobs_NxT, micro.advantage_N,
-                                 micro.loss_mask_NxT, entropy_NxT, config.grpo, num_tokens=num_tokens,
-                                 num_rows=num_rows)
+    return sft.sft_loss_from_stats(_token_stats(params, graphdef, micro, accuracy=True), micro.loss_mask_NxT,
+                                   num_tokens)
+  stats = _token_stats(params, graphdef, micro, temperature=config.temperature, entropy=True)
+  loss, metrics = grpo.grpo_loss(stats.logprobs_NxT, micro.old_logprobs_NxT, micro.ref_logprobs_NxT,
+                                 micro.advantage_N, micro.loss_mask_NxT, stats.entropy_NxT, config.grpo,
+                                 num_tokens=num_tokens, num_rows=num_rows)
   if "kl" not in metrics:
     metrics["kl"] = jnp.zeros((), jnp.float32)
   return loss, metrics
@@ -227,11 +229,8 @@ def sequence_logprobs(params: Params, batch: batching.TrainBatch, *, graphdef: n
                       temperature: float = 1.0) -> jax.Array:
   """Per-token log-probabilities `[M, n, T]` of a batch under `params` at `temperature` (pi_old recomputed, or the
   reference)."""
-  model = nnx.merge(graphdef, params)
-
   def one(_, micro):
-    logits_NxTxV, _ = model(micro.tokens_NxT, micro.positions_NxT, micro.mask_NxT)
-    return None, batching.token_logprobs(tempered(logits_NxTxV, temperature), micro.tokens_NxT)
+    return None, _token_stats(params, graphdef, micro, temperature=temperature).logprobs_NxT
 
   return jax.lax.scan(one, None, batch)[1]
 

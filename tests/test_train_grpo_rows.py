@@ -3,13 +3,14 @@ import numpy as np
 import pytest
 
 from atommem_jax.agent import oracle
-from atommem_jax.agent import rollout as rollout_lib
-from atommem_jax.agent.config import AgentConfig
+from atommem_jax.agent.config import AgentConfig, RolloutConfig
+from atommem_jax.agent.engines import host
+from atommem_jax.agent.envs.long_context import Episode
 from atommem_jax.data import long_context, synthetic
 from atommem_jax.data.tokenizer import load_tiny_tokenizer
 from atommem_jax.memory.config import MemoryConfig
 from atommem_jax.memory.embedders import HashingEmbedder
-from atommem_jax.train import grpo, rollouts, sft
+from atommem_jax.train import grpo, grpo_rows, sft
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +21,10 @@ def oracle_run():
   examples = long_context.build_examples(world.corpus(), long_context.LongContextConfig(num_docs=4, seed=0))[:2]
   memory = MemoryConfig(capacity=16, entry_tokens=32, scratchpad_tokens=48, query_tokens=32, embed_dim=64, top_k=4,
                         max_ops_per_turn=4)
-  config = rollout_lib.RolloutConfig(agent=AgentConfig(chunk_tokens=96, overlap_tokens=8, max_chunks=8, max_steps=6),
-                                     memory=memory, num_samples=2)
-  trajectories = rollout_lib.rollout([rollout_lib.Episode.from_example(e) for e in examples],
-                                     oracle.OraclePolicy(world.questions), tokenizer=tokenizer,
-                                     embed_fn=HashingEmbedder(dim=64), config=config)
+  config = RolloutConfig(agent=AgentConfig(chunk_tokens=96, overlap_tokens=8, max_chunks=8, max_steps=6),
+                         memory=memory, num_samples=2)
+  trajectories = host.rollout([Episode.from_example(e) for e in examples], oracle.OraclePolicy(world.questions),
+                              tokenizer=tokenizer, embed_fn=HashingEmbedder(dim=64), config=config)
   return tokenizer, trajectories
 
 
@@ -33,7 +33,7 @@ def test_turn_rows_carry_group_advantages(oracle_run):
   assert all(t.reward == 1.0 for t in trajectories)  # the oracle solves these
   for t, reward in zip(trajectories, (1.0, 0.0, 0.5, 0.5)):
     t.reward = reward  # group 0 has signal, group 1 none
-  rows, advantages = rollouts.turn_rows(trajectories, grpo.GRPOConfig(num_generations=2,
+  rows, advantages = grpo_rows.turn_rows(trajectories, grpo.GRPOConfig(num_generations=2,
                                                                       zero_variance_groups="filter"))
   np.testing.assert_allclose(advantages, [[0.5, -0.5], [0.0, 0.0]])
   assert len(rows) == sum(len(t.turns) for t in trajectories)
@@ -42,7 +42,7 @@ def test_turn_rows_carry_group_advantages(oracle_run):
   assert rows.valid == [True] * (len(trajectories[0].turns) + len(trajectories[1].turns)) + [False] * (
       len(trajectories[2].turns) + len(trajectories[3].turns))
 
-  batches, stats = rollouts.minibatches(rows, 1, buckets=(768, 1024), pad_id=0, microbatch_rows=4)
+  batches, stats = grpo_rows.minibatches(rows, 1, buckets=(768, 1024), pad_id=0, microbatch_rows=4)
   batch = batches[0]
   assert batch.tokens_NxT.shape[:2] == (stats["microbatches"], 4)  # micro-batches of 4 rows
   assert stats["microbatches"] * 4 >= len(rows) > stats["microbatches"] * 2  # the smallest power of two that fits
@@ -58,7 +58,7 @@ def test_turn_rows_carry_group_advantages(oracle_run):
 
 def test_rollout_metrics_count_memory_ops(oracle_run):
   _, trajectories = oracle_run
-  metrics = rollouts.rollout_metrics(trajectories)
+  metrics = grpo_rows.rollout_metrics(trajectories)
   for key in ("reward_mean", "reward_std", "em", "f1", "storage_size_mean"):
     assert np.isfinite(metrics[key])
   assert metrics["op_rate/create"] > 0 and metrics["op_rate/answer"] > 0

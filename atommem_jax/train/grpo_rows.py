@@ -12,12 +12,12 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from atommem_jax import op_table
 from atommem_jax.metrics import scores
 from atommem_jax.train import batching, grpo
 
-# Metric name -> agent op type name.
-OP_RATE_NAMES = {"create": "add_memory", "update": "modify_memory", "delete": "delete_memory",
-                 "read": "update_query", "scratchpad": "update_memory", "answer": "final_answer"}
+# Metric name -> agent op type name (`op_rate/<metric>`), from the op table.
+OP_RATE_NAMES = op_table.metric_names()
 
 
 @dataclasses.dataclass

@@ -1,0 +1,23 @@
+"""Environments: the tasks an agent is rolled out in, behind one interface (`base.Environment`).
+
+An environment is chosen by name in the config (`AgentConfig.env`); each name is a module here whose
+`make(config, templates=None)` builds it. A rollout engine also takes an environment object directly, so one
+defined elsewhere (a test's) runs with no change here.
+
+  long_context   a document read chunk by chunk, then its questions answered (methods: atommem, memagent, rag,
+                 full_context)
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> module; imported when used, so `AgentConfig` can check a name without importing every environment.
+ENVIRONMENTS = {"long_context": "atommem_jax.agent.envs.long_context"}
+
+
+def make(config: Any, templates: Any = None) -> Any:
+  """The environment `config.env` names, built from the agent config (and prompt templates, where it has them)."""
+  if config.env not in ENVIRONMENTS:
+    raise ValueError(f"unknown environment {config.env!r}; known: {sorted(ENVIRONMENTS)}")
+  return importlib.import_module(ENVIRONMENTS[config.env]).make(config, templates)

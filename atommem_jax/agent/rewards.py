@@ -1,0 +1,55 @@
+"""Rewards: functions of a finished trajectory, injected into the rollout engines (`reward_fn=`).
+
+A reward is any `reward_fn(trajectory) -> float` (the trajectory holds its questions, gold answers, accepted answers
+and every turn), so exact match, F1, a variant scored on the last response, or a judge plug in without touching an
+engine or an environment. A config names one of `REWARDS` (`AgentConfig.reward`); an engine given no `reward_fn`
+uses that one.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from atommem_jax import op_table
+from atommem_jax.metrics.boxed import boxed_exact_match
+
+RewardFn = Callable[[Any], float]
+_ANSWER_NAMES = frozenset(spec.name for spec in op_table.OPS if spec.role == "answer")
+
+
+def episode_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]]) -> float:
+  """Boxed exact match per question, averaged; an unanswered question scores 0."""
+  scores = [boxed_exact_match(f"\\boxed{{{a}}}", g) if a is not None else 0.0 for a, g in zip(answers, golds)]
+  return float(np.mean(scores))
+
+
+def per_question_boxed_em(trajectory: Any) -> float:
+  """The default reward: `episode_reward` of the trajectory's accepted answers against each question's golds."""
+  return episode_reward(trajectory.answers, trajectory.gold_answers)
+
+
+def accepted_answers(trajectory: Any) -> list[str]:
+  """Every answer the environment accepted, in the order written (each turn's valid answer ops)."""
+  return [op["text"] for turn in trajectory.turns for op in turn.ops if op["valid"] and op["type"] in _ANSWER_NAMES]
+
+
+def released_union_boxed_em(trajectory: Any) -> float:
+  """The released reward: every accepted answer of the episode scored (boxed EM) against the union of all of the
+  episode's gold answers, the sum divided by the number of questions. An answer to one question that matches
+  another question's gold counts; for a single question it is `per_question_boxed_em`."""
+  union = list(dict.fromkeys(g for golds in trajectory.gold_answers for g in golds))
+  hits = sum(boxed_exact_match(f"\\boxed{{{answer}}}", union) for answer in accepted_answers(trajectory))
+  return float(hits) / len(trajectory.questions)
+
+
+REWARDS: dict[str, RewardFn] = {
+    "per_question": per_question_boxed_em,
+    "released_union": released_union_boxed_em,
+}
+
+
+def by_name(name: str) -> RewardFn:
+  if name not in REWARDS:
+    raise ValueError(f"unknown reward {name!r}; known: {sorted(REWARDS)}")
+  return REWARDS[name]
