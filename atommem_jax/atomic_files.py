@@ -2,12 +2,13 @@
 replaced only when asked; and a JSON-lines reader whose every error names the file and line."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import shutil
 import tempfile
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, TextIO
 
 
 class OutputError(ValueError):
@@ -29,22 +30,35 @@ def check_output(path: str | os.PathLike, *, overwrite: bool,
     raise OutputError(f"{flag} {path} exists; pass --overwrite to replace it")
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[TextIO]:
+  """A text file (UTF-8) that takes `path`'s place when the block ends without an error; after an error `path` is
+  as it was and the temporary file is gone."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
+      yield f
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)
     raise
 
 
-def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
-  """One JSON object per line (UTF-8, not ASCII-escaped)."""
-  write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+def write_text(path: str | os.PathLike, text: str) -> None:
+  with replacing(path) as f:
+    f.write(text)
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
+  """One JSON object per line (UTF-8, not ASCII-escaped), written as `rows` come; returns the row count."""
+  count = 0
+  with replacing(path) as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+      count += 1
+  return count
 
 
 def replace_dir(directory: str | os.PathLike, write: Callable[[pathlib.Path], None]) -> None:

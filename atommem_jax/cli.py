@@ -60,9 +60,9 @@ def nearest(name: str, known: Sequence[str], n: int = 3) -> list[str]:
 
 # ---- flags
 
-def _config_flag_names() -> list[str]:
+def _config_flag_names(values: flags.FlagValues) -> list[str]:
   """The flags defined by `ml_collections.config_flags.DEFINE_config_file` (their parser's public type name)."""
-  return [name for name in flags.FLAGS if flags.FLAGS[name].parser.flag_type() == "config object"]
+  return [name for name in values if values[name].parser.flag_type() == "config object"]
 
 
 def _flag_arguments(argv: Sequence[str], name: str) -> tuple[str | None, list[str]]:
@@ -123,13 +123,13 @@ def _last_line(error: BaseException) -> str:
   return lines[-1] if lines else type(error).__name__
 
 
-def _override_error(argv: Sequence[str], name: str) -> str | None:
+def _override_error(argv: Sequence[str], name: str, values: flags.FlagValues) -> str | None:
   """Why parsing `--name` and its overrides failed: the experiment's own error, or an unknown key."""
   value, overrides = _flag_arguments(argv, name)
   if value is None:
     return None
   try:
-    config = flags.FLAGS[name].parser.parse(value)
+    config = values[name].parser.parse(value)
     config.keys()
   except Exception as e:  # pylint: disable=broad-except  # whatever the experiment file raised
     return f"--{name} {value}: {_last_line(e.__cause__ or e)}"
@@ -140,34 +140,42 @@ def _override_error(argv: Sequence[str], name: str) -> str | None:
   return None
 
 
-def parse_flags(argv: Sequence[str]) -> list[str]:
-  """`flags.FLAGS(argv)` with every failure as one line: `error: ...` and exit status 1."""
+def parse_flag_values(argv: Sequence[str], values: flags.FlagValues) -> list[str]:
+  """`values(argv)`, every failure a `CliError` of one line (with `ATOMMEM_TRACEBACK=1`, the original error)."""
   debug = bool(os.environ.get(TRACEBACK_ENV))
-  names = _config_flag_names()
+  names = _config_flag_names(values)
   for name in names:
     problem = _missing_experiment(argv, name)
     if problem and not debug:
-      fail(problem)
+      raise CliError(problem)
   try:
-    args = flags.FLAGS(argv)
+    args = values(list(argv))
   except Exception as e:  # pylint: disable=broad-except  # absl and ml_collections raise many kinds here
     if debug:
       raise
     for name in names:
-      problem = _override_error(argv, name)
+      problem = _override_error(argv, name, values)
       if problem:
-        fail(problem)
-    fail(e)
+        raise CliError(problem) from None
+    raise CliError(one_line(e)) from None
   for name in names:  # a config file that failed to load holds its error until first use
     try:
-      value = flags.FLAGS[name].value
+      value = values[name].value
       if value is not None:
         value.keys()
     except Exception as e:  # pylint: disable=broad-except
       if debug:
         raise
-      fail(f"--{name}: {_last_line(e.__cause__ or e)}")
+      raise CliError(f"--{name}: {_last_line(e.__cause__ or e)}") from None
   return args
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """`flags.FLAGS(argv)` with every failure as one line: `error: ...` and exit status 1."""
+  try:
+    return parse_flag_values(argv, flags.FLAGS)
+  except CliError as e:
+    fail(e)
 
 
 def run(main: Callable[[Sequence[str]], Any]) -> None:

@@ -124,3 +124,42 @@ def test_the_traceback_is_there_for_whoever_asks(tmp_path):
 ])
 def test_one_line(error, line):
   assert cli.one_line(error) == line
+
+
+def test_build_corpus_never_replaces_an_input_and_overwrites_only_when_asked(tmp_path):
+  build = ["-m", "atommem_jax.tools.build_corpus"]
+  synthetic = [*build, "synthetic", "--documents=40", "--questions_per_world=4"]
+  # Before: a traceback (FileNotFoundError) for a missing --input, IsADirectoryError for an --output directory.
+  line = _one_line_error(_run(*build, "html", f"--input={tmp_path / 'none'}", f"--output={tmp_path / 'c.jsonl'}"))
+  assert line == f"error: {tmp_path / 'none'}: not a directory"
+  line = _one_line_error(_run(*synthetic, f"--output={tmp_path}"))
+  assert line == f"error: --output {tmp_path} is a directory; give the path of the file to write"
+  corpus = tmp_path / "corpus.jsonl"
+  corpus.write_text("precious\n")
+  line = _one_line_error(_run(*synthetic, f"--output={corpus}"))
+  assert line == f"error: --output {corpus} exists; pass --overwrite to replace it"
+  line = _one_line_error(_run(*synthetic, f"--output={corpus}", f"--questions={corpus}", "--overwrite"))
+  assert line == (f"error: --questions {corpus} is the same file as --output; a writer never replaces its own "
+                  f"input")
+  assert corpus.read_text() == "precious\n"
+  result = _run(*synthetic, f"--output={corpus}", "--overwrite")
+  assert result.returncode == 0 and corpus.read_text().startswith('{"url": "https://world0.example/wiki/')
+  assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_corpus_server_reports_a_bad_corpus_and_an_index_it_may_not_replace(tmp_path):
+  server = ["-m", "atommem_jax.tools.corpus_server", "--stdio"]
+  line = _one_line_error(_run(*server, f"--corpus={tmp_path / 'none.jsonl'}"))
+  assert line.startswith("error: ") and str(tmp_path / "none.jsonl") in line
+  corpus = tmp_path / "c.jsonl"
+  corpus.write_text('{"url": "u", "title": "T", "text": "a page"}\n{broken\n')
+  line = _one_line_error(_run(*server, f"--corpus={corpus}"))
+  assert line == f"error: {corpus}:2: not valid JSON (Expecting property name enclosed in double quotes)"
+  notes = tmp_path / "notes"
+  notes.mkdir()
+  (notes / "todo.txt").write_text("keep me")
+  corpus.write_text('{"url": "u", "title": "T", "text": "a page"}\n')
+  line = _one_line_error(_run(*server, f"--corpus={corpus}", f"--index_dir={notes}", "--rebuild"))
+  assert line == (f"error: index directory {notes} holds files but no corpus index (no meta.json); it is never "
+                  f"replaced: give a new or empty --index_dir")
+  assert (notes / "todo.txt").read_text() == "keep me"
