@@ -159,10 +159,12 @@ def parse_response(response: str, num_shown: int) -> list[Op]:
     ops.append((tag.start(), _parse_body(TAG_KINDS[name], text[tag.end():following.start()], num_shown, deleted)))
     i += 2
   # Unknown paired tags are found in the text with protocol ops blanked out, so `<x>` inside a body is body text.
-  blanked = list(text)
+  pieces, kept_from = [], 0
   for tag_a, tag_b in _protocol_spans(tags):
-    blanked[tag_a:tag_b] = " " * (tag_b - tag_a)
-  for start, name in paired_tags("".join(blanked)):
+    pieces += [text[kept_from:tag_a], " " * (tag_b - tag_a)]
+    kept_from = tag_b
+  pieces.append(text[kept_from:])
+  for start, name in paired_tags("".join(pieces)):
     if name != op_table.THINK:
       ops.append((start, _invalid(f"unknown tag <{name}>")))
   return [op for _, op in sorted(ops, key=lambda pair: pair[0])]

@@ -3,8 +3,8 @@
 For each family of responses (normal ones, and the hostile ones a sampled policy can write: boxes left open,
 unclosed and nested tags, `Memory` indices of any length, lone surrogates, tool calls left open, brackets that do
 not match) and each size: the best of a few timed parses of one response of that many KB by the memory-tag parser
-(`agent.protocol.parse_response`) or the tool-call parser (`tools.tool_calls.parse_tool_call`), as milliseconds per
-KB. `growth` is a family's ms/KB at the largest size over its ms/KB at the smallest (about 1 when the time is linear
+(`agent.protocol.parse_response`) or the tool-call parser (`tools.tool_calls.parse_tool_call`), as milliseconds of
+CPU time per KB. `growth` is a family's ms/KB at the largest size over its ms/KB at the smallest (about 1 when the time is linear
 in the length, the size ratio when quadratic). The budget scales with the size: every family must parse within
 `--budget_ms_per_kb` at every size and grow at most `--max_growth`; `within_budget` says whether all did.
 
@@ -92,14 +92,16 @@ def reference_last_boxed(text: str) -> str | None:
   return None
 
 
-def _best_seconds(parse: Callable[[str], object], text: str, min_total_s: float = 0.2, max_repeats: int = 20) -> float:
+def _best_seconds(parse: Callable[[str], object], text: str, min_total_s: float = 0.3, max_repeats: int = 30) -> float:
+  """The least CPU time of this process over a few parses: on a shared machine the wall time of a long parse is
+  mostly other processes' turns, which would pass for super-linear growth."""
   best, spent, repeats = float("inf"), 0.0, 0
-  while repeats < max_repeats and (repeats < 2 or spent < min_total_s):
-    start = time.perf_counter()
+  while repeats < max_repeats and (repeats < 3 or spent < min_total_s):
+    start = time.process_time()
     parse(text)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     best, spent, repeats = min(best, elapsed), spent + elapsed, repeats + 1
-  return best
+  return max(best, 1e-6)
 
 
 def _reference(sizes: list[int]) -> dict:
