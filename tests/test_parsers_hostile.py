@@ -85,9 +85,10 @@ def test_non_strings_are_counted_not_raised():
       "the response is a bytes, not a string"]
 
 
-def test_mismatched_brackets_are_not_handed_to_the_repair():
-  # Before: json_repair took 13 s on 2,000 characters of `a{]` (quadratic), 70 s on 4,000 of `'{]`.
-  for unit in ("a{]", "'{]", "{]", '"{]'):
+def test_bodies_the_repair_is_slow_on_are_not_handed_to_it():
+  # Before: json_repair took 13 s on 2,000 characters of `a{]` (quadratic), 70 s on 4,000 of `'{]`, 51 s on 4,096
+  # of `{\uea}[]`, 4 s on 1,024 of `{1}`.
+  for unit in ("a{]", "'{]", "{]", '"{]', "{\\uea}[]", "{1}", "{a}\\,"):
     parsed = parse_tool_call("<tool_call>" + (unit * REPAIR_MAX_CHARS)[:REPAIR_MAX_CHARS] + "</tool_call>")
     assert parsed.call is None and parsed.reasons == ("tool call is not JSON and could not be repaired",)
   # What the repair is for still works: missing closers, single quotes, brackets inside strings.

@@ -13,9 +13,11 @@ response's length:
   an object `arguments` (absent means `{}`; a JSON string holding an object, as OpenAI-style APIs send it, is
   accepted). Broken JSON is repaired in this order, each step a well-known one: strict `json.loads`; the object
   followed by trailing text (`JSONDecoder.raw_decode`); then `json_repair` (missing braces or quotes, single quotes,
-  trailing commas, comments). `json_repair` is super-linear on deep nesting and on mismatched brackets, so it only
-  sees bodies of at most `REPAIR_MAX_CHARS` characters whose brackets (outside strings) nest at most
-  `REPAIR_MAX_DEPTH` deep and close in order; past that a body that strict parsing rejects is invalid.
+  trailing commas, comments). `json_repair` is super-linear on many inputs (deep nesting, mismatched brackets,
+  backslashes outside strings, several objects in a row), so it only sees a body of at most `REPAIR_MAX_CHARS`
+  characters that is one object, perhaps unfinished: it starts with `{`, and outside strings its brackets nest at
+  most `REPAIR_MAX_DEPTH` deep, close in order and end with the object, with no backslash (`_repairable`). Any other
+  body that strict parsing rejects is invalid.
 - The name and arguments must survive the trip to the server: JSON-encodable without NaN / infinity and
   UTF-8-encodable (no lone surrogates); otherwise the call is invalid.
 
@@ -33,7 +35,7 @@ import json_repair
 
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
-REPAIR_MAX_CHARS = 4096
+REPAIR_MAX_CHARS = 1024
 REPAIR_MAX_DEPTH = 16
 
 _TAG_RE = re.compile(r"<(/?)tool_call>")
@@ -84,13 +86,16 @@ def _strip_fence(body: str) -> str:
 
 
 def _repairable(body: str) -> bool:
-  """Whether `json_repair` may see `body`: its brackets outside strings nest at most `REPAIR_MAX_DEPTH` deep and every
-  closing bracket matches the open one (missing closers at the end are the repair's common case). The library is
-  super-linear on deep nesting and quadratic on mismatched closers (`a{]` repeated: 13 s for 2,000 characters)."""
-  if len(body) > REPAIR_MAX_CHARS:
+  """Whether `json_repair` may see `body`: one JSON object, possibly unfinished. It starts with `{`; outside strings
+  there is no backslash, the brackets nest at most `REPAIR_MAX_DEPTH` deep, each closing bracket matches the open
+  one (missing closers at the end are the repair's common case) and nothing bracketed or quoted follows the object's
+  end. The library is super-linear on what this refuses: 13 s for 2,000 characters of `a{]`, 51 s for 4,096 of
+  `{\\uea}[]`, 4 s for 1,024 of `{1}`. It is quadratic on some bodies it accepts too (`{"a": [` then `a"a":e"a":`
+  repeated: 0.07 s at 1,024 characters, 1.1 s at 4,096), hence the small `REPAIR_MAX_CHARS`."""
+  if len(body) > REPAIR_MAX_CHARS or not body.startswith("{"):
     return False
   open_brackets: list[str] = []
-  quote, escaped_at = "", -1
+  quote, escaped_at, closed = "", -1, False
   for token in _STRUCTURE_RE.finditer(body):
     char = token.group()
     if quote:  # inside a string: only its end and escapes matter
@@ -100,15 +105,18 @@ def _repairable(body: str) -> bool:
         escaped_at = token.end()
       elif char == quote:
         quote = ""
+    elif closed or char == "\\":
+      return False
     elif char in "\"'":
       quote = char
     elif char in "{[":
       open_brackets.append(char)
       if len(open_brackets) > REPAIR_MAX_DEPTH:
         return False
-    elif char in "}]":
-      if not open_brackets or open_brackets.pop() != _OPENER[char]:
-        return False
+    elif not open_brackets or open_brackets.pop() != _OPENER[char]:
+      return False
+    else:
+      closed = not open_brackets
   return True
 
 
