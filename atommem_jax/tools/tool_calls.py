@@ -12,12 +12,12 @@ response's length:
 - The body, with Markdown code fences around it dropped, must be a JSON object with a non-empty string `name` and
   an object `arguments` (absent means `{}`; a JSON string holding an object, as OpenAI-style APIs send it, is
   accepted). Broken JSON is repaired in this order, each step a well-known one: strict `json.loads`; the object
-  followed by trailing text (`JSONDecoder.raw_decode`); then `json_repair` (missing braces or quotes, single quotes,
-  trailing commas, comments). `json_repair` is super-linear on many inputs (deep nesting, mismatched brackets,
-  backslashes outside strings, several objects in a row), so it only sees a body of at most `REPAIR_MAX_CHARS`
-  characters that is one object, perhaps unfinished: it starts with `{`, and outside strings its brackets nest at
-  most `REPAIR_MAX_DEPTH` deep, close in order and end with the object, with no backslash (`_repairable`). Any other
-  body that strict parsing rejects is invalid.
+  followed by trailing text, or read from the first `{` after leading text (`JSONDecoder.raw_decode`); then
+  `json_repair` (missing braces or quotes, single quotes, trailing commas, comments) on the body from its first `{`.
+  `json_repair` is super-linear on many inputs (deep nesting, mismatched brackets, backslashes outside strings,
+  several objects in a row), so it only sees a body of at most `REPAIR_MAX_CHARS` characters that is one object,
+  perhaps unfinished: outside strings its brackets nest at most `REPAIR_MAX_DEPTH` deep, close in order and end with
+  the object, with no backslash (`_repairable`). Any other body that strict parsing rejects is invalid.
 - The name and arguments must survive the trip to the server: JSON-encodable without NaN / infinity and
   UTF-8-encodable (no lone surrogates); otherwise the call is invalid.
 
@@ -126,12 +126,16 @@ def _decode(body: str) -> tuple[Any, bool] | None:
     return json.loads(body), False
   except (ValueError, RecursionError):
     pass
-  try:
-    value, end = json.JSONDecoder().raw_decode(body)
-    if isinstance(value, dict) and end < len(body):
-      return value, True
-  except (ValueError, RecursionError):
-    pass
+  # The object with text after it, or (as a model may write "I will search: {...}") with text before it too.
+  first_brace = body.find("{")
+  for start in (0, first_brace) if first_brace > 0 else (0,):
+    try:
+      value, end = json.JSONDecoder().raw_decode(body, start)
+      if isinstance(value, dict) and (start or end < len(body)):
+        return value, True
+    except (ValueError, RecursionError):
+      pass
+  body = body[max(first_brace, 0):]
   if not _repairable(body):
     return None
   try:
