@@ -189,7 +189,11 @@ PRESETS: dict[str, Qwen3Config] = {
 }
 
 
+class UnknownPresetError(KeyError, ValueError):
+  """A preset name that is not in `PRESETS` (a ValueError too: it is bad input, reported as one line)."""
+
+
 def get_preset(name: str) -> Qwen3Config:
   if name not in PRESETS:
-    raise KeyError(f"unknown Qwen3 preset {name!r}; known presets: {sorted(PRESETS)}")
+    raise UnknownPresetError(f"unknown Qwen3 preset {name!r}; known presets: {sorted(PRESETS)}")
   return PRESETS[name]
