@@ -22,18 +22,22 @@ import re
 import time
 from typing import Callable
 
+from atommem_jax import op_table
 from atommem_jax.agent import protocol
 from atommem_jax.metrics import boxed
 from atommem_jax.tools import tool_calls
 
 KB = 1024
 BOX_OPEN = "\\boxed{"
+_T = op_table.tag
 _NORMAL_TURN = ("<think>The chunk names the director; the storage has nothing on her yet.</think>"
-                "<add_memory>Ava Lund directed The Glass Road (1998).</add_memory>"
-                "<update_memory>Looking for the director's birthplace.</update_memory>"
-                "<modify_memory>Memory 1: The Glass Road premiered in Oslo.</modify_memory>"
-                "<delete_memory>Memory 2</delete_memory><update_query>Ava Lund birthplace</update_query>"
-                "<final_answer>The answer is \\boxed{Bergen}.</final_answer>\n")
+                + _T(op_table.ADD_MEMORY, "Ava Lund directed The Glass Road (1998).")
+                + _T(op_table.UPDATE_MEMORY, "Looking for the director's birthplace.")
+                + _T(op_table.MODIFY_MEMORY, "Memory 1: The Glass Road premiered in Oslo.")
+                + _T(op_table.DELETE_MEMORY, "Memory 2") + _T(op_table.UPDATE_QUERY, "Ava Lund birthplace")
+                + _T(op_table.FINAL_ANSWER, "The answer is \\boxed{Bergen}.") + "\n")
+_ADD, _QUERY, _ANSWER, _DELETE = (op_table.BY_KIND[k] for k in (op_table.ADD_MEMORY, op_table.UPDATE_QUERY,
+                                                               op_table.FINAL_ANSWER, op_table.DELETE_MEMORY))
 _NORMAL_CALL = ('I will look it up. <tool_call>{"name": "search", "arguments": {"query": "Ava Lund birthplace"}}'
                 '</tool_call>')
 
@@ -53,14 +57,15 @@ def _tool_call(make: Callable[[int], str]) -> tuple[str, Callable[[int], str], C
 # family -> (parser, size -> response, parse)
 FAMILIES = {
     "normal_turns": _protocol(lambda n: _fill(_NORMAL_TURN, n)),
-    "open_boxes": _protocol(lambda n: "<final_answer>" + _fill(BOX_OPEN, n - 29) + "</final_answer>"),
+    "open_boxes": _protocol(lambda n: _ANSWER.open_tag + _fill(BOX_OPEN, n - 29) + _ANSWER.close_tag),
     "open_unknown_tags": _protocol(lambda n: _fill("<a>", n)),
     "open_distinct_tags": _protocol(lambda n: "".join(f"<t{i}>" for i in range(n // 5))[:n]),
-    "open_protocol_tags": _protocol(lambda n: _fill("<add_memory>", n)),
-    "nested_protocol_tags": _protocol(lambda n: _fill("<add_memory><update_query><final_answer>\\boxed{", n)),
-    "huge_index": _protocol(lambda n: "<delete_memory>Memory " + "1" * (n - 38) + "</delete_memory>"),
-    "open_think": _protocol(lambda n: _fill("<think><add_memory>x</add_memory>", n)),
-    "lone_surrogates": _protocol(lambda n: _fill("<add_memory>\ud800x\udfff</add_memory>", n)),
+    "open_protocol_tags": _protocol(lambda n: _fill(_ADD.open_tag, n)),
+    "nested_protocol_tags": _protocol(
+        lambda n: _fill(_ADD.open_tag + _QUERY.open_tag + _ANSWER.open_tag + BOX_OPEN, n)),
+    "huge_index": _protocol(lambda n: _DELETE.open_tag + "Memory " + "1" * (n - 38) + _DELETE.close_tag),
+    "open_think": _protocol(lambda n: _fill("<think>" + _T(op_table.ADD_MEMORY, "x"), n)),
+    "lone_surrogates": _protocol(lambda n: _fill(_T(op_table.ADD_MEMORY, "\ud800x\udfff"), n)),
     "normal_calls": _tool_call(lambda n: _fill(_NORMAL_CALL, n)),
     "open_calls": _tool_call(lambda n: _fill("<tool_call>", n)),
     "deep_call": _tool_call(lambda n: "<tool_call>" + "[" * (n - 11)),
