@@ -13,6 +13,8 @@ import numpy as np
 from atommem_jax.metrics.boxed import boxed_exact_match
 
 RewardFn = Callable[[Any], float]
+# `fn(question, final_response, answers) -> float`: the web rewards of `metrics.judge` (boxed window, LLM judge).
+ResponseRewardFn = Callable[[str, str, Sequence[str]], float]
 
 
 def episode_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]]) -> float:
@@ -24,3 +26,16 @@ def episode_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]]
 def per_question_boxed_em(trajectory: Any) -> float:
   """The default reward: `episode_reward` of the trajectory's accepted answers against each question's golds."""
   return episode_reward(trajectory.answers, trajectory.gold_answers)
+
+
+def per_question_response_reward(fn: ResponseRewardFn) -> RewardFn:
+  """A reward on a final response (`metrics.judge.make_reward_fn`: the released boxed window or an LLM judge) as a
+  trajectory reward: each question's accepted answer is given to `fn` as the protocol boxes it, averaged over the
+  questions; an unanswered question scores 0 without calling `fn` (no judge request for an empty answer)."""
+
+  def reward(trajectory: Any) -> float:
+    scores = [fn(q, f"\\boxed{{{a}}}", g) if a is not None else 0.0
+              for q, a, g in zip(trajectory.questions, trajectory.answers, trajectory.gold_answers)]
+    return float(np.mean(scores))
+
+  return reward

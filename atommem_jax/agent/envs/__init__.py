@@ -6,6 +6,7 @@ defined elsewhere (a test's) runs with no change here.
 
   long_context   a document read chunk by chunk, then its questions answered (methods: atommem, memagent, rag,
                  full_context)
+  web            a question answered with search and page-fetch tools over MCP, one call per step
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import importlib
 from typing import Any
 
 # name -> module; imported when used, so `AgentConfig` can check a name without importing every environment.
-ENVIRONMENTS = {"long_context": "atommem_jax.agent.envs.long_context"}
+ENVIRONMENTS = {"long_context": "atommem_jax.agent.envs.long_context", "web": "atommem_jax.agent.envs.web"}
 
 
 def make(config: Any, templates: Any = None) -> Any:
