@@ -40,10 +40,11 @@ def tool_call(name: str, **arguments: str) -> str:
 
 
 def search_query(subject: str, website: str) -> str:
-  """The subject and the website's host: every page of a synthetic site links to its host, so BM25 prefers that
-  world's page among the worlds that reuse the name."""
+  """The website's host, then the subject: every page of a synthetic site names its host, so BM25 prefers that
+  world's page among the worlds that reuse the name (and the name keeps its leading space, the token it is in the
+  question)."""
   host = urlparse(website).hostname if website.startswith("http") else ""
-  return f"{subject} {host}" if host else subject
+  return f"{host} {subject}" if host else subject
 
 
 class WebOraclePolicy:
@@ -76,7 +77,8 @@ class WebOraclePolicy:
     if not missing:
       # The facts in reasoning order, then the answer: each step of the chain a lookup in view.
       reasoning = " ".join(f.sentence for f in question.facts)
-      return adds + reasoning + op_table.tag(op_table.FINAL_ANSWER, f"\\boxed{{{derive_answer(question.kind, question.facts)}}}")
+      answer = derive_answer(question.kind, question.facts)
+      return adds + reasoning + op_table.tag(op_table.FINAL_ANSWER, f"\\boxed{{{answer}}}")
     if LAST_STEP_MARK in observation:
       return adds + op_table.tag(op_table.FINAL_ANSWER, "\\boxed{unknown}")
     return adds + self._next_call(missing[0], previous, website)
