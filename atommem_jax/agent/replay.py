@@ -137,6 +137,8 @@ def replay(transcript: dict[str, Any], where: str = "transcript", *, mcp_url: st
   name a web transcript's tool server."""
   _check_transcript(transcript, where)
   env_name = transcript.get("env", "long_context")
+  if env_name != "web" and (mcp_url or mcp_command):
+    raise ValueError(f"{where}: --mcp_url / --mcp_command are for web transcripts only (\"env\": \"web\")")
   agent, memory, tools = split_config({**transcript.get("config", {}), "env": env_name}, where)
   from atommem_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   tokenizer = tokenizer_lib.load_tiny_tokenizer(tools.get("tokenizer"))
