@@ -1,4 +1,5 @@
-r"""Baselines and ablations side by side: AtomMem, its ablations and any K, MemAgent, RAG and full context.
+r"""Baselines and ablations side by side: AtomMem, its ablations (add-only memory among them) and K = 3 / 12, MemAgent,
+RAG and full context.
 
   python -m atommem_jax.evaluate --config experiments/eval_ablations.py --config.checkpoint=CKPT \
       --config.datasets.hotpotqa.path=hotpot.json --config.datasets.twowiki.path=2wiki.json \
@@ -14,16 +15,19 @@ import ml_collections
 from atommem_jax import configlib
 
 
-def variants(top_k: int) -> dict[str, dict]:
-  """The paper's ablations (switches off become counted invalid no-ops), a smaller K, and the baselines, in the
-  order the tables list them."""
+def variants() -> dict[str, dict]:
+  """The paper's ablations (switches off become counted invalid no-ops), the released evaluation's add-only memory
+  (Create only: no Update, no Delete) and K = 3 and 12 (ours is K = 6), and the baselines, in the order the tables
+  list them."""
   return {
       "atommem": {},
       "no_scratchpad": {"agent": {"use_scratchpad": False}},
       "no_storage": {"agent": {"use_storage": False}},
       "no_update": {"agent": {"allow_update": False}},
       "no_delete": {"agent": {"allow_delete": False}},
-      f"k{max(1, top_k // 2)}": {"memory": {"top_k": max(1, top_k // 2)}},
+      "add_only": {"agent": {"allow_update": False, "allow_delete": False}},
+      "k3": {"memory": {"top_k": 3}},
+      "k12": {"memory": {"top_k": 12}},
       "memagent": {"agent": {"method": "memagent"}},
       "rag": {"agent": {"method": "rag"}},
       "full_context": {"agent": {"method": "full_context"}},
@@ -38,14 +42,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.datasets.synthetic.max_examples = 8
   elif not arg:
     config = eval_hotpot.base_config()
+    released = eval_hotpot.RELEASED_EXAMPLES
     config.datasets = ml_collections.ConfigDict({
-        "hotpotqa": dict(path="", num_docs=(200, 400, 800)),
-        "twowiki": dict(format="2wiki", label="2wiki", path="", num_docs=(800,)),
-        "musique": dict(path="", num_docs=(800,)),
+        "hotpotqa": dict(path="", num_docs=(200, 400, 800), **released),
+        "twowiki": dict(format="2wiki", label="2wiki", path="", num_docs=(800,), **released),
+        "musique": dict(path="", num_docs=(800,), **released),
     })
   else:
     raise ValueError(f"unknown config argument {arg!r}; use '' (full size) or 'tiny'")
-  config.variants = ml_collections.ConfigDict(variants(config.memory.top_k))
-  config.variant_order = tuple(variants(config.memory.top_k))
+  config.variants = ml_collections.ConfigDict(variants())
+  config.variant_order = tuple(variants())
   config.dataset_order = ("synthetic",) if arg == "tiny" else ("hotpotqa", "twowiki", "musique")
   return config

@@ -19,8 +19,13 @@ import ml_collections
 from atommem_jax import configlib
 
 
+# The released builder's examples: half of the documents bundle 2..10 questions, every question's whole context
+# (hard distractors included) is in.
+RELEASED_EXAMPLES = dict(single_question_fraction=0.5, gold="all_context")
+
+
 def base_config() -> ml_collections.ConfigDict:
-  """The released full-size settings (DESIGN.md "Released settings")."""
+  """The released full-size settings (DESIGN.md "Released settings" and "Released long-context details")."""
   config = ml_collections.ConfigDict()
   config.checkpoint = ""
   config.expected_model = ""
@@ -34,9 +39,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.variant_order = ("atommem",)
   config.dataset_order = ()
   config.agent = dict(method="atommem", chunk_tokens=4000, overlap_tokens=100, max_chunks=40, max_steps=40,
-                      query_limit=3, query_limit_action="give_up", context_tokens=32768)
+                      query_limit=3, query_limit_action="give_up", context_tokens=32768, template_dir="released",
+                      chunking="released", truncation="middle", reward="per_question")
   config.memory = dict(capacity=256, entry_tokens=256, scratchpad_tokens=1024, query_tokens=128, embed_dim=1024,
-                       top_k=6, overflow="evict_oldest", retrieval="exact", max_ops_per_turn=16)
+                       top_k=6, overflow="evict_oldest", retrieval="exact", max_ops_per_turn=16, spill="none")
   config.sampler = dict(greedy=True, max_new_tokens=4096, prompt_buckets=(4096, 8192, 12288, 16384, 24576, 32768, 40960))
   return config
 
@@ -69,5 +75,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown config argument {arg!r}; use '' (HotpotQA, full size) or 'tiny'")
   config = base_config()
   config.datasets = ml_collections.ConfigDict({
-      "hotpotqa": dict(path="", num_docs=(200, 400, 800), max_examples=0)})
+      "hotpotqa": dict(path="", num_docs=(200, 400, 800), max_examples=0, **RELEASED_EXAMPLES)})
   return config

@@ -1,7 +1,9 @@
 r"""Shared settings of the training experiment files (not an experiment itself: it has no `get_config`).
 
-`released()` holds the released AtomMem run's settings (DESIGN.md "Training"); `tiny()` the embedded default that
-trains on CPU with no downloads. The experiment files start from one of them and set their task and stages.
+`released()` holds the released AtomMem run's settings (DESIGN.md "Training" and "Released long-context details":
+bundles of 2..10 questions for half of the documents, every question's whole context as gold, the released chunk
+windows and middle truncation, the prompt that shows the reads in a row); `tiny()` the embedded default that trains
+on CPU with no downloads. The experiment files start from one of them and set their task and stages.
 """
 import ml_collections
 
@@ -21,11 +23,12 @@ def released() -> ml_collections.ConfigDict:
                  dtype="bfloat16", param_dtype="float32")
   c.task = dict(dataset="hotpotqa", path="", examples_path="", num_eval_episodes=64, grpo_num_docs=0,
                 synthetic=dict(seed=0, num_documents=256, num_questions=64), synthetic_worlds=1,
-                long_context=dict(num_docs=200, seed=0, single_question_fraction=1.0))
+                long_context=dict(num_docs=200, seed=0, single_question_fraction=0.5, gold="all_context"))
   c.agent = dict(method="atommem", chunk_tokens=4000, overlap_tokens=100, max_chunks=40, max_steps=40,
-                 query_limit=3, query_limit_action="give_up", template_dir="")
+                 query_limit=3, query_limit_action="give_up", template_dir="released", chunking="released",
+                 truncation="middle", reward="per_question")
   c.memory = dict(capacity=256, entry_tokens=256, scratchpad_tokens=1024, query_tokens=128, embed_dim=256, top_k=6,
-                  overflow="evict_oldest", max_ops_per_turn=16)
+                  overflow="evict_oldest", max_ops_per_turn=16, spill="none")
   c.embedder = "hashing"
   c.sft = dict(steps=0, pairs_path="", oracle_episodes=64, min_reward=0.5, recitation_pairs=0, drill="copy",
                drill_steps=0, drill_every=0, drill_batch_size=32, batch_size=64, num_microbatches=8,
@@ -66,7 +69,8 @@ def tiny() -> ml_collections.ConfigDict:
   c.task.synthetic_worlds = 1000
   c.task.long_context = dict(num_docs=4, seed=0, single_question_fraction=1.0)
   c.task.grpo_num_docs = 8  # SFT's demonstrations read one chunk; GRPO reads two (evaluated at both sizes)
-  c.agent.update(chunk_tokens=96, overlap_tokens=8, max_chunks=8, max_steps=6, query_limit=3, template_dir="compact")
+  c.agent.update(chunk_tokens=96, overlap_tokens=8, max_chunks=8, max_steps=6, query_limit=3, template_dir="compact",
+                 chunking="stride", truncation="tail")
   c.memory = dict(capacity=16, entry_tokens=32, scratchpad_tokens=48, query_tokens=32, embed_dim=64, top_k=4,
                   overflow="evict_oldest", max_ops_per_turn=4)
   c.sft.update(steps=850, oracle_episodes=1500, drill="recite", drill_steps=250, drill_every=3, batch_size=16,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from atommem_jax import configlib, op_table
-from atommem_jax.agent import envs, protocol
-from atommem_jax.agent.config import AgentConfig, Method, RolloutConfig
+from atommem_jax.agent import envs, protocol, rewards
+from atommem_jax.agent.config import AgentConfig, Method, Reward, RolloutConfig
 from atommem_jax.agent.engines import host
 from atommem_jax.agent.envs import long_context
 from atommem_jax.agent.envs.base import Observation, Parsed, StepResult
@@ -184,3 +184,45 @@ def test_environments_and_methods_are_chosen_by_name():
   with pytest.raises(configlib.ConfigError, match="'memgpt' is not one of"):
     configlib.from_dict(AgentConfig, {"method": "memgpt"})
   assert typing.get_args(Method) == tuple(long_context.METHODS)
+  assert typing.get_args(Reward) == tuple(rewards.REWARDS)
+
+
+# Which view renders which templates (the system prompt with either phase).
+_TEMPLATES_OF = {"atommem": ("system", "read", "answer"),
+                 "memagent": ("baseline_system", "memagent_read", "memagent_answer"),
+                 "rag": ("baseline_system", "rag_answer"), "full_context": ("baseline_system", "full_context_answer")}
+
+
+def test_every_template_renders_with_every_placeholder(tmp_path):
+  assert {name for names in _TEMPLATES_OF.values() for name in names} == set(protocol.TEMPLATE_FIELDS)
+  for name, fields in protocol.TEMPLATE_FIELDS.items():
+    (tmp_path / f"{name}.txt").write_text(f"<{name}>" + "".join(f"[{f}=${{{f}}}]" for f in fields))
+  episode = long_context.Episode(id="e", document="d", questions=("q one?", "q two?"), answers=(("a",), ("b",)))
+  memory = envs.base.MemoryView(scratchpad="pad", query="find", entries=("note",))
+  rendered = {}
+  for method, names in _TEMPLATES_OF.items():
+    env = envs.make(AgentConfig(method=method, template_dir=str(tmp_path), query_limit=5))
+    document = long_context.EpisodeDocument(chunks=("chunk one", "chunk two"),
+                                            answer_contexts=("ctx a", "ctx b") if not env.method.reads_document else ())
+    state = long_context.initial_state([2 if env.method.reads_document else 0], [2])
+    state = dataclasses.replace(state, query_count_B=jnp.asarray([2]), chunk_index_B=jnp.asarray([1]),
+                                question_index_B=jnp.asarray([1]))
+    phases = [state, dataclasses.replace(state, answer_phase_B=jnp.asarray([True]))]
+    for phase in phases if env.method.reads_document else phases[1:]:
+      observation = env.observe(episode, document, phase, 0, memory, None)
+      for text in (observation.system, observation.user):
+        rendered[text[1:text.index(">")]] = text
+  assert set(rendered) == set(protocol.TEMPLATE_FIELDS)  # each template rendered at least once
+  for name, text in rendered.items():
+    values = dict(re.findall(r"\[(\w+)=([^\]]*)\]", text))
+    assert set(values) == set(protocol.TEMPLATE_FIELDS[name]), name  # every placeholder got a value
+    assert all(values.values()), (name, values)
+  assert rendered["read"].count("[reads_in_a_row=2]") == 1 and "[query_limit=5]" in rendered["answer"]
+  assert "[question_number=2][num_questions=2]" in rendered["memagent_answer"]
+  assert "[chunk=chunk two][chunk_number=2][num_chunks=2]" in rendered["read"]
+  assert "[context=ctx b]" in rendered["full_context_answer"] and "[chunks=ctx b]" in rendered["rag_answer"]
+  # Every packaged variant loads (only known placeholders), and the released one shows the reads in a row.
+  for variant in protocol.PACKAGED_VARIANTS:
+    protocol.Templates.load(variant)
+  assert "${reads_in_a_row}" in protocol.Templates.load("released").texts["read"]
+  assert protocol.Templates.load("compact").texts["read"] == protocol.Templates.load().texts["read"]

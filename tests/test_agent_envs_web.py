@@ -130,7 +130,8 @@ def test_the_cli_prints_one_json_object(tmp_path, http_url):
   (line,) = out.stdout.strip().splitlines()
   printed = json.loads(line)
   assert printed == replay.replay(transcript, mcp_url=http_url)
-  assert set(printed["turns"][0]) == {"chunk_index", "phase", "ops", "retrieved", "tool_call", "tool_response"}
+  assert set(printed["turns"][0]) == {"chunk_index", "phase", "ops", "retrieved", "observation", "tool_call",
+                                    "tool_response"}
   assert printed["final"]["done"] is False
 
 

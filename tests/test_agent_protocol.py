@@ -99,6 +99,24 @@ def test_chunking_overlaps_and_caps():
   assert len(env.chunk_document(range(100), AgentConfig(chunk_tokens=4, overlap_tokens=0, max_chunks=5))) == 5
 
 
+def test_released_windows_and_middle_truncation():
+  released = AgentConfig(chunk_tokens=4, overlap_tokens=1, max_chunks=10, chunking="released")
+  # Chunk i is [4i - 1, 4(i + 1) + 1), clipped: stride 4, one token of overlap on each side.
+  assert env.chunk_document(range(10), released) == [[0, 1, 2, 3, 4], [3, 4, 5, 6, 7, 8], [7, 8, 9]]
+  assert env.chunk_document(range(8), released) == [[0, 1, 2, 3, 4], [3, 4, 5, 6, 7]]
+  capped = AgentConfig(chunk_tokens=4, overlap_tokens=1, max_chunks=2, chunking="released", truncation="middle")
+  assert env.chunk_budget(capped) == 8
+  # 20 tokens cut to 8 from the middle: the first 4 and the last 4 are read.
+  assert env.truncate_document(range(20), capped) == [0, 1, 2, 3, 16, 17, 18, 19]
+  assert env.chunk_document(range(20), capped) == [[0, 1, 2, 3, 16], [3, 16, 17, 18, 19]]
+  tail = AgentConfig(chunk_tokens=4, overlap_tokens=1, max_chunks=2, chunking="released", truncation="tail")
+  assert env.chunk_document(range(20), tail) == [[0, 1, 2, 3, 4], [3, 4, 5, 6, 7]]
+  # Stride windows cut from the middle keep what two windows of 4 every 3 cover (7 tokens), first and last parts.
+  stride = AgentConfig(chunk_tokens=4, overlap_tokens=1, max_chunks=2, truncation="middle")
+  assert env.chunk_document(range(20), stride) == [[0, 1, 2, 3], [3, 17, 18, 19]]
+  assert env.chunk_document(range(5), capped) == env.chunk_document(range(5), tail)  # short documents: no cut
+
+
 def _run(params, state, turns):
   """Steps one trajectory through `turns` (lists of op kinds, all valid) and records its pointers."""
   history = []

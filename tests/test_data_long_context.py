@@ -9,6 +9,7 @@ import pytest
 
 from atommem_jax.data import long_context, readers, synthetic
 from atommem_jax.data.long_context import LongContextConfig
+from atommem_jax.data.records import Paragraph, QARecord
 
 HOTPOT_SAMPLE = os.path.join(os.path.dirname(__file__), "data", "hotpotqa_dev_sample.json")
 
@@ -102,3 +103,64 @@ def test_cli_is_byte_identical_for_a_seed(tmp_path):
                           capture_output=True, text=True)
   assert result.returncode != 0 and "fewer than num_docs=1000" in result.stderr
   assert not (tmp_path / "c.jsonl").exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
+
+
+def _raw_contexts():
+  """Each question's context paragraphs straight from the dataset file, (title, "".join(sentences)) as the
+  dataset's own format defines a paragraph."""
+  with open(HOTPOT_SAMPLE, encoding="utf-8") as f:
+    return {row["_id"]: {(title, "".join(sentences)) for title, sentences in row["context"]} for row in json.load(f)}
+
+
+def test_released_builder_puts_each_questions_whole_context_in_once(tmp_path):
+  rows = [json.loads(line) for line in _run_build(
+      tmp_path, "released.jsonl", "--dataset=hotpotqa", f"--input={HOTPOT_SAMPLE}", "--num_docs=120", "--seed=2",
+      "--gold=all_context", "--single_question_fraction=0.5").decode().splitlines()]
+  contexts = _raw_contexts()
+  assert sorted(q for r in rows for q in r["question_ids"]) == sorted(contexts)  # every question, once
+  assert sum(len(c) == 10 for c in contexts.values()) == 52  # the sample's questions carry 10 paragraphs (one: 2)
+  for row in rows:
+    assert set(row) >= {"num_docs", "context", "questions", "answers"} and row["num_docs"] == 120
+    example = long_context.LongContextExample.from_json(row)
+    counts = collections.Counter((d.title, d.text) for d in example.documents)
+    assert len(example.documents) == 120 and max(counts.values()) == 1
+    for qid, gold_numbers in zip(example.question_ids, example.gold_documents):
+      assert all(counts[p] == 1 for p in contexts[qid])  # hard distractors included, each exactly once
+      assert {(example.documents[i - 1].title, example.documents[i - 1].text) for i in gold_numbers} == contexts[qid]
+  sizes = collections.Counter(len(r["questions"]) for r in rows)
+  assert sizes[1] and set(sizes) - {1} and max(sizes) <= 10  # singles and bundles both occur
+
+  # Supporting-only examples hold just the supporting titles' paragraphs as gold.
+  supporting = [json.loads(line) for line in _run_build(
+      tmp_path, "supporting.jsonl", "--dataset=hotpotqa", f"--input={HOTPOT_SAMPLE}", "--num_docs=20",
+      "--gold=supporting").decode().splitlines()]
+  assert len(supporting) == 53 and all(len(r["gold_documents"][0]) == 2 for r in supporting)
+
+
+def test_bundle_sizes_follow_the_configured_distribution():
+  paragraphs = [Paragraph(f"t{i}", f"text {i}") for i in range(4000)]
+  records = tuple(QARecord(id=f"q{i}", question=f"q{i}?", answers=("a",), gold=(p,), supporting_facts=(),
+                           source="synthetic") for i, p in enumerate(paragraphs))
+  config = LongContextConfig(num_docs=20, seed=11, single_question_fraction=0.5)
+  groups = long_context.bundle_records(records, config)
+  assert sorted(r.id for g in groups for r in g) == sorted(r.id for r in records)
+  sizes = collections.Counter(len(g) for g in groups[:-1])  # the last bundle is cut short when records run out
+  drawn = sum(sizes.values())
+  assert abs(sizes[1] / drawn - 0.5) < 0.06  # 4 standard deviations at ~1100 draws
+  assert set(sizes) <= set(range(1, 11))
+  for size in range(2, 11):  # uniform over 2..10: ~61 each
+    assert 30 < sizes[size] < 95, (size, sizes)
+  # Everything single: file order kept; no bundle above the maximum either way.
+  assert long_context.bundle_records(records[:5], LongContextConfig()) == [(r,) for r in records[:5]]
+
+
+def test_too_small_n_for_the_bundles_gold_is_one_error_naming_both_numbers(hotpot):
+  config = LongContextConfig(num_docs=30, seed=2, single_question_fraction=0.5, gold="all_context")
+  with pytest.raises(ValueError, match=r"has (\d+) gold paragraphs, more than num_docs=30 .*at least \1") as err:
+    long_context.build_examples(hotpot, config)
+  assert str(err.value).count("gold paragraphs") == 1
+  # The same N is fine for single questions with their 10 paragraphs each.
+  single = long_context.build_examples(hotpot, LongContextConfig(num_docs=30, gold="all_context"))
+  assert len(single) == 53
+  with pytest.raises(ValueError, match="gold must be"):
+    LongContextConfig(gold="context")

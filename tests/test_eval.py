@@ -159,15 +159,32 @@ def test_config_boundary_refuses_unknown_keys_and_empty_required_fields(checkpoi
   ablations = experiment("eval_ablations", "tiny")
   ablations.checkpoint = str(checkpoint_dir)
   variants = eval_config.eval_config_from_dict(ablations).variant_configs()
-  assert list(variants) == ["atommem", "no_scratchpad", "no_storage", "no_update", "no_delete", "k2", "memagent",
-                            "rag", "full_context"]  # the table's row order, not ConfigDict's sorted keys
+  assert list(variants) == ["atommem", "no_scratchpad", "no_storage", "no_update", "no_delete", "add_only", "k3",
+                            "k12", "memagent", "rag", "full_context"]  # the table's row order, not sorted keys
   assert not variants["no_update"][0].allow_update and variants["rag"][0].method == "rag"
+  add_only = variants["add_only"][0]
+  assert add_only.use_storage and not add_only.allow_update and not add_only.allow_delete
+  assert [variants[k][1].top_k for k in ("atommem", "k3", "k12")] == [4, 3, 12]
   full_ablations = experiment("eval_ablations", "")
   full_ablations.update(checkpoint="c", embedder="hashing")
   for name in ("musique", "hotpotqa", "twowiki"):
     full_ablations.datasets[name].path = "f"
-  datasets = eval_config.eval_config_from_dict(full_ablations).datasets
+  released = eval_config.eval_config_from_dict(full_ablations)
+  datasets = released.datasets
   assert [eval_config.dataset_label(n, s) for n, s in datasets.items()] == ["hotpotqa", "2wiki", "musique"]
+  # The released evaluation: bundles, whole contexts, released windows and prompt.
+  assert all((s.single_question_fraction, s.gold) == (0.5, "all_context") for s in datasets.values())
+  assert (released.agent.chunking, released.agent.truncation, released.agent.template_dir) == (
+      "released", "middle", "released")
+  assert released.variant_configs()["k12"][1].top_k == 12
+  long_full = experiment("eval_long", "")
+  long_full.update(checkpoint="c", embedder="hashing")
+  long_full.datasets.hotpotqa.path = "f"
+  long_tiny = experiment("eval_long", "tiny")
+  long_tiny.checkpoint = "c"
+  for long in (eval_config.eval_config_from_dict(long_full), eval_config.eval_config_from_dict(long_tiny)):
+    (spec,) = long.datasets.values()
+    assert spec.num_docs == (50, 100, 200, 400, 800, 1600, 3200, 6400) and long.memory.spill == "scann"
   ablations.variants.no_update.agent.allow_updte = False
   with pytest.raises(configlib.ConfigError, match=r"variants.no_update.agent: unknown config key\(s\) \['allow_updte'\]"):
     eval_config.eval_config_from_dict(ablations)
@@ -205,6 +222,13 @@ def test_summary_is_question_level_with_per_episode_memory_counts():
   assert memagent["em"] == 1.0 and memagent["questions"] == 1
   table = results.score_table([atommem, memagent], "em")
   assert table.splitlines() == ["| variant | synthetic @8 |", "|---|---:|", "| atommem | 33.3 |", "| memagent | 100.0 |"]
+  timed = [dataclasses.replace(bundled, seconds=3.0), dataclasses.replace(single, seconds=1.0),
+           dataclasses.replace(single, num_docs=64, seconds=5.0)]
+  timing = results.timing_rows(timed)
+  assert [(r["num_docs"], r["seconds_per_episode"], r["seconds_per_step"]) for r in timing] == [
+      (8, 2.0, pytest.approx(4.0 / 23)), (64, 5.0, pytest.approx(5.0 / 14))]
+  assert results.time_table(timing).splitlines()[2] == "| atommem | 2.0 (0.174) | 5.0 (0.357) |"
+  assert "## Time per episode" in results.markdown_report([atommem], checkpoint="c", timing=timing)
   with pytest.raises(ValueError, match="unknown op kinds"):
     dataclasses.replace(single, op_counts={"create": 1})
 

@@ -1,6 +1,7 @@
 """Hand-written transcripts through the real environment and memory, the replay CLI, and a fuzz of whole episodes."""
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -270,3 +271,58 @@ def test_the_compact_variant_changes_only_the_system_prompt():
   assert [n for n in default.texts if default.texts[n] != compact.texts[n]] == ["system"]
   tokenizer = load_tiny_tokenizer()
   assert len(tokenizer.encode(compact.texts["system"])) < 100 < len(tokenizer.encode(default.texts["system"]))
+
+
+def test_released_windows_show_a_sentence_cut_at_a_boundary_whole_in_the_next_chunk():
+  tokenizer = load_tiny_tokenizer()
+  ids = tokenizer.encode(DOCUMENT, add_special_tokens=False)
+  sentence = "Rativo was founded by Kalomi."
+  start = len(tokenizer.encode(DOCUMENT[:DOCUMENT.index(sentence)], add_special_tokens=False))
+  assert tokenizer.decode(ids[start:start + 6]).startswith("Rativo was")  # the sentence starts a token
+  # Boundary C two tokens into the sentence, o = 3: chunk 0 ([0, C + o)) cuts it, chunk 1 ([C - o, 2C + o)) holds it.
+  c, o = start + 2, 3
+  result = _replay(["no tag: next chunk", "no tag: next chunk"], chunk_tokens=c, overlap_tokens=o,
+                   chunking="released", max_chunks=40)
+  first, second = (t["observation"] for t in result["turns"])
+  assert sentence not in first and "Rativo" in first  # cut at the boundary
+  assert sentence in second
+  for i, turn in enumerate(result["turns"]):  # the windows are exactly [i*C - o, (i+1)*C + o)
+    window = tokenizer.decode(ids[max(0, i * c - o):(i + 1) * c + o])
+    assert f":\n{window}" in turn["observation"] and f"Chunk {i + 1} of {-(-len(ids) // c)}:" in turn["observation"]
+  # Middle truncation keeps the document's start and end; the tail truncation its start only.
+  middle = _replay(["x"], chunk_tokens=c, overlap_tokens=0, chunking="released", max_chunks=1,
+                   truncation="middle")["turns"][0]
+  tail = _replay(["x"], chunk_tokens=c, overlap_tokens=0, chunking="released", max_chunks=1,
+                 truncation="tail")["turns"][0]
+  assert middle["observation"].rstrip("\n").endswith(tokenizer.decode(ids[:(c + 1) // 2] + ids[len(ids) - c // 2:]))
+  assert tail["observation"].rstrip("\n").endswith(tokenizer.decode(ids[:c]))
+  assert "Chunk 1 of 1:" in middle["observation"] and "Vorika" in middle["observation"]
+
+
+def test_the_released_prompt_shows_the_reads_in_a_row(two_chunks):
+  result = _replay(["<update_query>a</update_query>", "<update_query>b</update_query>",
+                    "<update_query>c</update_query><add_memory>Kalomi was born in Tesuna.</add_memory>",
+                    "nothing", "<update_query>d</update_query>", "<final_answer>\\boxed{Tesuna}</final_answer>"],
+                   template_dir="released", query_limit=3, **two_chunks)
+  counters = [re.search(r"updated the query (\d+) times in a row \(at most 3 in a row\)", t["observation"])
+              for t in result["turns"]]
+  assert [int(m.group(1)) for m in counters] == [0, 1, 2, 0, 0, 1]
+  assert [t["phase"] for t in result["turns"]] == ["read"] * 4 + ["answer"] * 2
+  assert "Answer question 1 of 1 from your memory" in result["turns"][-1]["observation"]
+  assert result["final"]["reward"] == 1.0
+
+
+def test_both_rewards_on_a_two_question_transcript():
+  questions, answers = ("Where was Kalomi born?", "Who founded Rativo?"), (("Tesuna",), ("Kalomi",))
+  # The first question is answered with the second's answer, the second correctly.
+  responses = ["<final_answer>\\boxed{Kalomi}</final_answer>", "<final_answer>\\boxed{kalomi}</final_answer>"]
+  rewards = {name: _replay(responses, questions=questions, answers=answers, chunk_tokens=4000, reward=name)["final"]
+             for name in ("per_question", "released_union")}
+  assert rewards["per_question"]["answers"] == rewards["released_union"]["answers"] == ["Kalomi", "kalomi"]
+  assert rewards["per_question"]["reward"] == 0.5  # only the second answer matches its own question's gold
+  assert rewards["released_union"]["reward"] == 1.0  # both match the union {Tesuna, Kalomi}: 2 hits / 2 questions
+  wrong_first = _replay(["<final_answer>\\boxed{Vorika}</final_answer>", responses[1]], questions=questions,
+                        answers=answers, chunk_tokens=4000, reward="released_union")
+  assert wrong_first["final"]["reward"] == 0.5
+  with pytest.raises(configlib.ConfigError, match="reward"):
+    _replay(responses, reward="union")

@@ -1,7 +1,8 @@
 """The AtomMem agent: protocol, environments, the rollout engine, rewards, oracle.
 
 Public API:
-  config.AgentConfig                      -- environment, method, chunking, step cap, query limit, ablations
+  config.AgentConfig                      -- environment, method, chunking (released | stride windows, middle | tail
+                                             truncation), step cap, query limit, ablations, reward (by name)
   config.RolloutConfig                    -- agent + memory config, G samples per episode, seed
   protocol.parse_response(text, shown)    -- response -> ops in order (grammar in the module docstring), never raises
   protocol.Templates.load(dir)            -- prompt files (`${name}` placeholders); ours are in agent/templates/
@@ -13,8 +14,11 @@ Public API:
                                              step (pure), METHODS (atommem, memagent, rag, full_context)
   engines.host.rollout(episodes, policy, ...)  -- B episodes x G samples to the end -> list[trajectory.Trajectory]
   transition.transition                   -- one jitted turn: the environment's step, accepted memory ops, retrieval
+  transition.transition_with_tier         -- the same, returning what the host storage tier needs (spill="scann")
+  memory_tiers.TieredMemory               -- the host side of a spilling memory: merged views, "Memory i" routing
   policy.SamplerPolicy(sampler)           -- the model as policy; any `policy(list[str]) -> list[str]` also works
-  rewards.per_question_boxed_em           -- the default injected `reward_fn(trajectory) -> float`
+  rewards.REWARDS, rewards.by_name        -- injected `reward_fn(trajectory) -> float`s by name: "per_question"
+                                             (the default), "released_union" (every answer against all golds)
   trajectory.Turn, Trajectory, write_jsonl  -- what an engine returns; trajectories a person can read
   memory_view                             -- the memory state as the text an observation shows
   oracle.OraclePolicy, oracle_sft_pairs   -- scripted policy for the synthetic task; its turns as SFT pairs

@@ -11,6 +11,8 @@ from atommem_jax.memory.config import MemoryConfig
 
 # The long-context reader's methods: the rows of `envs.long_context.METHODS` (a test holds the two equal).
 Method = Literal["atommem", "memagent", "rag", "full_context"]
+# The rewards a config may name: the keys of `rewards.REWARDS` (a test holds the two equal).
+Reward = Literal["per_question", "released_union"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +62,18 @@ class AgentConfig:
   The retrieval width K and the op width O are the memory's (`MemoryConfig.top_k`, `.max_ops_per_turn`); RAG shows
   K chunks.
   template_dir: a directory of prompt files replacing ours; "" = the packaged templates, "compact" = the packaged
-    variant with a short system prompt (`protocol.PACKAGED_VARIANTS`).
+    variant with a short system prompt, "released" = the variant that shows every value the released prompt shows
+    (the reads in a row included) (`protocol.PACKAGED_VARIANTS`).
+  chunking: the reader's windows of the (token ids of the) document: "released" (chunk i spans
+    [i*C - o, (i+1)*C + o), stride C with o tokens of overlap on each side) or "stride" (windows of C tokens
+    starting every C - o tokens).
+  truncation: a document longer than `max_chunks` chunks is cut: "middle" (its middle removed, so the first and
+    last parts are read; the released behaviour) or "tail" (the chunks past `max_chunks` dropped).
+  reward: the reward function a rollout scores trajectories with, a name of `agent.rewards.REWARDS`:
+    "per_question" (each question's answer against its own gold answers, averaged) or "released_union" (every
+    accepted answer against the union of the episode's gold answers, summed and divided by the questions).
+  The released experiment files set `chunking="released"`, `truncation="middle"`, `template_dir="released"`; the
+  defaults here keep the embedded default's numbers.
   web: the web environment's settings (`WebConfig`); the ablation switches and `query_limit` apply there too.
   """
 
@@ -78,6 +91,9 @@ class AgentConfig:
   context_tokens: int = 32768
   template_dir: str = ""
   env: str = "long_context"
+  chunking: Literal["released", "stride"] = "stride"
+  truncation: Literal["middle", "tail"] = "tail"
+  reward: Reward = "per_question"
   web: WebConfig = WebConfig()
 
   def __post_init__(self):

@@ -178,20 +178,30 @@ def disable_ops(ops: Sequence[Op], disabled_kinds: Sequence[int]) -> list[Op]:
 # ----------------------------------------------------------------------------------------------------------------
 
 # Each view's file and the placeholders it may use (a template may leave any of them out): the long-context
-# reader's; another environment loads its own table.
+# reader's; another environment loads its own table. Every value the released prompt shows has one:
+#   questions        every question, numbered, the current one marked
+#   question         the current question; question_number / num_questions: its 1-based number, how many in all
+#   scratchpad, query, memories   the memory ("Memory i: ..." lines, or the no-memory marker)
+#   chunk, chunk_number, num_chunks   the chunk read this turn
+#   reads_in_a_row   Reads (query updates) made in a row so far; query_limit: how many in a row are allowed
+#   memory           MemAgent's one memory; chunks: RAG's retrieved passages; context: the full-context cut
+_QUESTION = ("question", "question_number", "num_questions")
+_CHUNK = ("chunk", "chunk_number", "num_chunks")
+_ATOMMEM_MEMORY = ("scratchpad", "query", "memories", "reads_in_a_row", "query_limit")
 TEMPLATE_FIELDS = {
     "system": (),
     "baseline_system": (),
-    "read": ("questions", "scratchpad", "query", "memories", "chunk", "chunk_number", "num_chunks"),
-    "answer": ("question", "scratchpad", "query", "memories"),
-    "memagent_read": ("questions", "memory", "chunk", "chunk_number", "num_chunks"),
-    "memagent_answer": ("question", "memory"),
-    "rag_answer": ("question", "chunks"),
-    "full_context_answer": ("question", "context"),
+    "read": ("questions", *_QUESTION, *_ATOMMEM_MEMORY, *_CHUNK),
+    "answer": ("questions", *_QUESTION, *_ATOMMEM_MEMORY),
+    "memagent_read": ("questions", *_QUESTION, "memory", *_CHUNK),
+    "memagent_answer": (*_QUESTION, "memory"),
+    "rag_answer": (*_QUESTION, "chunks"),
+    "full_context_answer": (*_QUESTION, "context"),
 }
 # Packaged variants of our wording, each a subdirectory of `templates/` holding the files it changes.
 # "compact": a one-paragraph system prompt (about 60 tokens instead of 250) for small models with short contexts.
-PACKAGED_VARIANTS = ("compact",)
+# "released": our wording showing every value the released prompt shows, the reads in a row included.
+PACKAGED_VARIANTS = ("compact", "released")
 
 
 @dataclasses.dataclass(frozen=True)

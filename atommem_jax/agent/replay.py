@@ -5,8 +5,9 @@
 A long-context transcript is
   {"document": str, "questions": [str], "answers": [[str]], "config": {...}, "responses": [str, ...]}
 where `config` overrides fields of `agent.config.AgentConfig` (chunk_tokens, overlap_tokens, max_chunks, max_steps,
-query_limit, query_limit_action, method, ablation switches, ...) and of `memory.config.MemoryConfig` (top_k,
-capacity, entry_tokens, ...), plus `tokenizer` (a tokenizer directory; default: the tiny default tokenizer) and
+query_limit, query_limit_action, method, ablation switches, chunking, truncation, reward, template_dir, ...) and of
+`memory.config.MemoryConfig` (top_k, capacity, entry_tokens, spill, ...), plus `tokenizer` (a tokenizer directory;
+default: the tiny default tokenizer) and
 `embedder`: "hashing" (the default, weight-free) or the directory of a transformers Qwen3 checkpoint used as a
 Qwen3-Embedding-style embedder (last-token pooling, an instruction prefix on queries; its hidden size must equal
 `embed_dim` and its vocabulary must cover the tokenizer's). Responses are fed in order as the policy's
@@ -14,9 +15,10 @@ outputs; if they run out before the episode ends, the replay stops there with `d
 
 Exactly one JSON object is printed:
   {"turns": [{"chunk_index": int, "phase": "read"|"answer", "ops": [{"type": str, "valid": bool}],
-              "retrieved": [str]}],
+              "retrieved": [str], "observation": str}],
    "final": {"scratchpad": str, "storage": [str], "query": str, "answers": [str], "reward": float, "done": bool}}
-`retrieved` is what that turn's observation showed; storage is in creation order; an unanswered question's answer
+`retrieved` is what that turn's observation showed, `observation` the text of that turn's prompt (the user
+message); `reward` is the one `config.reward` names; storage is in creation order; an unanswered question's answer
 is "". Op type names are those of `agent.protocol` (`update_memory, update_query, add_memory, modify_memory,
 delete_memory, final_answer, invalid`).
 
@@ -165,7 +167,8 @@ def _result(trajectory: Any, with_tools: bool) -> dict[str, Any]:
   turns = []
   for t in trajectory.turns:
     turn = {"chunk_index": t.chunk_index, "phase": t.phase,
-            "ops": [{"type": op["type"], "valid": op["valid"]} for op in t.ops], "retrieved": t.retrieved}
+            "ops": [{"type": op["type"], "valid": op["valid"]} for op in t.ops], "retrieved": t.retrieved,
+            "observation": t.observation}
     if with_tools:
       turn["tool_call"] = t.action
       turn["tool_response"] = t.action_result["text"] if t.action_result is not None else None

@@ -2,7 +2,8 @@
 
 A reward is any `reward_fn(trajectory) -> float` (the trajectory holds its questions, gold answers, accepted answers
 and every turn), so exact match, F1, a variant scored on the last response, or a judge plug in without touching an
-engine or an environment.
+engine or an environment. A config names one of `REWARDS` (`AgentConfig.reward`); an engine given no `reward_fn`
+uses that one.
 """
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from atommem_jax import op_table
 from atommem_jax.metrics.boxed import boxed_exact_match
 
 RewardFn = Callable[[Any], float]
 # `fn(question, final_response, answers) -> float`: the web rewards of `metrics.judge` (boxed window, LLM judge).
 ResponseRewardFn = Callable[[str, str, Sequence[str]], float]
+_ANSWER_NAMES = frozenset(spec.name for spec in op_table.OPS if spec.role == "answer")
 
 
 def episode_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]]) -> float:
@@ -39,3 +42,29 @@ def per_question_response_reward(fn: ResponseRewardFn) -> RewardFn:
     return float(np.mean(scores))
 
   return reward
+
+
+def accepted_answers(trajectory: Any) -> list[str]:
+  """Every answer the environment accepted, in the order written (each turn's valid answer ops)."""
+  return [op["text"] for turn in trajectory.turns for op in turn.ops if op["valid"] and op["type"] in _ANSWER_NAMES]
+
+
+def released_union_boxed_em(trajectory: Any) -> float:
+  """The released reward: every accepted answer of the episode scored (boxed EM) against the union of all of the
+  episode's gold answers, the sum divided by the number of questions. An answer to one question that matches
+  another question's gold counts; for a single question it is `per_question_boxed_em`."""
+  union = list(dict.fromkeys(g for golds in trajectory.gold_answers for g in golds))
+  hits = sum(boxed_exact_match(f"\\boxed{{{answer}}}", union) for answer in accepted_answers(trajectory))
+  return float(hits) / len(trajectory.questions)
+
+
+REWARDS: dict[str, RewardFn] = {
+    "per_question": per_question_boxed_em,
+    "released_union": released_union_boxed_em,
+}
+
+
+def by_name(name: str) -> RewardFn:
+  if name not in REWARDS:
+    raise ValueError(f"unknown reward {name!r}; known: {sorted(REWARDS)}")
+  return REWARDS[name]

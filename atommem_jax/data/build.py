@@ -4,6 +4,12 @@
       --num_docs 200 --seed 0 --output hotpot_200doc.jsonl
   python -m atommem_jax.data.build --dataset synthetic --num_docs 50 --seed 0 --output synthetic_50doc.jsonl
 
+The released builder's examples (every question's own context paragraphs, half of the examples bundling 2..10
+questions):
+
+  python -m atommem_jax.data.build --dataset hotpotqa --input hotpot_dev_distractor_v1.json --num_docs 200 \\
+      --gold all_context --single_question_fraction 0.5 --output hotpot_200doc_released.jsonl
+
 Each line is `LongContextExample.to_json()`: `id, num_docs, questions, answers (list of lists), question_ids,
 gold_documents, supporting_facts, context`. The file is written to a temporary name and renamed, so a failed run
 leaves no partial output. The same flags give a byte-identical file.
@@ -23,9 +29,13 @@ _INPUT = flags.DEFINE_string("input", None, "The native dataset file (unused for
 _NUM_DOCS = flags.DEFINE_integer("num_docs", 200, "Documents per example.")
 _SEED = flags.DEFINE_integer("seed", 0, "Global seed for bundling, distractors and document order.")
 _OUTPUT = flags.DEFINE_string("output", None, "The JSONL file to write.")
-_SINGLE_FRACTION = flags.DEFINE_float("single_question_fraction", 1.0, "Fraction of single-question examples.")
+_SINGLE_FRACTION = flags.DEFINE_float("single_question_fraction", 1.0,
+                                      "Fraction of single-question examples (released: 0.5).")
 _MIN_BUNDLE = flags.DEFINE_integer("min_bundle_size", 2, "Smallest multi-question bundle.")
 _MAX_BUNDLE = flags.DEFINE_integer("max_bundle_size", 10, "Largest multi-question bundle.")
+_GOLD = flags.DEFINE_enum("gold", "supporting", ["all_context", "supporting"],
+                          "A question's paragraphs put in: its supporting paragraphs, or its whole context "
+                          "(hard distractors included; released: all_context).")
 _ON_BAD_ROW = flags.DEFINE_enum("on_bad_row", "raise", ["raise", "skip"], "What to do with a malformed row.")
 _SYNTHETIC_QUESTIONS = flags.DEFINE_integer("synthetic_num_questions", 64, "Questions in the synthetic world.")
 _SYNTHETIC_DOCUMENTS = flags.DEFINE_integer(
@@ -55,7 +65,8 @@ def main(argv: Sequence[str]) -> None:
                          synthetic_num_documents=_SYNTHETIC_DOCUMENTS.value)
     config = long_context.LongContextConfig(num_docs=_NUM_DOCS.value, seed=_SEED.value,
                                             single_question_fraction=_SINGLE_FRACTION.value,
-                                            min_bundle_size=_MIN_BUNDLE.value, max_bundle_size=_MAX_BUNDLE.value)
+                                            min_bundle_size=_MIN_BUNDLE.value, max_bundle_size=_MAX_BUNDLE.value,
+                                            gold=_GOLD.value)
     examples = long_context.build_examples(corpus, config)
   except ValueError as e:  # DataFormatError included: the message names the file, row or example
     raise SystemExit(f"error: {e}") from None

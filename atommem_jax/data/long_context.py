@@ -3,7 +3,9 @@
 An example holds one question or a bundle of 2..10 questions; its context is exactly `num_docs` distinct documents:
 every bundled question's gold paragraphs plus distractors drawn from the pool (never a gold paragraph a second
 time), in an order shuffled by a seed derived from the global seed and the example id, rendered
-`Document i:\\ntitle\\ntext` and joined by blank lines. Everything is a function of (corpus, config): the same seed
+`Document i:\\ntitle\\ntext` and joined by blank lines. Which paragraphs are gold is `LongContextConfig.gold`:
+"supporting" (the paragraphs the question's answer rests on) or "all_context" (every paragraph the dataset gives
+with the question, hard distractors included: HotpotQA's 10, MuSiQue's 20; the released builder's choice). Everything is a function of (corpus, config): the same seed
 gives the same examples byte for byte.
 """
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from atommem_jax.data import synthetic
 from atommem_jax.data.records import Corpus, DataFormatError, Paragraph, QARecord
@@ -28,6 +30,10 @@ class LongContextConfig:
       of questions drawn uniformly from [min_bundle_size, max_bundle_size].
     min_bundle_size: the smallest multi-question bundle.
     max_bundle_size: the largest multi-question bundle.
+    gold: which of a question's paragraphs are put in: "supporting" (its gold paragraphs) or "all_context" (every
+      paragraph of its own context, hard distractors included; the released setting).
+  The released run: `single_question_fraction=0.5`, bundles of 2..10, `gold="all_context"` (set by the released
+  experiment files; the defaults here are the embedded default's).
   """
 
   num_docs: int = 200
@@ -35,6 +41,7 @@ class LongContextConfig:
   single_question_fraction: float = 1.0
   min_bundle_size: int = 2
   max_bundle_size: int = 10
+  gold: Literal["all_context", "supporting"] = "supporting"
 
   def __post_init__(self):
     if self.num_docs < 1:
@@ -44,6 +51,8 @@ class LongContextConfig:
     if not 2 <= self.min_bundle_size <= self.max_bundle_size:
       raise ValueError(f"need 2 <= min_bundle_size <= max_bundle_size, got {self.min_bundle_size}, "
                        f"{self.max_bundle_size}")
+    if self.gold not in ("all_context", "supporting"):
+      raise ValueError(f"gold must be 'all_context' or 'supporting', got {self.gold!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +66,8 @@ class LongContextExample:
     question_ids: their dataset ids.
     answers: each question's accepted answers.
     supporting_facts: each question's evidence sentences (what an oracle stores).
-    gold_documents: each question's gold paragraphs as 1-based document numbers in this context.
+    gold_documents: each question's gold paragraphs (as `LongContextConfig.gold` selects them) as 1-based document
+      numbers in this context.
   """
 
   id: str
@@ -141,11 +151,20 @@ def bundle_records(records: Sequence[QARecord], config: LongContextConfig) -> li
   return groups
 
 
+def gold_paragraphs(record: QARecord, gold: str) -> tuple[Paragraph, ...]:
+  """The paragraphs of `record` an example must hold (`LongContextConfig.gold`)."""
+  return record.own_paragraphs if gold == "all_context" else record.gold
+
+
+def _bundle_gold(group: Sequence[QARecord], gold: str) -> list[Paragraph]:
+  return list(dict.fromkeys(p for r in group for p in gold_paragraphs(r, gold)))
+
+
 def build_example(group: Sequence[QARecord], pool: Sequence[Paragraph], pool_index: dict[Paragraph, int],
                   config: LongContextConfig) -> LongContextExample:
   """One example from a bundle of records; `pool_index` maps each pool paragraph to its position."""
   example_id = "|".join(r.id for r in group)
-  gold = list(dict.fromkeys(p for r in group for p in r.gold))
+  gold = _bundle_gold(group, config.gold)
   num_distractors = config.num_docs - len(gold)
   if num_distractors < 0:
     raise ValueError(f"example {example_id!r} has {len(gold)} gold paragraphs, more than num_docs="
@@ -176,17 +195,29 @@ def build_example(group: Sequence[QARecord], pool: Sequence[Paragraph], pool_ind
       question_ids=tuple(r.id for r in group),
       answers=tuple(r.answers for r in group),
       supporting_facts=tuple(r.supporting_facts for r in group),
-      gold_documents=tuple(tuple(sorted(position[gold_slot[p]] for p in r.gold)) for r in group),
+      gold_documents=tuple(tuple(sorted(position[gold_slot[p]] for p in gold_paragraphs(r, config.gold)))
+                           for r in group),
   )
 
 
 def build_examples(corpus: Corpus, config: LongContextConfig) -> list[LongContextExample]:
-  """Every record of `corpus`, single or bundled, as a `num_docs`-document example."""
+  """Every record of `corpus`, single or bundled, as a `num_docs`-document example.
+
+  Every bundle is checked before any is built, so too small an N is one error naming the largest bundle."""
   if len(corpus.pool) < config.num_docs:
     raise ValueError(f"the paragraph pool holds {len(corpus.pool)} distinct paragraphs, fewer than num_docs="
                      f"{config.num_docs}")
+  groups = bundle_records(corpus.records, config)
+  sizes = [len(_bundle_gold(group, config.gold)) for group in groups]
+  too_many = [i for i, size in enumerate(sizes) if size > config.num_docs]
+  if too_many:
+    worst = max(too_many, key=lambda i: sizes[i])
+    raise ValueError(f"example {'|'.join(r.id for r in groups[worst])!r} has {sizes[worst]} gold paragraphs, more "
+                     f"than num_docs={config.num_docs} ({len(too_many)} of {len(groups)} examples do; gold="
+                     f"{config.gold!r}, {len(groups[worst])} question(s) bundled): raise num_docs to at least "
+                     f"{sizes[worst]}, bundle fewer questions or use gold='supporting'")
   pool_index = {p: i for i, p in enumerate(corpus.pool)}
-  return [build_example(group, corpus.pool, pool_index, config) for group in bundle_records(corpus.records, config)]
+  return [build_example(group, corpus.pool, pool_index, config) for group in groups]
 
 
 def build_synthetic_world(world: synthetic.SyntheticConfig, bundling: LongContextConfig, index: int

@@ -10,7 +10,8 @@ Formats (as released by the dataset authors):
   question_decomposition, answer, answer_aliases, answerable}`; answers are `[answer, *answer_aliases]`.
 
 Gold paragraphs are the paragraphs whose title is a supporting-fact title (HotpotQA, 2Wiki) or that are marked
-`is_supporting` (MuSiQue). A row that lacks a field or holds a wrong type raises one `DataFormatError` naming the
+`is_supporting` (MuSiQue); a record's `context` is every paragraph its row gives (what the released builder puts in
+with `gold="all_context"`). A row that lacks a field or holds a wrong type raises one `DataFormatError` naming the
 file and the row index, or is skipped and counted when `ReaderConfig.on_bad_row == "skip"`; a skipped row adds
 nothing to the pool.
 """
@@ -101,7 +102,7 @@ def _wiki_style_row(row: Any, source: str, join: Callable[[list[str]], str]) -> 
       facts.append(sentences_by_title[title][sent_idx].strip())
   gold = tuple(dict.fromkeys(p for p in paragraphs if p.title in gold_titles))
   record = QARecord(id=qid, question=question, answers=(answer,), gold=gold, supporting_facts=tuple(facts),
-                    source=source)
+                    source=source, context=tuple(dict.fromkeys(paragraphs)))
   return record, paragraphs
 
 
@@ -134,7 +135,8 @@ def _musique_row(row: Any) -> tuple[QARecord, list[Paragraph]]:
     if supporting and paragraph not in gold:
       gold.append(paragraph)
   record = QARecord(id=qid, question=question, answers=tuple(dict.fromkeys([answer, *aliases])), gold=tuple(gold),
-                    supporting_facts=tuple(p.text for p in gold), source="musique")
+                    supporting_facts=tuple(p.text for p in gold), source="musique",
+                    context=tuple(dict.fromkeys(paragraphs)))
   return record, paragraphs
 
 

@@ -37,6 +37,9 @@ class QARecord:
     supporting_facts: the sentences the dataset marks as evidence, as text (HotpotQA / 2Wiki supporting-fact
       sentences, MuSiQue's supporting paragraphs, the synthetic task's facts); what an oracle would store.
     source: the dataset name (`hotpotqa`, `2wiki`, `musique`, `synthetic`).
+    context: every paragraph the dataset gives with the question (HotpotQA's 10, hard distractors included;
+      MuSiQue's 20; 2Wiki's context), deduplicated, in file order; () when the question comes with its gold
+      paragraphs only (the synthetic task).
   """
 
   id: str
@@ -45,6 +48,12 @@ class QARecord:
   gold: tuple[Paragraph, ...]
   supporting_facts: tuple[str, ...]
   source: str
+  context: tuple[Paragraph, ...] = ()
+
+  @property
+  def own_paragraphs(self) -> tuple[Paragraph, ...]:
+    """The question's own paragraphs: its context, or its gold paragraphs where it has no context of its own."""
+    return self.context or self.gold
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ command line can reach into them (`--config.datasets.hotpotqa.num_docs=(200,)`,
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from atommem_jax import configlib
 from atommem_jax.agent.config import AgentConfig
@@ -28,6 +28,8 @@ class DatasetSpec:
     identifier for `--config.datasets.KEY...` to reach it, hence `twowiki` with format and label "2wiki".
   path: the native file (unused for `synthetic`). max_examples: the first examples only (0 = all).
   seed: distractors, document order and bundling (and the synthetic world) derive from it.
+  single_question_fraction / min_bundle_size / max_bundle_size / gold: as in `data.long_context.LongContextConfig`
+    (the released evaluation: 0.5, 2, 10, "all_context").
   synthetic_*: the synthetic world's size (0 documents = max(2N, 64)) and question kinds (() = all);
     `synthetic_worlds` worlds (seeds seed, seed + 1, ...), each bundled on its own with its own seed, as the trainer
     builds its held-out worlds (so seed 0 with the trainer's sizes gives exactly its held-out episodes).
@@ -42,6 +44,7 @@ class DatasetSpec:
   single_question_fraction: float = 1.0
   min_bundle_size: int = 2
   max_bundle_size: int = 10
+  gold: Literal["all_context", "supporting"] = "supporting"
   synthetic_num_questions: int = 64
   synthetic_num_documents: int = 0
   synthetic_question_kinds: tuple[str, ...] = ()

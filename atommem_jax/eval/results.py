@@ -3,6 +3,8 @@
 Scores are question-level means (an episode that bundles several questions contributes each of them), as the paper
 reports them: SQuAD EM / F1 / sub-EM on the boxed answer and the boxed-EM reward. Memory behaviour is per episode:
 accepted ops of each type, refused or malformed ops (`invalid`), agent steps, and the storage size at the end.
+Wall time per episode and per agent step are kept apart (`timing_rows`, results.json "timing"), so the summary of a
+run is the same on every machine.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class EpisodeResult:
   steps: int
   storage_size: int  # entries in storage when the episode ended
   done: bool  # the environment ended the episode (last question answered or given up, or the step cap)
+  seconds: float = 0.0  # wall time of the episode's rollout batch, divided by the episodes in it
 
   def __post_init__(self):
     if len(self.predictions) != len(self.questions) or len(self.answers) != len(self.questions):
@@ -71,6 +74,29 @@ def summarize(episodes: Sequence[EpisodeResult]) -> list[dict[str, Any]]:
   return rows
 
 
+def timing_rows(episodes: Sequence[EpisodeResult]) -> list[dict[str, Any]]:
+  """Per (variant, dataset, num_docs): wall seconds per episode and per agent step (turn), in first-seen order."""
+  groups: dict[tuple[str, str, int], list[EpisodeResult]] = {}
+  for episode in episodes:
+    groups.setdefault((episode.variant, episode.dataset, episode.num_docs), []).append(episode)
+  return [{"variant": variant, "dataset": dataset, "num_docs": num_docs, "episodes": len(group),
+           "seconds_per_episode": sum(e.seconds for e in group) / len(group),
+           "seconds_per_step": sum(e.seconds for e in group) / max(1, sum(e.steps for e in group))}
+          for (variant, dataset, num_docs), group in groups.items()]
+
+
+def time_table(rows: Sequence[Mapping[str, Any]]) -> str:
+  """Seconds per episode (and per agent step), variants as rows and dataset@N as columns."""
+  columns = list(dict.fromkeys((row["dataset"], row["num_docs"]) for row in rows))
+  cells = {(row["variant"], row["dataset"], row["num_docs"]): row for row in rows}
+  lines = ["| variant | " + " | ".join(f"{d} @{n}" for d, n in columns) + " |", "|---|" + "---:|" * len(columns)]
+  for variant in dict.fromkeys(row["variant"] for row in rows):
+    values = [cells.get((variant, d, n)) for d, n in columns]
+    lines.append(f"| {variant} | " + " | ".join(
+        "–" if v is None else f"{v['seconds_per_episode']:.1f} ({v['seconds_per_step']:.3f})" for v in values) + " |")
+  return "\n".join(lines)
+
+
 def _cell(value: float, percent: bool) -> str:
   return f"{100 * value:.1f}" if percent else f"{value:.2f}"
 
@@ -100,23 +126,28 @@ def memory_table(rows: Sequence[Mapping[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def markdown_report(rows: Sequence[Mapping[str, Any]], *, checkpoint: str, figures: Sequence[str] = ()) -> str:
+def markdown_report(rows: Sequence[Mapping[str, Any]], *, checkpoint: str, figures: Sequence[str] = (),
+                    timing: Sequence[Mapping[str, Any]] = ()) -> str:
   parts = [f"# Evaluation\n\nCheckpoint: `{checkpoint}`. Greedy decoding; scores in % over questions.\n"]
   for metric, title in (("em", "Exact match (EM)"), ("f1", "F1"), ("sub_em", "Sub-EM"), ("boxed_em", "Boxed EM")):
     parts.append(f"## {title}\n\n{score_table(rows, metric)}\n")
   parts.append("## Memory operations per episode\n\nAccepted ops of each kind (invalid: refused or malformed), agent "
                "steps, storage entries at the end, and the share of questions that got an answer.\n\n"
                f"{memory_table(rows)}\n")
+  if timing:
+    parts.append("## Time per episode\n\nWall seconds per episode (per agent step in parentheses), each rollout "
+                 f"batch's time shared by its episodes.\n\n{time_table(timing)}\n")
   parts += [f"![{figure}]({figure})\n" for figure in figures]
   return "\n".join(parts)
 
 
 def write_results(out_dir: str | os.PathLike[str], summary: Sequence[Mapping[str, Any]],
                   trajectories: Iterable[Mapping[str, Any]], *, checkpoint: str,
-                  config: Mapping[str, Any], figures: Sequence[str] = ()) -> dict[str, pathlib.Path]:
+                  config: Mapping[str, Any], figures: Sequence[str] = (),
+                  timing: Sequence[Mapping[str, Any]] = ()) -> dict[str, pathlib.Path]:
   """Writes trajectories.jsonl, results.json and results.md, each atomically (temporary name, then rename).
 
-  `figures` are image files already in `out_dir` that results.md links to.
+  `figures` are image files already in `out_dir` that results.md links to; `timing` the rows of `timing_rows`.
   """
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +155,8 @@ def write_results(out_dir: str | os.PathLike[str], summary: Sequence[Mapping[str
   atomic_files.write_text(paths["trajectories.jsonl"],
                 "".join(json.dumps(t, ensure_ascii=False, sort_keys=True) + "\n" for t in trajectories))
   atomic_files.write_text(paths["results.json"], json.dumps(
-      {"checkpoint": checkpoint, "config": config, "summary": list(summary)}, indent=2, sort_keys=True) + "\n")
-  atomic_files.write_text(paths["results.md"], markdown_report(summary, checkpoint=checkpoint, figures=figures))
+      {"checkpoint": checkpoint, "config": config, "summary": list(summary), "timing": list(timing)}, indent=2,
+      sort_keys=True) + "\n")
+  atomic_files.write_text(paths["results.md"], markdown_report(summary, checkpoint=checkpoint, figures=figures,
+                                                               timing=timing))
   return paths

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import sys
+import time
 from typing import Any, Sequence
 
 import jax
@@ -64,7 +65,7 @@ def resolve_mesh(spec: MeshSpec, devices: Sequence[jax.Device]) -> jax.sharding.
 def _bundling(spec: DatasetSpec, num_docs: int) -> long_context.LongContextConfig:
   return long_context.LongContextConfig(
       num_docs=num_docs, seed=spec.seed, single_question_fraction=spec.single_question_fraction,
-      min_bundle_size=spec.min_bundle_size, max_bundle_size=spec.max_bundle_size)
+      min_bundle_size=spec.min_bundle_size, max_bundle_size=spec.max_bundle_size, gold=spec.gold)
 
 
 def _synthetic_world(spec: DatasetSpec, num_docs: int) -> synthetic.SyntheticConfig:
@@ -120,7 +121,8 @@ def make_embedder(config: EvalConfig, mesh: jax.sharding.Mesh, tokenizer: Any):
   return {width: fn}
 
 
-def episode_result(variant: str, task: Task, trajectory: Trajectory) -> results_lib.EpisodeResult:
+def episode_result(variant: str, task: Task, trajectory: Trajectory,
+                   seconds: float = 0.0) -> results_lib.EpisodeResult:
   counts = {key: 0 for key in results_lib.OP_KEYS}
   for turn in trajectory.turns:
     for name, count in turn.op_counts.items():
@@ -132,7 +134,7 @@ def episode_result(variant: str, task: Task, trajectory: Trajectory) -> results_
       variant=variant, dataset=task.dataset, num_docs=task.num_docs, example_id=trajectory.episode_id,
       questions=tuple(trajectory.questions), answers=tuple(tuple(a) for a in trajectory.gold_answers),
       predictions=predictions, op_counts=counts, steps=len(trajectory.turns), storage_size=len(trajectory.storage),
-      done=trajectory.done)
+      done=trajectory.done, seconds=seconds)
 
 
 def _sampler_config(base: SamplerConfig, tokenizer: Any) -> SamplerConfig:
@@ -169,10 +171,12 @@ def evaluate(config: EvalConfig, workdir: str | pathlib.Path, *, devices: Sequen
                 disable=not (progress and is_main), file=sys.stderr) as bar:
         for start in range(0, len(episodes), config.batch_size):
           batch = episodes[start:start + config.batch_size]
+          began = time.perf_counter()
           trajectories = host.rollout(batch, policy, tokenizer=tokenizer, embed_fn=embed_fns[memory.embed_dim],
                                       config=rollout_config)
+          seconds = (time.perf_counter() - began) / len(batch)
           for trajectory in trajectories:
-            result = episode_result(variant, task, trajectory)
+            result = episode_result(variant, task, trajectory, seconds)
             episodes_out.append(result)
             row = {"variant": variant, "dataset": task.dataset, "num_docs": task.num_docs, **trajectory.to_json()}
             row["scores"] = [s.as_dict() for s in result.question_scores()]
@@ -187,5 +191,6 @@ def evaluate(config: EvalConfig, workdir: str | pathlib.Path, *, devices: Sequen
   if any(len(spec.num_docs) > 1 for spec in config.datasets.values()):  # a curve needs two document counts
     figures["em_vs_documents.png"] = plots.plot_em_vs_documents(summary, workdir)
   paths = results_lib.write_results(workdir, summary, trajectory_rows, checkpoint=str(source.path),
-                                    config=configlib.to_dict(config), figures=list(figures))
+                                    config=configlib.to_dict(config), figures=list(figures),
+                                    timing=results_lib.timing_rows(episodes_out))
   return {**paths, **figures}

@@ -6,6 +6,7 @@ from typing import Literal
 
 OverflowPolicy = Literal["reject", "evict_oldest", "evict_lru"]
 RetrievalMode = Literal["exact", "approx"]
+SpillTier = Literal["none", "scann"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +31,9 @@ class MemoryConfig:
   approx_recall_target: float = 0.95
   max_ops_per_turn: int = 8  # O
   pad_id: int = 0
+  # Where an entry the overflow policy evicts goes: "none" (it is lost) or "scann" (a per-trajectory namespace of a
+  # host-side `ScannStore`, searched with the device store every retrieval; `agent.memory_tiers`).
+  spill: SpillTier = "none"
 
   def __post_init__(self):
     for name in ("capacity", "entry_tokens", "scratchpad_tokens", "query_tokens", "embed_dim", "top_k",
@@ -42,6 +46,11 @@ class MemoryConfig:
       raise ValueError(f"MemoryConfig.overflow must be reject|evict_oldest|evict_lru, got {self.overflow!r}")
     if self.retrieval not in ("exact", "approx"):
       raise ValueError(f"MemoryConfig.retrieval must be exact|approx, got {self.retrieval!r}")
+    if self.spill not in ("none", "scann"):
+      raise ValueError(f"MemoryConfig.spill must be none|scann, got {self.spill!r}")
+    if self.spill == "scann" and self.overflow == "reject":
+      raise ValueError("MemoryConfig.spill='scann' moves evicted entries to the host; overflow='reject' evicts none "
+                       "(use evict_oldest or evict_lru)")
     if not 0.0 < self.approx_recall_target <= 1.0:
       raise ValueError(f"MemoryConfig.approx_recall_target must be in (0, 1], got {self.approx_recall_target}")
 

@@ -310,6 +310,11 @@ class ScannStore:
     ns = self._namespaces.get(namespace)
     return 0 if ns is None else ns.num_live
 
+  def ids(self, namespace: str = "default") -> np.ndarray:
+    """The live ids of a namespace in insertion order (an upsert moves an id to the end); empty if unknown."""
+    ns = self._namespaces.get(namespace)
+    return np.zeros((0,), np.int64) if ns is None else ns.ids[:ns.size][ns.live[:ns.size]].copy()
+
   def texts(self, ids, *, namespace: str = "default") -> list[str]:
     ns = self._get(namespace)
     return [ns.texts[ns.row_of_id[i]] if i in ns.row_of_id else "" for i in self._as_ids(ids).tolist()]

@@ -12,6 +12,8 @@ Semantics (one op, one trajectory):
   entry shown, and an op naming an entry that is gone (deleted or evicted earlier in the turn, even if its slot now
   holds a new entry) is invalid. This is the released behaviour ("Memory i" is the position in the list the agent
   was shown this turn). UPDATE keeps the entry's id and creation step and re-embeds its text.
+- With `config.spill="scann"` an entry a Create evicts is also returned (`TierUpdate`), for the caller to move
+  to its host tier (`agent.memory_tiers`); the state itself is the same as without it.
 - Invalid (counted in `invalid_ops_B`, nothing else changes): `valid=False`, unknown type, empty text for a text
   op, a target outside 1..K or naming no live shown entry. NOOP rows are padding and change nothing.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -35,6 +38,20 @@ from atommem_jax.memory.state import MemoryState
 EmbedFn = Callable[[jax.Array, jax.Array, bool], jax.Array]
 
 _INT_MAX = jnp.iinfo(jnp.int32).max
+
+
+@flax.struct.dataclass
+class TierUpdate:
+  """What one turn hands a host storage tier (`MemoryConfig.spill="scann"`), one row per op: the entry the op's
+  Create evicted (`evicted_BxO` False where it evicted none), and the op's text embedded as an entry (what an
+  Update of an entry that lives on the host is re-embedded with)."""
+
+  evicted_BxO: jax.Array  # bool
+  evicted_tokens_BxOxE: jax.Array  # int32, the evicted entry's tokens
+  evicted_lengths_BxO: jax.Array  # int32
+  evicted_embeddings_BxOxD: jax.Array  # float32
+  evicted_ids_BxO: jax.Array  # int32, its entry id (creation counter), kept on the host
+  entry_embeddings_BxOxD: jax.Array  # float32, every op's text as a stored entry would be embedded
 
 
 def _masked_prefix(tokens_W: jax.Array, length: jax.Array, width: int, pad_id: int) -> tuple[jax.Array, jax.Array]:
@@ -56,8 +73,9 @@ def _victim_slot(mem: MemoryState, config: MemoryConfig) -> jax.Array:
 
 def _apply_op(mem: MemoryState, op_type: jax.Array, target: jax.Array, tokens_W: jax.Array, length: jax.Array,
               op_valid: jax.Array, entry_embedding_D: jax.Array,
-              config: MemoryConfig) -> tuple[MemoryState, jax.Array]:
-  """One op on one trajectory (unbatched leaves). Returns the new memory and whether the query text changed."""
+              config: MemoryConfig) -> tuple[MemoryState, jax.Array, tuple | None]:
+  """One op on one trajectory (unbatched leaves). Returns the new memory, whether the query text changed, and (with
+  `config.spill="scann"`) the entry it evicted as (evicted, tokens, length, embedding, entry id)."""
   k = mem.shown_slots_BxK.shape[0]
   text_length = jnp.clip(length, 0, tokens_W.shape[0])
   known = (op_type >= 0) & (op_type < op_lib.NUM_OP_TYPES)
@@ -93,6 +111,10 @@ def _apply_op(mem: MemoryState, op_type: jax.Array, target: jax.Array, tokens_W:
   write = create_applied | do_update
   entry_tokens_E, entry_length = _masked_prefix(tokens_W, text_length, config.entry_tokens, config.pad_id)
   step = mem.step_B
+  evicted = None
+  if config.spill == "scann":
+    evicted = (overflow & create_applied, mem.entry_tokens_BxMxE[create_slot], mem.entry_lengths_BxM[create_slot],
+               mem.entry_embeddings_BxMxD[create_slot], mem.entry_ids_BxM[create_slot])
 
   def put(array, new_value):
     return array.at[slot].set(jnp.where(touch, new_value, array[slot]))
@@ -126,19 +148,19 @@ def _apply_op(mem: MemoryState, op_type: jax.Array, target: jax.Array, tokens_W:
       invalid_ops_B=mem.invalid_ops_B + invalid.astype(jnp.int32),
       overflow_events_B=mem.overflow_events_B + overflow.astype(jnp.int32),
   )
-  return mem, do_query
+  return mem, do_query, evicted
 
 
 def _apply_ops_one(mem: MemoryState, type_O, target_O, tokens_OxW, length_O, valid_O, entry_embeddings_OxD,
-                   config: MemoryConfig) -> tuple[MemoryState, jax.Array]:
+                   config: MemoryConfig) -> tuple[MemoryState, jax.Array, tuple | None]:
   def body(carry, op):
     mem, query_changed = carry
-    mem, changed = _apply_op(mem, *op, config=config)
-    return (mem, query_changed | changed), None
+    mem, changed, evicted = _apply_op(mem, *op, config=config)
+    return (mem, query_changed | changed), evicted
 
-  (mem, query_changed), _ = jax.lax.scan(
+  (mem, query_changed), evicted_O = jax.lax.scan(
       body, (mem, jnp.zeros((), bool)), (type_O, target_O, tokens_OxW, length_O, valid_O, entry_embeddings_OxD))
-  return mem, query_changed
+  return mem, query_changed, evicted_O
 
 
 def _check_ops(state: MemoryState, ops: op_lib.OpBatch, config: MemoryConfig) -> None:
@@ -166,19 +188,25 @@ def _refresh_query_embedding(state: MemoryState, changed_B: jax.Array, embed_fn:
   return state.replace(query_embedding_BxD=jnp.where(changed_B[:, None], query_BxD, state.query_embedding_BxD))
 
 
+def _apply_ops(state: MemoryState, ops: op_lib.OpBatch, embed_fn: EmbedFn,
+               config: MemoryConfig) -> tuple[MemoryState, TierUpdate | None]:
+  _check_ops(state, ops, config)
+  entry_embeddings_BxOxD = _embed_entries(ops.tokens_BxOxW, ops.length_BxO, embed_fn, config)
+  apply_one = functools.partial(_apply_ops_one, config=config)
+  state, query_changed_B, evicted = jax.vmap(apply_one)(
+      state, ops.type_BxO, ops.target_BxO, ops.tokens_BxOxW, ops.length_BxO, ops.valid_BxO, entry_embeddings_BxOxD)
+  state = _refresh_query_embedding(state, query_changed_B, embed_fn)
+  tier = None if evicted is None else TierUpdate(*evicted, entry_embeddings_BxOxD=entry_embeddings_BxOxD)
+  return state.replace(step_B=state.step_B + 1), tier
+
+
 def apply_ops(state: MemoryState, ops: op_lib.OpBatch, embed_fn: EmbedFn, *, config: MemoryConfig) -> MemoryState:
   """One turn: the O ops of each trajectory in order (`lax.scan`), then `step_B += 1`.
 
   Entry texts are embedded for all B x O ops in one call before the scan; the query is embedded once after it,
   only where a SET_QUERY took effect (only the last query text of a turn is ever retrieved with).
   """
-  _check_ops(state, ops, config)
-  entry_embeddings_BxOxD = _embed_entries(ops.tokens_BxOxW, ops.length_BxO, embed_fn, config)
-  apply_one = functools.partial(_apply_ops_one, config=config)
-  state, query_changed_B = jax.vmap(apply_one)(
-      state, ops.type_BxO, ops.target_BxO, ops.tokens_BxOxW, ops.length_BxO, ops.valid_BxO, entry_embeddings_BxOxD)
-  state = _refresh_query_embedding(state, query_changed_B, embed_fn)
-  return state.replace(step_B=state.step_B + 1)
+  return _apply_ops(state, ops, embed_fn, config)[0]
 
 
 def _single_op(state: MemoryState, op_type: int, target_B: jax.Array | None, tokens_BxT: jax.Array | None,
@@ -212,7 +240,7 @@ def _apply_single(state: MemoryState, op_type: int, target_B: jax.Array | None, 
   else:
     entry_embeddings_BxOxD = jnp.zeros(ops.type_BxO.shape + (config.embed_dim,), jnp.float32)
   apply_one = functools.partial(_apply_ops_one, config=config)
-  state, query_changed_B = jax.vmap(apply_one)(
+  state, query_changed_B, _ = jax.vmap(apply_one)(
       state, ops.type_BxO, ops.target_BxO, ops.tokens_BxOxW, ops.length_BxO, ops.valid_BxO, entry_embeddings_BxOxD)
   if op_type == op_lib.SET_QUERY:
     state = _refresh_query_embedding(state, query_changed_B, embed_fn)
@@ -278,3 +306,13 @@ def turn(state: MemoryState, ops: op_lib.OpBatch, embed_fn: EmbedFn, *,
   """The memory side of one agent turn: apply the ops, then retrieve what the next observation shows."""
   state = apply_ops(state, ops, embed_fn, config=config)
   return retrieve(state, config=config)
+
+
+def turn_with_tier(state: MemoryState, ops: op_lib.OpBatch, embed_fn: EmbedFn, *,
+                   config: MemoryConfig) -> tuple[MemoryState, jax.Array, jax.Array, TierUpdate]:
+  """`turn`, also returning what a host storage tier needs of it (`TierUpdate`; needs `config.spill="scann"`)."""
+  if config.spill != "scann":
+    raise ValueError(f"turn_with_tier needs MemoryConfig.spill='scann', got {config.spill!r}")
+  state, tier = _apply_ops(state, ops, embed_fn, config)
+  state, slots_BxK, scores_BxK = retrieve(state, config=config)
+  return state, slots_BxK, scores_BxK, tier

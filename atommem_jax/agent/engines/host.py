@@ -6,6 +6,10 @@ actions). On the device, one jitted `transition.transition` runs the environment
 retrieval. Back on the host, the environment runs the actions its step accepted (tool calls), and answers go to
 their questions. See `envs.base` for the interface and the order of the calls.
 
+With `MemoryConfig.spill="scann"` the memory has a host storage tier behind the device store
+(`agent.memory_tiers`): evicted entries move there, the entries shown merge both tiers, and the tier is updated on
+the host from what each transition returns.
+
 The policy is either a `policy.SamplerPolicy` (the model) or any callable `policy(prompts: list[str]) -> list[str]`,
 which receives the chat-formatted prompts of the trajectories still running, in row order.
 
@@ -17,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 
-from atommem_jax.agent import envs, memory_view, protocol, rewards
+from atommem_jax.agent import envs, memory_tiers, memory_view, protocol, rewards
 from atommem_jax.agent import transition as transition_lib
 from atommem_jax.agent.config import RolloutConfig
 from atommem_jax.agent.envs.base import Environment, Interaction, MemoryView
@@ -37,17 +41,18 @@ def _ops_record(ops: Sequence[protocol.Op]) -> tuple[list[dict[str, Any]], dict[
 
 def rollout(episodes: Sequence[Any], policy: TextPolicy | SamplerPolicy, *, tokenizer: Any,
             embed_fn: transitions.EmbedFn, config: RolloutConfig, env: Environment | None = None,
-            reward_fn: rewards.RewardFn = rewards.per_question_boxed_em,
+            reward_fn: rewards.RewardFn | None = None,
             templates: protocol.Templates | None = None, max_turns: int | None = None,
             after_turn: Callable[[memory_state.MemoryState, Any], None] | None = None) -> list[Trajectory]:
   """Runs every episode G times to the end (or the environment's turn cap); see the module docstring.
 
   `env` defaults to the one `config.agent.env` names (with `templates`, if given). `reward_fn(trajectory)` scores
-  each finished trajectory. `max_turns` stops the loop early (a replayed transcript that runs out of responses);
+  each finished trajectory (default: the reward `config.agent.reward` names). `max_turns` stops the loop early (a replayed transcript that runs out of responses);
   trajectories then end with `done=False`. `after_turn(memory, env_state)` sees the host copies of the state after
   every turn (for checks).
   """
   env = env if env is not None else envs.make(config.agent, templates)
+  reward_fn = reward_fn if reward_fn is not None else rewards.by_name(config.agent.reward)
   memory_config = config.memory
   g = config.num_samples
   row_episodes = [episodes[r // g] for r in range(len(episodes) * g)]
@@ -60,6 +65,9 @@ def rollout(episodes: Sequence[Any], policy: TextPolicy | SamplerPolicy, *, toke
   if queries is not None:
     memory = memory_view.set_initial_query(memory, queries, tokenizer, embed_fn, memory_config)
   state = env.init_state(row_episodes, row_contexts)
+  tiers = memory_tiers.TieredMemory(memory_config, tokenizer) if memory_config.spill == "scann" else None
+  if tiers is not None:
+    tiers.refresh(jax.device_get(memory), range(num_rows))
   params = env.params()
   trajectories = [Trajectory(episode_id=ep.id, sample=r % g, questions=list(ep.questions),
                              gold_answers=[list(a) for a in ep.answers], answers=[None] * len(ep.questions),
@@ -74,7 +82,8 @@ def rollout(episodes: Sequence[Any], policy: TextPolicy | SamplerPolicy, *, toke
     rows = [r for r in range(num_rows) if not done[r]]
     if not rows:
       break
-    memory_views: dict[int, MemoryView] = {r: memory_view.memory_view(memory_host, r, tokenizer) for r in rows}
+    memory_views: dict[int, MemoryView] = {
+        r: tiers.view(memory_host, r) if tiers else memory_view.memory_view(memory_host, r, tokenizer) for r in rows}
     observations = {r: env.observe(row_episodes[r], row_contexts[r], state_host, r, memory_views[r], previous.get(r))
                     for r in rows}
     prompts = [protocol.chat_prompt(tokenizer, observations[r].system, observations[r].user,
@@ -87,12 +96,24 @@ def rollout(episodes: Sequence[Any], policy: TextPolicy | SamplerPolicy, *, toke
 
     parsed = {r: env.parse(response.text, memory_views[r], state_host, r) for r, response in zip(rows, responses)}
     ops = {r: transition_lib.fit_width(list(parsed[r].ops), width) for r in rows}
+    device_ops, on_device = ops, None
+    if tiers is not None:  # "Memory i" as the device resolves it; ops on spilled entries stay on the host
+      routed = {r: tiers.route(r, ops[r]) for r in rows}
+      device_ops, on_device = {r: routed[r][0] for r in rows}, {r: routed[r][1] for r in rows}
+    acted = [r in parsed and parsed[r].action is not None for r in range(num_rows)]
     op_batch, turn_ops = transition_lib.turn_arrays(
-        [ops.get(r, []) for r in range(num_rows)],
-        [r in parsed and parsed[r].action is not None for r in range(num_rows)], tokenizer, memory_config)
-    memory, state, result = transition_lib.transition(memory, state, op_batch, turn_ops, params, step=env.step,
-                                                      memory_config=memory_config, embed_fn=embed_fn)
-    result, memory_after = jax.device_get((result, memory))
+        [device_ops.get(r, []) for r in range(num_rows)], acted, tokenizer, memory_config,
+        None if on_device is None else [on_device.get(r, []) for r in range(num_rows)])
+    if tiers is None:
+      memory, state, result = transition_lib.transition(memory, state, op_batch, turn_ops, params, step=env.step,
+                                                        memory_config=memory_config, embed_fn=embed_fn)
+      result, memory_after = jax.device_get((result, memory))
+    else:
+      memory, state, result, tier = transition_lib.transition_with_tier(
+          memory, state, op_batch, turn_ops, params, step=env.step, memory_config=memory_config, embed_fn=embed_fn)
+      result, memory_after, tier = jax.device_get((result, memory, tier))
+      tiers.apply(rows, device_ops, on_device, result.accepted_BxO, tier)
+      tiers.refresh(memory_after, rows)
     if after_turn is not None:
       after_turn(memory_after, jax.device_get(state))
 
@@ -117,7 +138,7 @@ def rollout(episodes: Sequence[Any], policy: TextPolicy | SamplerPolicy, *, toke
           question_index=observation.question_index, observation=observation.user, prompt=prompt, prompt_ids=ids,
           retrieved=list(memory_views[r].entries), response=response.text, response_ids=response.ids,
           response_logprobs=response.logprobs, ops=op_rows, op_counts=op_counts, invalid_ops=invalid_ops,
-          storage_size=int(memory_after.valid_BxM[r].sum()),
+          storage_size=tiers.size(memory_after, r) if tiers else int(memory_after.valid_BxM[r].sum()),
           action=action, action_result=outcomes.get(r)))
 
   state_host, memory_host = jax.device_get((state, memory))
@@ -125,6 +146,7 @@ def rollout(episodes: Sequence[Any], policy: TextPolicy | SamplerPolicy, *, toke
   for r, trajectory in enumerate(trajectories):
     trajectory.done = bool(done[r])
     trajectory.scratchpad, trajectory.query = memory_view.scratchpad_and_query(memory_host, r, tokenizer)
-    trajectory.storage = memory_view.storage_in_creation_order(memory_host, r, tokenizer)
+    trajectory.storage = (tiers.storage(memory_host, r) if tiers else
+                          memory_view.storage_in_creation_order(memory_host, r, tokenizer))
     trajectory.reward = float(reward_fn(trajectory))
   return trajectories

@@ -62,15 +62,39 @@ class Episode:
                answers=tuple(tuple(a) for a in example.answers))
 
 
+def chunk_budget(config: AgentConfig) -> int:
+  """The tokens `max_chunks` windows cover: a longer document is truncated to this many (`config.truncation`)."""
+  c, o, n = config.chunk_tokens, config.overlap_tokens, config.max_chunks
+  return n * c if config.chunking == "released" else c + (n - 1) * (c - o)
+
+
+def truncate_document(token_ids: Sequence[int], config: AgentConfig) -> list[int]:
+  """The document cut to `chunk_budget` tokens: its middle removed ("middle"), or its end ("tail")."""
+  ids, budget = list(token_ids), chunk_budget(config)
+  if len(ids) <= budget:
+    return ids
+  if config.truncation == "tail":
+    return ids[:budget]
+  head = (budget + 1) // 2
+  return ids[:head] + ids[len(ids) - (budget - head):]
+
+
 def chunk_document(token_ids: Sequence[int], config: AgentConfig) -> list[list[int]]:
-  """Windows of `chunk_tokens` with `overlap_tokens` shared between neighbours, at most `max_chunks` of them."""
-  ids = list(token_ids)
-  stride = config.chunk_tokens - config.overlap_tokens
+  """The reader's windows over the (truncated) document, at most `max_chunks` of them.
+
+  "released": chunk i is tokens [i*C - o, (i+1)*C + o) (clipped to the document), so a sentence cut at a boundary
+  reappears whole in the next chunk when it starts within o tokens of it. "stride": windows of C tokens every C - o.
+  """
+  ids = truncate_document(token_ids, config)
+  c, o = config.chunk_tokens, config.overlap_tokens
+  if config.chunking == "released":
+    return [ids[max(0, i * c - o):(i + 1) * c + o] for i in range(-(-len(ids) // c))]
+  stride = c - o
   chunks = []
   start = 0
   while start < len(ids) and len(chunks) < config.max_chunks:
-    chunks.append(ids[start:start + config.chunk_tokens])
-    if start + config.chunk_tokens >= len(ids):
+    chunks.append(ids[start:start + c])
+    if start + c >= len(ids):
       break
     start += stride
   return chunks
@@ -233,10 +257,15 @@ class View:
   chunk_index: int | None  # None in the answer phase
   memory: MemoryView
   config: AgentConfig
+  reads_in_a_row: int = 0  # the query counter: Reads since the last other op
 
   @property
   def question(self) -> str:
     return self.episode.questions[self.question_index]
+
+  def question_fields(self) -> dict[str, Any]:
+    return dict(question=self.question, question_number=self.question_index + 1,
+                num_questions=len(self.episode.questions))
 
   def chunk_fields(self) -> dict[str, Any]:
     return dict(chunk=self.document.chunks[self.chunk_index], chunk_number=self.chunk_index + 1,
@@ -283,17 +312,18 @@ def _atommem_view(view: View) -> tuple[str, dict[str, Any]]:
   config, memory = view.config, view.memory
   fields = dict(scratchpad=(memory.scratchpad or EMPTY) if config.use_scratchpad else DISABLED,
                 query=(memory.query or EMPTY) if config.use_storage else DISABLED,
-                memories=protocol.render_entries(memory.entries) if config.use_storage else DISABLED)
+                memories=protocol.render_entries(memory.entries) if config.use_storage else DISABLED,
+                reads_in_a_row=view.reads_in_a_row, query_limit=config.query_limit, **view.question_fields())
   if view.chunk_index is None:
-    return "answer", dict(question=view.question, **fields)
+    return "answer", dict(questions=protocol.render_questions(view.episode.questions, view.question_index), **fields)
   return "read", dict(**fields, **view.chunk_fields())
 
 
 def _memagent_view(view: View) -> tuple[str, dict[str, Any]]:
   memory = view.memory.scratchpad or EMPTY
   if view.chunk_index is None:
-    return "memagent_answer", dict(question=view.question, memory=memory)
-  return "memagent_read", dict(memory=memory, **view.chunk_fields())
+    return "memagent_answer", dict(memory=memory, **view.question_fields())
+  return "memagent_read", dict(memory=memory, **view.question_fields(), **view.chunk_fields())
 
 
 def _memagent_ops(ops: list[protocol.Op], response: str, reading: bool) -> list[protocol.Op]:
@@ -355,12 +385,13 @@ METHODS = {
     "memagent": Method(system_template="baseline_system", reads_document=True, view=_memagent_view,
                        parts=("scratchpad",), always_advance=True, rewrite_ops=_memagent_ops),
     "rag": Method(system_template="baseline_system", reads_document=False, parts=(),
-                  view=lambda view: ("rag_answer", dict(question=view.question,
-                                                        chunks=view.document.answer_contexts[view.question_index])),
+                  view=lambda view: ("rag_answer", dict(chunks=view.document.answer_contexts[view.question_index],
+                                                        **view.question_fields())),
                   answer_contexts=_rag_passages),
     "full_context": Method(system_template="baseline_system", reads_document=False, parts=(),
                            view=lambda view: ("full_context_answer", dict(
-                               question=view.question, context=view.document.answer_contexts[view.question_index])),
+                               context=view.document.answer_contexts[view.question_index],
+                               **view.question_fields())),
                            answer_contexts=_full_context),
 }
 
@@ -416,7 +447,8 @@ class LongContextEnv:
     answering = bool(state.answer_phase_B[row])
     return View(episode=episode, document=document,
                 question_index=min(int(state.question_index_B[row]), len(episode.questions) - 1),
-                chunk_index=None if answering else int(state.chunk_index_B[row]), memory=memory, config=self.config)
+                chunk_index=None if answering else int(state.chunk_index_B[row]), memory=memory, config=self.config,
+                reads_in_a_row=int(state.query_count_B[row]))
 
   def user_message(self, episode: Episode, document: EpisodeDocument, state: EnvState, row: int,
                    memory: MemoryView) -> tuple[str, dict[str, Any]]:
