@@ -84,7 +84,7 @@ class WebOraclePolicy:
     return adds + self._next_call(missing[0], previous, website)
 
   def _next_call(self, fact: Fact, previous: str, website: str) -> str:
-    url = _url_of(fact.title, previous)
+    url = _url_of(fact.title, previous, website)
     if url is not None:
       return tool_call("fetch_url", url=url)
     return tool_call("search", query=search_query(fact.title, website))
@@ -102,10 +102,11 @@ def _page_text(previous: str) -> str:
   return _LINK_RE.sub("", previous)
 
 
-def _url_of(title: str, previous: str) -> str | None:
-  """The url of the page titled `title` that the previous response shows: a search hit, or a link on a page."""
+def _url_of(title: str, previous: str, website: str) -> str | None:
+  """The url of the page titled `title` that the previous response shows: a search hit on the question's website
+  (other worlds' sites reuse the names), or a link on a page."""
   for hit_title, url in _HIT_RE.findall(previous):
-    if hit_title == title:
+    if hit_title == title and url.startswith(website):
       return url
   for url in _LINK_RE.findall(previous):
     if url.rstrip("/").rsplit("/", 1)[-1] == title:

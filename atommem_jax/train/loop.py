@@ -8,6 +8,7 @@ metrics as an uninterrupted one (timing metrics aside).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -29,7 +30,7 @@ from atommem_jax.agent.policy import SamplerPolicy
 from atommem_jax.data import pipeline
 from atommem_jax.memory.embedders import HashingEmbedder
 from atommem_jax.sampling.sampler import Sampler
-from atommem_jax.train import batching, checkpointing, grpo_rows, inputs, step as step_lib
+from atommem_jax.train import batching, checkpointing, grpo_rows, inputs, step as step_lib, web_inputs
 from atommem_jax.train.config import TrainConfig
 from atommem_jax.train.metrics_log import MetricsLog
 
@@ -64,12 +65,13 @@ def _rollout_seed(rng_key: jax.Array, rollout_index: int) -> int:
 
 
 def evaluate_em(eval_sets: Sequence[tuple[int, Sequence[Episode]]], policy: SamplerPolicy,
-                tokenizer: Any, embed_fn: Any, rollout_config: RolloutConfig
+                tokenizer: Any, embed_fn: Any, rollout_config: RolloutConfig, env: Any = None
                 ) -> dict[int, dict[str, float]]:
   """Greedy episodes, every size in one rollout: per size, reward, EM / F1 and memory-op rates
-  (`grpo_rows.rollout_metrics`)."""
+  (`grpo_rows.rollout_metrics`). `env`: the run's environment (None: the one the config names)."""
   episodes = [e for _, size_episodes in eval_sets for e in size_episodes]
-  trajectories = host.rollout(episodes, policy, tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config)
+  trajectories = host.rollout(episodes, policy, tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config,
+                              env=env)
   metrics, start = {}, 0
   for num_docs, size_episodes in eval_sets:
     metrics[num_docs] = grpo_rows.rollout_metrics(trajectories[start:start + len(size_episodes)])
@@ -79,7 +81,13 @@ def evaluate_em(eval_sets: Sequence[tuple[int, Sequence[Episode]]], policy: Samp
 
 def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict[str, Any]:
   """Runs (or resumes) the run `config` describes in `workdir`; returns the final evaluation metrics, keyed by
-  documents per episode."""
+  documents per episode (0 for web episodes)."""
+  with contextlib.ExitStack() as resources:  # the web environment and its corpus server, when the run has them
+    return _train_and_evaluate(config, workdir, resources)
+
+
+def _train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path,
+                        resources: contextlib.ExitStack) -> dict[str, Any]:
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -89,12 +97,18 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
 
   # ---- data: tokenizer, episodes (eval held out), SFT pairs, grain iterators
   tokenizer = inputs.load_tokenizer(config.model)
-  task = inputs.build_task(config.task)
+  env = None  # the long-context reader: made by the engine for each rollout; the web environment: once per run
+  if config.agent.env == "web":
+    task = web_inputs.build_task(config.task, workdir)
+    env = resources.enter_context(web_inputs.environment(config.agent, task, workdir / web_inputs.SERVER_LOG))
+  else:
+    task = inputs.build_task(config.task)
   embed_fn = HashingEmbedder(dim=config.memory.embed_dim)
   eval_sets = task.eval_sets(config.eval.num_episodes)
   sft_iter = grpo_iter = None
   if any(not inputs.is_drill_step(config.sft, s) for s in range(config.sft.steps)):  # drills need no pairs
-    pairs = inputs.sft_pairs(config, task, tokenizer, embed_fn, workdir)
+    pairs = (web_inputs.sft_pairs(config, task, env, tokenizer, embed_fn, workdir) if env is not None else
+             inputs.sft_pairs(config, task, tokenizer, embed_fn, workdir))
     sft_iter = iter(pipeline.sft_dataset(
         pairs, pipeline.PipelineConfig(batch_size=config.sft.batch_size, seed=config.seed, num_threads=0,
                                        prefetch_buffer_size=0),
@@ -159,12 +173,13 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
       return None
     eval_sampler.params = _as_nnx_state(graphdef, state.params)
     policy = SamplerPolicy(eval_sampler, seed=config.seed)
-    metrics = evaluate_em(eval_sets, policy, tokenizer, embed_fn, eval_rollout_config)
+    metrics = evaluate_em(eval_sets, policy, tokenizer, embed_fn, eval_rollout_config, env=env)
     log.write_eval(at_step, label, metrics)
     if is_main:
       for (num_docs, episodes), size in zip(eval_sets, metrics.values()):
+        kind = f"{num_docs}-document" if num_docs else "web"
         print(f"[eval] {label} (step {at_step}): EM {size['em']:.3f}  F1 {size['f1']:.3f}  "
-              f"reward {size['reward_mean']:.3f} on {len(episodes)} held-out {num_docs}-document episodes", flush=True)
+              f"reward {size['reward_mean']:.3f} on {len(episodes)} held-out {kind} episodes", flush=True)
     return metrics
 
   def data_positions() -> dict[str, Any]:
@@ -244,8 +259,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
           sampler.params = _as_nnx_state(graphdef, state.params)
           policy = SamplerPolicy(sampler, seed=_rollout_seed(rng_key, rollout_index))
           t_rollout = time.time()
-          trajectories = host.rollout([Episode.from_example(e) for e in examples], policy,
-                                      tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config)
+          episodes = env.episodes(examples) if env is not None else [Episode.from_example(e) for e in examples]
+          trajectories = host.rollout(episodes, policy, tokenizer=tokenizer, embed_fn=embed_fn,
+                                      config=rollout_config, env=env)
           rollout_extras = grpo_rows.rollout_metrics(trajectories)
           rollout_extras["rollout_time_s"] = time.time() - t_rollout
           rows, _ = grpo_rows.turn_rows(trajectories, config.grpo.loss)
