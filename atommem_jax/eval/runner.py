@@ -8,6 +8,7 @@ is the memory's, every dataset file reads and every example builds at every N. A
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 import sys
@@ -29,8 +30,10 @@ from atommem_jax.data import long_context, readers, synthetic
 from atommem_jax.eval import checkpoints
 from atommem_jax.eval import plots
 from atommem_jax.eval import results as results_lib
-from atommem_jax.eval.config import DatasetSpec, EvalConfig, MeshSpec, dataset_format, dataset_label
+from atommem_jax.eval import web_tasks
+from atommem_jax.eval.config import WEB_FORMATS, DatasetSpec, EvalConfig, MeshSpec, dataset_format, dataset_label
 from atommem_jax.memory import embedders
+from atommem_jax.metrics.judge import LLMJudge
 from atommem_jax.sampling.config import SamplerConfig
 from atommem_jax.sampling.sampler import Sampler
 
@@ -75,13 +78,16 @@ def _synthetic_world(spec: DatasetSpec, num_docs: int) -> synthetic.SyntheticCon
       question_kinds=spec.synthetic_question_kinds or synthetic.QUESTION_KINDS)
 
 
-def prepare_tasks(config: EvalConfig) -> list[Task]:
+def prepare_tasks(config: EvalConfig) -> list[Task | web_tasks.WebTask]:
   """Reads every dataset and builds its examples at every N (the builder's errors name the file/row/example).
 
   A synthetic dataset is `synthetic_worlds` worlds, each bundled on its own as the trainer's held-out worlds are.
   """
   tasks = []
   for name, spec in config.datasets.items():
+    if dataset_format(name, spec) in WEB_FORMATS:
+      tasks.append(web_tasks.prepare(name, spec, config))
+      continue
     corpus = None
     for num_docs in spec.num_docs:
       if dataset_format(name, spec) == "synthetic":
@@ -121,8 +127,8 @@ def make_embedder(config: EvalConfig, mesh: jax.sharding.Mesh, tokenizer: Any):
   return {width: fn}
 
 
-def episode_result(variant: str, task: Task, trajectory: Trajectory,
-                   seconds: float = 0.0) -> results_lib.EpisodeResult:
+def episode_result(variant: str, task: Task | web_tasks.WebTask, trajectory: Trajectory, seconds: float = 0.0,
+                   judge_scores: tuple[float, ...] | None = None) -> results_lib.EpisodeResult:
   counts = {key: 0 for key in results_lib.OP_KEYS}
   for turn in trajectory.turns:
     for name, count in turn.op_counts.items():
@@ -134,12 +140,38 @@ def episode_result(variant: str, task: Task, trajectory: Trajectory,
       variant=variant, dataset=task.dataset, num_docs=task.num_docs, example_id=trajectory.episode_id,
       questions=tuple(trajectory.questions), answers=tuple(tuple(a) for a in trajectory.gold_answers),
       predictions=predictions, op_counts=counts, steps=len(trajectory.turns), storage_size=len(trajectory.storage),
-      done=trajectory.done, seconds=seconds)
+      done=trajectory.done, seconds=seconds,
+      tool_calls=web_tasks.tool_calls(trajectory) if isinstance(task, web_tasks.WebTask) else None,
+      judge_scores=judge_scores)
 
 
 def _sampler_config(base: SamplerConfig, tokenizer: Any) -> SamplerConfig:
   return dataclasses.replace(base, greedy=True, eos_ids=base.eos_ids or (tokenizer.eos_token_id,),
                              pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else base.pad_id)
+
+
+def _run_task(variant: str, task: Task | web_tasks.WebTask, episodes: list[Any], env: Any, judge: Any, policy: Any,
+              tokenizer: Any, embed_fn: Any, rollout_config: RolloutConfig, batch_size: int, progress: bool,
+              episodes_out: list[results_lib.EpisodeResult], trajectory_rows: list[dict[str, Any]]) -> None:
+  """Greedy episodes of one (variant, dataset, N) in batches; their results and readable trajectories appended."""
+  with tqdm(total=len(episodes), desc=f"{variant} {task.dataset}@{task.num_docs}", unit="episode",
+            disable=not progress, file=sys.stderr) as bar:
+    for start in range(0, len(episodes), batch_size):
+      batch = episodes[start:start + batch_size]
+      began = time.perf_counter()
+      trajectories = host.rollout(batch, policy, tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config,
+                                  env=env)
+      seconds = (time.perf_counter() - began) / len(batch)
+      judged = web_tasks.judge_scores(judge, trajectories) if judge is not None else [None] * len(trajectories)
+      for trajectory, judge_scores in zip(trajectories, judged):
+        result = episode_result(variant, task, trajectory, seconds, judge_scores)
+        episodes_out.append(result)
+        row = {"variant": variant, "dataset": task.dataset, "num_docs": task.num_docs, **trajectory.to_json()}
+        row["scores"] = [s.as_dict() for s in result.question_scores()]
+        if judge_scores is not None:
+          row["judge"] = list(judge_scores)
+        trajectory_rows.append(row)
+      bar.update(len(batch))
 
 
 def evaluate(config: EvalConfig, workdir: str | pathlib.Path, *, devices: Sequence[jax.Device] | None = None,
@@ -163,25 +195,18 @@ def evaluate(config: EvalConfig, workdir: str | pathlib.Path, *, devices: Sequen
   episodes_out: list[results_lib.EpisodeResult] = []
   trajectory_rows: list[dict[str, Any]] = []
   is_main = jax.process_index() == 0
+  judge = LLMJudge(config.judge) if config.judge.url else None
   for variant, (agent, memory) in variants.items():
-    rollout_config = RolloutConfig(agent=agent, memory=memory, num_samples=1, seed=config.seed)
     for task in tasks:
-      episodes = [Episode.from_example(e) for e in task.examples]
-      with tqdm(total=len(episodes), desc=f"{variant} {task.dataset}@{task.num_docs}", unit="episode",
-                disable=not (progress and is_main), file=sys.stderr) as bar:
-        for start in range(0, len(episodes), config.batch_size):
-          batch = episodes[start:start + config.batch_size]
-          began = time.perf_counter()
-          trajectories = host.rollout(batch, policy, tokenizer=tokenizer, embed_fn=embed_fns[memory.embed_dim],
-                                      config=rollout_config)
-          seconds = (time.perf_counter() - began) / len(batch)
-          for trajectory in trajectories:
-            result = episode_result(variant, task, trajectory, seconds)
-            episodes_out.append(result)
-            row = {"variant": variant, "dataset": task.dataset, "num_docs": task.num_docs, **trajectory.to_json()}
-            row["scores"] = [s.as_dict() for s in result.question_scores()]
-            trajectory_rows.append(row)
-          bar.update(len(batch))
+      with contextlib.ExitStack() as resources:
+        is_web = isinstance(task, web_tasks.WebTask)
+        env = resources.enter_context(web_tasks.environment(agent, task, pathlib.Path(workdir))) if is_web else None
+        episodes = list(task.episodes) if is_web else [Episode.from_example(e) for e in task.examples]
+        rollout_config = RolloutConfig(agent=env.config if is_web else agent, memory=memory, num_samples=1,
+                                       seed=config.seed)
+        _run_task(variant, task, episodes, env, judge if is_web else None, policy, tokenizer,
+                  embed_fns[memory.embed_dim], rollout_config, config.batch_size, progress and is_main,
+                  episodes_out, trajectory_rows)
 
   # ---- outputs (process 0 only: every process ran the same episodes)
   summary = results_lib.summarize(episodes_out)
