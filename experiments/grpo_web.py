@@ -36,14 +36,14 @@ def tiny(base):
   c.task.grpo_num_docs = 0
   c.agent.env = "web"
   c.agent.web = dict(RELEASED_WEB, max_steps=6, tool_response_tokens=160)
-  c.total_steps = 620  # 600 SFT (the first 200 copy drills, then every fourth step one) + 20 GRPO
-  c.checkpoint_every = 100
-  c.sft.update(steps=600, oracle_episodes=1200, drill="copy", drill_steps=200, drill_every=4, drill_batch_size=32,
+  c.total_steps = 315  # 300 SFT (the first 100 copy drills, then every fourth step one) + 15 GRPO
+  c.checkpoint_every = 50
+  c.sft.update(steps=300, oracle_episodes=1200, drill="copy", drill_steps=100, drill_every=4, drill_batch_size=32,
                batch_size=16, max_prompt_tokens=448, max_completion_tokens=48)
-  c.sft.optimizer.update(learning_rate=1e-3, warmup_steps=20, decay_steps=600)
+  c.sft.optimizer.update(learning_rate=1e-3, warmup_steps=20, decay_steps=300)
   c.grpo.update(prompts_per_rollout=4, microbatch_rows=16, length_buckets=(384, 512))
   c.grpo.sampler.update(max_new_tokens=48, prompt_buckets=(256, 384, 512), wave_rows=0)
-  c.grpo.optimizer.update(learning_rate=5e-5, warmup_steps=2, decay_steps=20)
+  c.grpo.optimizer.update(learning_rate=5e-5, warmup_steps=2, decay_steps=15)
   c.eval = dict(num_episodes=64, max_new_tokens=48)
   return c
 

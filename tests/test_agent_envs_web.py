@@ -1,9 +1,13 @@
 """The web environment over real MCP: hand-written transcripts replayed against our corpus server (HTTP on 127.0.0.1
 and stdio), the step's rules, the observation (tools offered, withdrawn on the last step, the previous slot cut to
 its budget), the web oracle on synthetic sites, and web rewards on trajectories."""
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +23,7 @@ from atommem_jax.data import synthetic, web_readers
 from atommem_jax.data.tokenizer import load_tiny_tokenizer, tiny_web_tokenizer_dir
 from atommem_jax.memory.config import MemoryConfig
 from atommem_jax.memory.embedders import HashingEmbedder
-from atommem_jax.metrics.judge import web_boxed_reward
+from atommem_jax.metrics.judge import JudgeConfig, web_boxed_reward
 from atommem_jax.tools import build_corpus
 from atommem_jax.tools.corpus_server import launch, server_command
 from atommem_jax.tools.mcp_client import ToolServerError
@@ -231,3 +235,76 @@ def test_web_rewards_score_each_question_on_its_accepted_answer():
   trajectory = type("T", (), dict(questions=["q1", "q2"], answers=["vo rika", None], gold_answers=[["Vorika"], ["x"]]))
   assert rewards.per_question_response_reward(judge)(trajectory) == 0.5
   assert calls == [("q1", "\\boxed{vo rika}")]
+
+
+def test_the_llm_judge_reward_is_chosen_by_name_and_calls_the_configured_endpoint():
+  import http.server
+  import threading
+
+  class Judge(http.server.BaseHTTPRequestHandler):
+    seen = []
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+      body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+      prompt = body["messages"][0]["content"]
+      type(self).seen.append(body["model"])
+      verdict = "Response's final answer: Vorika" in prompt
+      payload = json.dumps({"choices": [{"message": {"content": json.dumps({"pass": verdict})}}]}).encode()
+      self.send_response(200)
+      self.send_header("Content-Type", "application/json")
+      self.send_header("Content-Length", str(len(payload)))
+      self.end_headers()
+      self.wfile.write(payload)
+
+    def log_message(self, *args):
+      pass
+
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Judge)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    with pytest.raises(ValueError, match="needs judge.url and judge.model"):
+      AgentConfig(env="web", reward="llm_judge")
+    agent = AgentConfig(env="web", reward="llm_judge", judge=JudgeConfig(url=url, model="grader"))
+    reward = rewards.by_name(agent.reward, agent.judge)
+    trajectory = type("T", (), dict(questions=["q1", "q2"], answers=["Vorika", "Tesuna"],
+                                    gold_answers=[["Vorika"], ["Kalomi"]]))
+    assert reward(trajectory) == 0.5 and Judge.seen == ["grader", "grader"]
+    assert rewards.by_name("web_boxed")(trajectory) == 0.5
+  finally:
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_killed_launcher_leaves_no_corpus_server_behind(corpus, tmp_path):
+  """A trainer killed with SIGKILL never runs `launch`'s cleanup; the server notices it was re-parented and exits."""
+  pid_file = tmp_path / "server.pid"
+  code = (f"import os, pathlib, subprocess, time\nfrom atommem_jax.tools.corpus_server import launch\n"
+          f"with launch({corpus!r}, timeout_s=300) as url:\n"
+          f"  child = subprocess.run(['pgrep', '-P', str(os.getpid())], capture_output=True, text=True).stdout\n"
+          f"  pathlib.Path({str(pid_file)!r}).write_text(child.split()[0])\n"
+          f"  time.sleep(600)\n")
+  launcher = subprocess.Popen([sys.executable, "-c", code])
+  try:
+    deadline = time.monotonic() + 300
+    while not pid_file.exists() and launcher.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.5)
+    server_pid = int(pid_file.read_text())
+    os.kill(server_pid, 0)  # serving
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+      try:
+        os.kill(server_pid, 0)
+      except ProcessLookupError:
+        break
+      with contextlib.suppress(ChildProcessError):
+        os.waitpid(server_pid, os.WNOHANG)
+      time.sleep(0.5)
+    else:
+      os.kill(server_pid, signal.SIGKILL)
+      pytest.fail("the corpus server outlived its launcher by 20 s")
+  finally:
+    if launcher.poll() is None:
+      launcher.kill()

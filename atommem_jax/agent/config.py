@@ -8,11 +8,12 @@ from typing import Literal
 
 from atommem_jax.agent import envs
 from atommem_jax.memory.config import MemoryConfig
+from atommem_jax.metrics.judge import JudgeConfig
 
 # The long-context reader's methods: the rows of `envs.long_context.METHODS` (a test holds the two equal).
 Method = Literal["atommem", "memagent", "rag", "full_context"]
 # The rewards a config may name: the keys of `rewards.REWARDS` (a test holds the two equal).
-Reward = Literal["per_question", "released_union"]
+Reward = Literal["per_question", "released_union", "web_boxed", "llm_judge"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +72,10 @@ class AgentConfig:
     last parts are read; the released behaviour) or "tail" (the chunks past `max_chunks` dropped).
   reward: the reward function a rollout scores trajectories with, a name of `agent.rewards.REWARDS`:
     "per_question" (each question's answer against its own gold answers, averaged) or "released_union" (every
-    accepted answer against the union of the episode's gold answers, summed and divided by the questions).
+    accepted answer against the union of the episode's gold answers, summed and divided by the questions),
+    "web_boxed" (the released web reward: each answer boxed, in the released 300-character window) or "llm_judge"
+    (an OpenAI-compatible chat endpoint grades each answer pass / fail: `judge.url`, `judge.model`).
+  judge: the endpoint the "llm_judge" reward calls (`metrics.judge.JudgeConfig`).
   The released experiment files set `chunking="released"`, `truncation="middle"`, `template_dir="released"`; the
   defaults here keep the embedded default's numbers.
   web: the web environment's settings (`WebConfig`); the ablation switches and `query_limit` apply there too.
@@ -94,6 +98,7 @@ class AgentConfig:
   chunking: Literal["released", "stride"] = "stride"
   truncation: Literal["middle", "tail"] = "tail"
   reward: Reward = "per_question"
+  judge: JudgeConfig = JudgeConfig()
   web: WebConfig = WebConfig()
 
   def __post_init__(self):
@@ -105,6 +110,8 @@ class AgentConfig:
     for name in ("max_chunks", "max_steps", "query_limit", "context_tokens"):
       if getattr(self, name) < 1:
         raise ValueError(f"AgentConfig.{name} must be >= 1, got {getattr(self, name)}")
+    if self.reward == "llm_judge" and not (self.judge.url and self.judge.model):
+      raise ValueError("AgentConfig.reward llm_judge needs judge.url and judge.model (an OpenAI-compatible endpoint)")
 
   @property
   def disabled_kinds(self) -> tuple[int, ...]:

@@ -16,14 +16,19 @@ Each step it:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import re
 from typing import Sequence
 from urllib.parse import urlparse
 
 from atommem_jax import op_table
+from atommem_jax.agent.envs.web import Episode
 from atommem_jax.agent.oracle import derive_answer
+from atommem_jax.data import synthetic
 from atommem_jax.data.synthetic import Fact, SyntheticQuestion
+from atommem_jax.tools import build_corpus
 
 _QUESTION_RE = re.compile(r"^Question: (.*)$", re.MULTILINE)
 _WEBSITE_RE = re.compile(r"^Website: (.*)$", re.MULTILINE)
@@ -33,6 +38,29 @@ _LINK_RE = re.compile(r" \((https?://[^)\s]*)\)")
 _PAGE_URL_RE = re.compile(r"^URL: (\S+)$", re.MULTILINE)
 _HIT_RE = re.compile(r"^\d+\. (.*)\nURL: (\S+)$", re.MULTILINE)
 LAST_STEP_MARK = "this is your last step"
+
+
+def synthetic_sites(config: synthetic.SyntheticConfig, num_worlds: int) -> list[tuple[int, synthetic.SyntheticTask]]:
+  """`(seed, world)` for worlds `config.seed`, `config.seed + 1`, ...; the seed names the world's website
+  (`build_corpus.world_url`). The trainer's held-out worlds and the evaluation's `synthetic_web` are built here."""
+  return [(config.seed + w, synthetic.generate(dataclasses.replace(config, seed=config.seed + w)))
+          for w in range(num_worlds)]
+
+
+def site_episodes(seed: int, world: synthetic.SyntheticTask) -> list[tuple[Episode, SyntheticQuestion]]:
+  """The world's questions as web episodes asked about its website, each with its question (the oracle's key)."""
+  site = build_corpus.world_url(seed)
+  return [(Episode(id=q.record.id, questions=(q.record.question,), answers=(tuple(q.record.answers),),
+                   root_url=site), q) for q in world.questions]
+
+
+def write_sites_corpus(worlds: Sequence[tuple[int, synthetic.SyntheticTask]], path: str) -> str:
+  """The worlds' websites as one corpus file; an existing one is kept (a pure function of the worlds, and the index
+  beside it is reused)."""
+  if not os.path.exists(path):
+    build_corpus.write_jsonl((row for seed, world in worlds for row in build_corpus.synthetic_world_rows(world, seed)),
+                             path)
+  return path
 
 
 def tool_call(name: str, **arguments: str) -> str:

@@ -14,12 +14,12 @@ import dataclasses
 import pathlib
 from typing import Any, Iterator, Sequence
 
+from atommem_jax.agent import web_oracle
 from atommem_jax.agent.config import AgentConfig
 from atommem_jax.agent.envs import web
 from atommem_jax.data import synthetic, web_readers
 from atommem_jax.eval.checkpoints import EvalError
 from atommem_jax.eval.config import DatasetSpec, EvalConfig, dataset_format, dataset_label
-from atommem_jax.tools import build_corpus
 
 NATIVE_FORMATS = {"webwalkerqa": "webwalkerqa", "gaia": "gaia", "web_plain": "plain"}
 
@@ -42,11 +42,8 @@ def prepare(name: str, spec: DatasetSpec, config: EvalConfig) -> WebTask:
     world = synthetic.SyntheticConfig(seed=spec.seed, num_documents=spec.synthetic_num_documents or 64,
                                       num_questions=spec.synthetic_num_questions,
                                       question_kinds=spec.synthetic_question_kinds or synthetic.QUESTION_KINDS)
-    worlds = tuple((world.seed + w, synthetic.generate(dataclasses.replace(world, seed=world.seed + w)))
-                   for w in range(spec.synthetic_worlds))
-    episodes = [web.Episode(id=f"world{seed}/{q.record.id}", questions=(q.record.question,),
-                            answers=(tuple(q.record.answers),), root_url=build_corpus.world_url(seed))
-                for seed, task in worlds for q in task.questions]
+    worlds = tuple(web_oracle.synthetic_sites(world, spec.synthetic_worlds))
+    episodes = [e for seed, task in worlds for e, _ in web_oracle.site_episodes(seed, task)]
   else:
     web_config = config.agent.web
     if not (web_config.server_url or web_config.server_command or web_config.corpus):
@@ -68,10 +65,8 @@ def environment(agent: AgentConfig, task: WebTask, workdir: pathlib.Path) -> Ite
   log_path = ""
   if task.worlds:
     corpus = workdir / f"{task.dataset}_corpus.jsonl"
-    if not corpus.exists():
-      workdir.mkdir(parents=True, exist_ok=True)
-      build_corpus.write_jsonl((row for seed, world in task.worlds
-                                for row in build_corpus.synthetic_world_rows(world, seed)), str(corpus))
+    workdir.mkdir(parents=True, exist_ok=True)
+    web_oracle.write_sites_corpus(task.worlds, str(corpus))
     agent = dataclasses.replace(agent, web=dataclasses.replace(agent.web, server_url="", server_command="",
                                                                corpus=str(corpus)))
     log_path = str(workdir / f"{task.dataset}_corpus_server.log")

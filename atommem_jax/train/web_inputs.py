@@ -26,9 +26,8 @@ from atommem_jax.agent import oracle
 from atommem_jax.agent.config import AgentConfig, RolloutConfig
 from atommem_jax.agent.engines import host
 from atommem_jax.agent.envs import web
-from atommem_jax.agent.web_oracle import WebOraclePolicy
+from atommem_jax.agent import web_oracle
 from atommem_jax.data import pipeline, synthetic, web_readers
-from atommem_jax.tools import build_corpus
 from atommem_jax.train import sft
 from atommem_jax.train.config import TaskConfig, TrainConfig
 
@@ -58,29 +57,6 @@ class WebTask:
     return [(0, self.eval_episodes[:limit])] if self.eval_episodes[:limit] else []
 
 
-def synthetic_web_worlds(config: synthetic.SyntheticConfig, num_worlds: int
-                         ) -> list[tuple[int, synthetic.SyntheticTask]]:
-  """`(seed, world)` for worlds `config.seed`, `config.seed + 1`, ... (the seed names the world's website)."""
-  return [(config.seed + w, synthetic.generate(dataclasses.replace(config, seed=config.seed + w)))
-          for w in range(num_worlds)]
-
-
-def world_episodes(seed: int, world: synthetic.SyntheticTask) -> list[tuple[web.Episode, synthetic.SyntheticQuestion]]:
-  """The world's questions as web episodes asked about its website, each with its question (the oracle's key)."""
-  site = build_corpus.world_url(seed)
-  return [(web.Episode(id=f"world{seed}/{q.record.id}", questions=(q.record.question,),
-                       answers=(tuple(q.record.answers),), root_url=site), q) for q in world.questions]
-
-
-def write_world_corpus(worlds: Sequence[tuple[int, synthetic.SyntheticTask]], path: pathlib.Path) -> str:
-  """The worlds' websites as one corpus file; an existing one is kept (it is a pure function of the config, and its
-  index beside it is reused)."""
-  if not path.exists() and jax.process_index() == 0:
-    build_corpus.write_jsonl((row for seed, world in worlds for row in build_corpus.synthetic_world_rows(world, seed)),
-                             str(path))
-  return str(path)
-
-
 def build_task(config: TaskConfig, workdir: pathlib.Path) -> WebTask:
   """The web episodes of `config.dataset`, the first `num_eval_episodes` held out (whole worlds when synthetic)."""
   if config.dataset in NATIVE_FORMATS:
@@ -92,8 +68,8 @@ def build_task(config: TaskConfig, workdir: pathlib.Path) -> WebTask:
       raise ValueError(f"{len(episodes)} web questions in {config.path} leave nothing to train on after holding out "
                        f"{config.num_eval_episodes}")
     return WebTask(train_examples=tuple(train), eval_episodes=tuple(held_out))
-  worlds = synthetic_web_worlds(config.synthetic, config.synthetic_worlds)
-  keyed = [world_episodes(seed, world) for seed, world in worlds]
+  worlds = web_oracle.synthetic_sites(config.synthetic, config.synthetic_worlds)
+  keyed = [web_oracle.site_episodes(seed, world) for seed, world in worlds]
   held_out, w = [], 0
   while len(held_out) < config.num_eval_episodes and w < len(keyed):
     held_out += keyed[w]
@@ -105,8 +81,14 @@ def build_task(config: TaskConfig, workdir: pathlib.Path) -> WebTask:
   random.Random(config.synthetic.seed).shuffle(train)
   return WebTask(train_examples=tuple(e for e, _ in train),
                  eval_episodes=tuple(e for e, _ in held_out[:config.num_eval_episodes]),
-                 corpus=write_world_corpus(worlds, workdir / CORPUS_FILE),
+                 corpus=_corpus(worlds, workdir / CORPUS_FILE),
                  oracle_questions=tuple(q for _, q in train))
+
+
+def _corpus(worlds: Sequence[tuple[int, synthetic.SyntheticTask]], path: pathlib.Path) -> str:
+  if jax.process_index() == 0:
+    web_oracle.write_sites_corpus(worlds, str(path))
+  return str(path)
 
 
 def agent_config(agent: AgentConfig, task: WebTask) -> AgentConfig:
@@ -141,7 +123,7 @@ def sft_pairs(config: TrainConfig, task: WebTask, env: web.WebEnv, tokenizer: An
     raise ValueError("sft.pairs_path is required: the web oracle only plays the synthetic websites")
   n = config.sft.oracle_episodes
   episodes, questions = task.train_examples[:n], task.oracle_questions[:n]
-  policy = WebOraclePolicy(questions, [e.root_url for e in episodes])
+  policy = web_oracle.WebOraclePolicy(questions, [e.root_url for e in episodes])
   rollout_config = RolloutConfig(agent=config.agent, memory=config.memory, num_samples=1, seed=config.seed)
   trajectories = []
   for start in range(0, len(episodes), batch_episodes):
