@@ -71,3 +71,22 @@ def test_a_short_web_run_serves_its_corpus_fine_tunes_on_the_oracle_and_runs_grp
   assert [e["label"] for e in evals] == ["start", "after_sft", "final"]
   assert "corpus server: 48 pages" in (tmp_path / web_inputs.SERVER_LOG).read_text()
   assert (tmp_path / "params" ).is_dir() and (tmp_path / "params_sft").is_dir()
+
+
+def test_the_released_web_experiments_build_with_their_paths_and_server():
+  from atommem_jax.eval import config as eval_config
+  config = configlib.load_config_file(REPO / "experiments" / "grpo_web.py").get_config("")
+  config.task.path = "WebWalkerQA.jsonl"
+  config.agent.web.server_url = "http://127.0.0.1:8000/mcp"
+  train = configlib.from_dict(TrainConfig, config)
+  assert (train.agent.env, train.task.dataset, train.agent.web.max_steps, train.agent.web.tools) == (
+      "web", "webwalkerqa", 10, ("search", "fetch_url"))
+  evaluation = configlib.load_config_file(REPO / "experiments" / "eval_web.py").get_config("")
+  evaluation.checkpoint = "CKPT"
+  evaluation.embedder = "hashing"
+  evaluation.datasets.webwalkerqa.path = "WebWalkerQA.jsonl"
+  evaluation.datasets.gaia.path = "metadata.jsonl"
+  evaluation.agent.web.server_url = "http://127.0.0.1:8000/mcp"
+  evaluation = eval_config.eval_config_from_dict(evaluation)
+  assert list(evaluation.datasets) == ["webwalkerqa", "gaia"] and evaluation.agent.env == "web"
+  assert evaluation.agent.web.max_steps == 10 and not evaluation.judge.url
