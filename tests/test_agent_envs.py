@@ -179,8 +179,8 @@ def test_environments_and_methods_are_chosen_by_name():
   env = envs.make(AgentConfig(method="rag"))
   assert env.max_turns == AgentConfig().max_steps and env.disabled_kinds == tuple(range(1, 6))
   assert envs.make(AgentConfig(method="memagent")).method is long_context.METHODS["memagent"]
-  with pytest.raises(ValueError, match=r"AgentConfig.env 'web' is not one of \['long_context'\]"):
-    AgentConfig(env="web")
+  with pytest.raises(ValueError, match=r"AgentConfig.env 'browser' is not one of \['long_context', 'web'\]"):
+    AgentConfig(env="browser")
   with pytest.raises(configlib.ConfigError, match="'memgpt' is not one of"):
     configlib.from_dict(AgentConfig, {"method": "memgpt"})
   assert typing.get_args(Method) == tuple(long_context.METHODS)

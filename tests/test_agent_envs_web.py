@@ -2,6 +2,7 @@
 and stdio), the step's rules, the observation (tools offered, withdrawn on the last step, the previous slot cut to
 its budget), the web oracle on synthetic sites, and web rewards on trajectories."""
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -308,3 +309,28 @@ def test_a_killed_launcher_leaves_no_corpus_server_behind(corpus, tmp_path):
   finally:
     if launcher.poll() is None:
       launcher.kill()
+
+
+def test_every_web_template_renders_with_every_placeholder(tmp_path):
+  import re
+  for name, fields in web.TEMPLATE_FIELDS.items():
+    (tmp_path / f"{name}.txt").write_text(f"<{name}>" + "".join(f"[{f}=${{{f}}}]" for f in fields))
+  client = type("Client", (), {"chat_template_tools": lambda self: [{"type": "function", "function": {"name": "s"}}]})
+  env = web.WebEnv(AgentConfig(env="web", template_dir=str(tmp_path), web=WebConfig(max_steps=2)),
+                   web.load_templates(str(tmp_path)), client())
+  episode = web.Episode(id="e", questions=("q?",), answers=(("a",),), root_url="https://x.example")
+  memory = base.MemoryView(scratchpad="pad", query="find", entries=("note",))
+  tokenizer = load_tiny_tokenizer()
+  state = web.initial_state([1])
+  rendered = {}
+  for step_index in (0, 1):
+    observation = env.observe(episode, web.EpisodeContext(tokenizer), dataclasses.replace(
+        state, step_B=jnp.asarray([step_index])), 0, memory, base.Interaction(response="r", action=None))
+    assert (observation.tools is None) == (step_index == 1)
+    for text in (observation.system, observation.user):
+      rendered[text[1:text.index(">")]] = text
+  assert set(rendered) == set(web.TEMPLATE_FIELDS)
+  for name, text in rendered.items():
+    values = dict(re.findall(r"\[(\w+)=([^\]]*)\]", text))
+    assert set(values) == set(web.TEMPLATE_FIELDS[name]) and all(values.values()), (name, values)
+  assert "[website=https://x.example]" in rendered["web_step"] and "[step=2][max_steps=2]" in rendered["web_last_step"]
