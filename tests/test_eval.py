@@ -322,10 +322,10 @@ def test_synthetic_websites_are_served_and_evaluated_with_web_tables(checkpoint_
   assert "tools/all" in row and row["steps_per_episode"] <= 2
   rows = [json.loads(line) for line in trajectories.splitlines()]
   assert [r["episode_id"] for r in rows] == ["synthetic-7-0", "synthetic-8-0"]
-  # Each prompt offered the tools (the first step) or said they were withdrawn (the last).
-  first, last = rows[0]["turns"][0]["prompt"], rows[0]["turns"][-1]["prompt"]
-  assert "Tools: search(query, num_results) fetch_url(url, purpose, page)" in first and "Website: https://world7" in first
-  assert "this is your last step" in last and "Tools:" not in last
+  # The readable rows hold each step's observation: the website to start from, and the last step's notice.
+  first, last = rows[0]["turns"][0]["observation"], rows[0]["turns"][-1]["observation"]
+  assert "Website: https://world7.example" in first and "Step 1 of 2." in first
+  assert "this is your last step. The tools are withdrawn" in last
   assert len((tmp_path / "synthetic_web_corpus.jsonl").read_text().splitlines()) == 32  # 2 worlds x 16 pages
   assert "## Tool calls per episode" in (tmp_path / "results.md").read_text()
 
