@@ -3,8 +3,8 @@
   python -m atommem_jax.generate --model DIR --prompt "Once upon" --prompt "The capital of" \
       --max_new_tokens 32 --greedy --json [--attention blockwise]
 
-DIR is a transformers Qwen3 directory (config.json + safetensors) or an Orbax parameter directory written by
-`atommem_jax.convert`; the tokenizer is loaded from DIR. Prompts are tokenized raw unless `--chat` wraps each one as
+DIR is a transformers Qwen3 directory (config.json + safetensors), an Orbax parameter directory written by
+`atommem_jax.convert`, or a trainer workdir (`checkpoint.loader`); the tokenizer is the checkpoint's. Prompts are tokenized raw unless `--chat` wraps each one as
 a user turn of the tokenizer's chat template. `--json` prints one JSON list with one object per prompt and sample:
 `prompt_index`, `sample_index`, `token_ids` (generated ids, ending before EOS), `text`, `stop_reason`.
 """

@@ -29,7 +29,8 @@ def released() -> ml_collections.ConfigDict:
                  truncation="middle", reward="per_question")
   c.memory = dict(capacity=256, entry_tokens=256, scratchpad_tokens=1024, query_tokens=128, embed_dim=256, top_k=6,
                   overflow="evict_oldest", max_ops_per_turn=16, spill="none")
-  c.embedder = "hashing"
+  c.embedder = "hashing"  # or a Qwen3-Embedding checkpoint dir of width memory.embed_dim
+  c.rollout = dict(engine="host")
   c.sft = dict(steps=0, pairs_path="", oracle_episodes=64, min_reward=0.5, recitation_pairs=0, drill="copy",
                drill_steps=0, drill_every=0, drill_batch_size=32, batch_size=64, num_microbatches=8,
                max_prompt_tokens=8192, max_completion_tokens=4096,

@@ -113,13 +113,6 @@ class AgentConfig:
     if self.reward == "llm_judge" and not (self.judge.url and self.judge.model):
       raise ValueError("AgentConfig.reward llm_judge needs judge.url and judge.model (an OpenAI-compatible endpoint)")
 
-  @property
-  def disabled_kinds(self) -> tuple[int, ...]:
-    """Op kinds the method and the ablations turn into counted invalid no-ops (the long-context environment's
-    `disabled_kinds`; kept here for `agent/device_loop.py`)."""
-    from atommem_jax.agent.envs import long_context  # pylint: disable=g-import-not-at-top
-    return long_context.METHODS[self.method].disabled_kinds(self)
-
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:

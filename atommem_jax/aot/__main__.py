@@ -96,10 +96,8 @@ def _without_data(config: dict) -> dict:
 
 def _model_config(config):
   """The architecture (the preset, or the checkpoint's when it is readable here) as the run executes it."""
-  import pathlib  # pylint: disable=g-import-not-at-top
-
-  from atommem_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from atommem_jax.model import Qwen3Config, get_preset  # pylint: disable=g-import-not-at-top
+  from atommem_jax.checkpoint import CheckpointError, loader  # pylint: disable=g-import-not-at-top
+  from atommem_jax.model import get_preset  # pylint: disable=g-import-not-at-top
 
   init = config.model
   if not init.checkpoint:
@@ -107,13 +105,11 @@ def _model_config(config):
       return init.runtime(get_preset(init.preset))
     except KeyError as e:
       raise BadInput(str(e).strip('"')) from None
-  path = pathlib.Path(init.checkpoint)
-  if checkpoint.is_orbax_params_dir(path):
-    return init.runtime(checkpoint.load_config(path))
-  if (path / "config.json").is_file():
-    return init.runtime(Qwen3Config.from_hf(path))
-  raise BadInput(f"model.checkpoint {init.checkpoint} is not readable here, so its architecture is unknown; check "
-                 f"with --config.model.checkpoint= and the matching --config.model.preset")
+  try:
+    return init.runtime(loader.resolve(init.checkpoint, field="model.checkpoint").model_config)
+  except (FileNotFoundError, CheckpointError) as e:
+    raise BadInput(f"model.checkpoint {init.checkpoint} is not readable here ({e}), so its architecture is unknown; "
+                   f"check with --config.model.checkpoint= and the matching --config.model.preset") from None
 
 
 _SIZE = re.compile(r"([\d.]+)\s*([KMGT]?)(?:i?B)?")

@@ -14,6 +14,7 @@ from typing import Any, Literal, Mapping
 
 from atommem_jax import configlib
 from atommem_jax.agent.config import AgentConfig
+from atommem_jax.rollout_engine import RolloutEngineConfig
 from atommem_jax.memory.config import MemoryConfig
 from atommem_jax.metrics.judge import JudgeConfig
 from atommem_jax.sampling.config import SamplerConfig
@@ -22,6 +23,10 @@ from atommem_jax.sampling.config import SamplerConfig
 LONG_CONTEXT_FORMATS = ("hotpotqa", "2wiki", "musique", "synthetic")
 WEB_FORMATS = ("webwalkerqa", "gaia", "web_plain", "synthetic_web")
 DATASET_FORMATS = LONG_CONTEXT_FORMATS + WEB_FORMATS
+
+
+class EvalError(ValueError):
+  """An evaluation input that cannot be used; the message names the file, key or value (`runner.EvalError`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,11 +84,12 @@ class MeshSpec:
 class EvalConfig:
   """An evaluation run.
 
-  checkpoint: an Orbax parameter dir (`save_params` / `convert` output) or a trainer workdir / its checkpoints dir
-    (the latest step is used).
+  checkpoint: any dir `checkpoint.loader.resolve` reads: an Orbax parameter dir (`save_params` / `convert` output),
+    an HF Qwen3 dir, or a trainer workdir / its checkpoints dir (the latest step is used).
   expected_model: a model preset name the checkpoint must match (architecture fields); "" accepts any.
   tokenizer: "" = the tokenizer files saved with the checkpoint; "tiny" = the packaged tiny tokenizer; else a dir.
-  embedder: "hashing" (weight-free) or a Qwen3-Embedding checkpoint dir (HF or Orbax).
+  embedder: "hashing" (weight-free) or a Qwen3-Embedding checkpoint dir (HF or Orbax), as in training.
+  rollout: the rollout engine (`rollout.engine`: "host" | "device"; see `rollout_engine`).
   batch_size: episodes per rollout batch.
   judge: an OpenAI-compatible endpoint (`metrics.judge.JudgeConfig`; its `url` empty = none) that grades every web
     question's final answer pass/fail: a `judge` column beside EM.
@@ -103,6 +109,7 @@ class EvalConfig:
   agent: AgentConfig = AgentConfig()
   memory: MemoryConfig = MemoryConfig()
   sampler: SamplerConfig = SamplerConfig(greedy=True)
+  rollout: RolloutEngineConfig = RolloutEngineConfig()
   judge: JudgeConfig = JudgeConfig()
   variant_order: tuple[str, ...] = ()
   dataset_order: tuple[str, ...] = ()

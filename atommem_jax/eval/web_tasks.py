@@ -18,8 +18,7 @@ from atommem_jax.agent import web_oracle
 from atommem_jax.agent.config import AgentConfig
 from atommem_jax.agent.envs import web
 from atommem_jax.data import synthetic, web_readers
-from atommem_jax.eval.checkpoints import EvalError
-from atommem_jax.eval.config import DatasetSpec, EvalConfig, dataset_format, dataset_label
+from atommem_jax.eval.config import DatasetSpec, EvalConfig, EvalError, dataset_format, dataset_label
 
 NATIVE_FORMATS = {"webwalkerqa": "webwalkerqa", "gaia": "gaia", "web_plain": "plain"}
 
@@ -58,10 +57,15 @@ def prepare(name: str, spec: DatasetSpec, config: EvalConfig) -> WebTask:
   return WebTask(dataset=dataset_label(name, spec), episodes=tuple(episodes), worlds=worlds)
 
 
+def web_agent(agent: AgentConfig) -> AgentConfig:
+  """A variant's agent config as it runs a web dataset."""
+  return dataclasses.replace(agent, env="web")
+
+
 @contextlib.contextmanager
 def environment(agent: AgentConfig, task: WebTask, workdir: pathlib.Path) -> Iterator[web.WebEnv]:
   """The web environment for `task`'s episodes: its worlds' corpus served, or the run's server."""
-  agent = dataclasses.replace(agent, env="web")
+  agent = web_agent(agent)
   log_path = ""
   if task.worlds:
     corpus = workdir / f"{task.dataset}_corpus.jsonl"

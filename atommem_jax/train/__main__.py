@@ -24,9 +24,14 @@ def main(argv) -> None:
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   from atommem_jax import configlib  # pylint: disable=g-import-not-at-top
+  from atommem_jax.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import loop  # pylint: disable=g-import-not-at-top
   from atommem_jax.train.config import TrainConfig  # pylint: disable=g-import-not-at-top
-  loop.train_and_evaluate(configlib.from_dict(TrainConfig, _CONFIG.value), _WORKDIR.value)
+  try:
+    config = configlib.from_dict(TrainConfig, _CONFIG.value)
+    loop.train_and_evaluate(config, _WORKDIR.value)
+  except (configlib.ConfigError, CheckpointError, FileNotFoundError) as e:  # a bad input: a config key, a checkpoint
+    raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Per-step metrics to `metrics.jsonl` and TensorBoard, consistent with the checkpoint a run resumes from.
+"""Per-step metrics to `metrics.jsonl` and TensorBoard, consistent with the checkpoint a run resumes from, fetched
+one step late (`DeferredMetrics`).
 
 On resume from step s, rows with `step > s` (written after the checkpoint by the interrupted run) are dropped, and
 TensorBoard events past s are purged, so a resumed run's files hold each step exactly once.
@@ -8,7 +9,10 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import time
 from typing import Any, Mapping
+
+import jax
 
 from atommem_jax import atomic_files
 
@@ -89,3 +93,47 @@ class MetricsLog:
     if self._file is not None:
       self._file.close()
       self._writer.close()
+
+
+class NonFiniteLossError(RuntimeError):
+  """Too many consecutive updates were skipped for a non-finite loss; the last good checkpoint is kept."""
+
+
+class DeferredMetrics:
+  """Step t's metrics are fetched from the device only once step t + 1 is dispatched (`push`), so the host never
+  waits for the device between steps; then they are logged with the wall-clock rates and printed."""
+
+  def __init__(self, log: MetricsLog, *, total_steps: int, log_every: int, max_nonfinite_streak: int,
+               echo: bool):
+    self.log, self.total_steps, self.log_every = log, total_steps, log_every
+    self.max_nonfinite_streak, self.echo = max_nonfinite_streak, echo
+    self.pending: tuple[int, Any, dict[str, Any]] | None = None
+    self.last_flush = time.time()
+
+  def push(self, done_step: int, device_metrics: Any, extras: dict[str, Any]) -> None:
+    self.flush()
+    self.pending = (done_step, device_metrics, extras)
+
+  def flush(self) -> None:
+    """Logs the pending step; a streak of `max_nonfinite_streak` skipped updates raises `NonFiniteLossError`."""
+    if self.pending is None:
+      return
+    done_step, device_metrics, extras = self.pending
+    self.pending = None
+    metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    metrics.update(extras)
+    now = time.time()
+    metrics["step_time_s"] = now - self.last_flush  # wall time since the previous step's metrics arrived
+    self.last_flush = now
+    metrics["tokens_per_s"] = metrics["num_tokens"] / max(metrics["step_time_s"], 1e-9)
+    metrics["eta_s"] = metrics["step_time_s"] * (self.total_steps - done_step)
+    self.log.write(done_step, metrics)
+    if self.echo and (done_step % self.log_every == 0 or done_step == self.total_steps):
+      reward = metrics.get("reward_mean")
+      print(f"step {done_step}/{self.total_steps} [{metrics['phase']}] loss {metrics['loss']:.4f}"
+            + (f" reward {reward:.3f} em {metrics['em']:.3f} kl {metrics['kl']:.4f}" if reward is not None else
+               f" acc {metrics.get('token_accuracy', 0.0):.3f}")
+            + f" | {metrics['tokens_per_s']:.0f} tok/s, ETA {metrics['eta_s'] / 60:.1f} min", flush=True)
+    if metrics["nonfinite_streak"] >= self.max_nonfinite_streak:
+      raise NonFiniteLossError(f"{int(metrics['nonfinite_streak'])} non-finite updates in a row at step "
+                               f"{done_step}")
