@@ -51,6 +51,15 @@ def test_dataset_and_environment_must_match():
     configlib.from_dict(TrainConfig, tiny_web(**{"task.dataset": "webwalkerqa"}))
 
 
+def test_the_device_engine_is_refused_before_the_corpus_is_written_or_served(tmp_path):
+  from atommem_jax.train.loop import train_and_evaluate
+  config = configlib.from_dict(TrainConfig, tiny_web(**{
+      "rollout.engine": "device", "mesh.data": 8, "task.synthetic_worlds": 3, "task.num_eval_episodes": 2}))
+  with pytest.raises(configlib.ConfigError, match=r"rollout.engine='device'.*agent.env='web'"):
+    train_and_evaluate(config, tmp_path)
+  assert not (tmp_path / web_inputs.CORPUS_FILE).exists() and not (tmp_path / web_inputs.SERVER_LOG).exists()
+
+
 @pytest.mark.slow  # about 4 minutes on an idle 2-core machine (13 on a busy one): compiles every program of a run
 def test_a_short_web_run_serves_its_corpus_fine_tunes_on_the_oracle_and_runs_grpo(tmp_path):
   from atommem_jax.train.loop import train_and_evaluate
