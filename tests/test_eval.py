@@ -341,3 +341,9 @@ def test_a_native_web_dataset_without_tools_is_one_clear_error_and_writes_nothin
   raw.judge.url = "http://127.0.0.1:9/v1"
   with pytest.raises(configlib.ConfigError, match="judge.model is empty"):
     eval_config.eval_config_from_dict(raw)
+
+
+def test_the_device_engine_is_refused_for_a_web_dataset_before_anything_is_written(checkpoint_dir, tmp_path):
+  from atommem_jax.rollout_engine import RolloutEngineConfig
+  config = dataclasses.replace(tiny_web_eval_config(checkpoint_dir), rollout=RolloutEngineConfig(engine="device"))
+  _assert_error_writes_nothing(config, tmp_path / "out", match=r"rollout.engine='device'.*agent.env='web'")
