@@ -189,7 +189,8 @@ def test_environments_and_methods_are_chosen_by_name():
 
 def test_an_environment_is_its_file(tmp_path):
   # Every module file of the package is an environment of its name: adding one is adding a file.
-  assert envs.ENVIRONMENTS == {"long_context": "atommem_jax.agent.envs.long_context"}
+  assert envs.ENVIRONMENTS == {"long_context": "atommem_jax.agent.envs.long_context",
+                               "web": "atommem_jax.agent.envs.web"}
   for name in ("base", "_helpers", "count_chunks", "web"):
     (tmp_path / f"{name}.py").write_text("")
   (tmp_path / "sub").mkdir()
