@@ -3,17 +3,17 @@
   python -m atommem_jax.replay --transcript FILE.json [--mcp_url URL | --mcp_command CMD]
 
 `--mcp_url` (streamable HTTP, e.g. `http://127.0.0.1:8000/mcp`) or `--mcp_command` (a stdio server's command line)
-names the tool server of a web transcript. The transcript format and the printed object are described in `atommem_jax.agent.replay`.
+names the tool server of a web transcript. The transcript format and the printed object are described in
+`atommem_jax.agent.replay`.
 """
 from __future__ import annotations
 
 import json
-import sys
 from typing import Sequence
 
-from absl import app, flags
+from absl import flags
 
-from atommem_jax import configlib
+from atommem_jax import atomic_files, cli
 from atommem_jax.agent.replay import replay
 from atommem_jax.tools.mcp_client import ToolServerError
 
@@ -27,20 +27,14 @@ def main(argv: Sequence[str]) -> None:
   del argv
   path = FLAGS.transcript
   if not path:
-    sys.exit("--transcript FILE.json is required")
+    raise cli.CliError("--transcript FILE.json is required")
+  # Unreadable, not UTF-8, not JSON, a lone surrogate, a bad key or value: one line naming it (`cli.run`).
   try:
-    with open(path, encoding="utf-8") as f:
-      transcript = json.load(f)
-  except OSError as err:
-    sys.exit(f"{path}: cannot read the transcript ({err.strerror})")
-  except json.JSONDecodeError as err:
-    sys.exit(f"{path}: not valid JSON ({err})")
-  try:
-    result = replay(transcript, where=path, mcp_url=FLAGS.mcp_url, mcp_command=FLAGS.mcp_command)
-  except (ValueError, configlib.ConfigError, ToolServerError) as err:
-    sys.exit(str(err))
+    result = replay(atomic_files.read_json(path), where=path, mcp_url=FLAGS.mcp_url, mcp_command=FLAGS.mcp_command)
+  except ToolServerError as err:  # an unreachable tool server: one line too
+    raise cli.CliError(str(err)) from None
   print(json.dumps(result, ensure_ascii=False))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

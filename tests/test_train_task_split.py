@@ -75,3 +75,20 @@ def test_grpo_can_read_longer_documents_than_sft_with_the_same_questions_held_ou
     TaskConfig(grpo_num_docs=-1)
   with pytest.raises(ValueError, match="examples_path holds one size"):
     TaskConfig(examples_path="built.jsonl", grpo_num_docs=8)
+
+
+def test_grpo_can_mix_in_a_fraction_of_sft_size_examples():
+  config = TaskConfig(synthetic=SMALL_WORLD, synthetic_worlds=6, num_eval_episodes=4, grpo_num_docs=8,
+                      grpo_short_fraction=0.25, long_context=LongContextConfig(num_docs=4, seed=5))
+  task = task_split.split_task(config)
+  plain = task_split.split_task(dataclasses.replace(config, grpo_short_fraction=0.0))
+  sizes = [e.num_docs for e in task.grpo_examples]
+  # 20 long examples as before, then round(20 * 0.25 / 0.75) = 7 of SFT's own training examples.
+  assert task.grpo_examples[:20] == plain.grpo_examples and sizes == [8] * 20 + [4] * 7
+  assert set(task.grpo_examples[20:]) <= set(task.train_examples)
+  held_out_worlds = {_world_of(e.id) for e in task.eval_episodes}
+  assert not held_out_worlds & {_world_of(e.id) for e in task.grpo_examples}
+  # Evaluation still reads the held-out questions at both sizes, the longer one labelled by its size.
+  assert [n for n, _ in task.eval_sets(limit=4)] == [4, 8]
+  with pytest.raises(ValueError, match="grpo_short_fraction must be in"):
+    TaskConfig(grpo_short_fraction=1.0)

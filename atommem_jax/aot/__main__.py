@@ -28,6 +28,7 @@ from typing import Sequence
 from absl import flags
 from ml_collections import config_flags
 
+from atommem_jax import cli
 from atommem_jax.aot import topology as topology_lib
 
 PROGRAMS = ("train_step", "prefill", "decode")
@@ -183,12 +184,10 @@ def run(argv: Sequence[str]) -> int:
   """The command line `argv` (program name first); returns the exit status."""
   args = _flags(argv)
   try:
-    args(list(argv))
-  except Exception as e:  # pylint: disable=broad-except  (flag syntax, a config file that fails to load)
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    # A config file's own error arrives with its traceback: the first line says which flag, the last what failed.
-    print(f"error: {lines[0]} {lines[-1]}" if len(lines) > 1 and "Traceback" in str(e) else f"error: {e}",
-          file=sys.stderr)
+    # Flag syntax, a missing or failing experiment file, an unknown config key (with the nearest known ones).
+    cli.parse_flag_values(argv, args)
+  except cli.CliError as e:
+    print(f"error: {cli.one_line(e)}", file=sys.stderr)
     return EXIT_BAD_INPUT
   if args.config is None or not args.topology:
     print("error: --config FILE[:ARG] and --topology NAME are required", file=sys.stderr)

@@ -26,8 +26,11 @@ class ModelInitConfig:
   # (float32 master weights for bfloat16 checkpoints: updates of 1e-6 vanish in bfloat16 weights).
   dtype: Literal["", "float32", "bfloat16"] = ""
   param_dtype: Literal["", "float32", "bfloat16"] = ""
+  # Standard deviation of a random init's matrices; 0 = the preset's (0.02). Only a random init reads it.
+  initializer_range: float = 0.0
 
   def runtime(self, model: Qwen3Config) -> Qwen3Config:
     """`model` (a preset or a checkpoint's architecture) as this run executes it."""
-    dtypes = {k: v for k, v in (("dtype", self.dtype), ("param_dtype", self.param_dtype)) if v}
-    return model.replace(attention=self.attention, remat=self.remat, logits_chunk=self.logits_chunk, **dtypes)
+    changes = {k: v for k, v in (("dtype", self.dtype), ("param_dtype", self.param_dtype),
+                                 ("initializer_range", self.initializer_range)) if v}
+    return model.replace(attention=self.attention, remat=self.remat, logits_chunk=self.logits_chunk, **changes)

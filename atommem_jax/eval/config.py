@@ -130,6 +130,10 @@ class EvalConfig:
       raise configlib.ConfigError("EvalConfig.sampler.greedy must be True: evaluation decodes greedily")
     if self.batch_size < 1:
       raise configlib.ConfigError(f"EvalConfig.batch_size must be >= 1, got {self.batch_size}")
+    from atommem_jax.model.config import PRESETS  # pylint: disable=g-import-not-at-top
+    if self.expected_model and self.expected_model not in PRESETS:
+      raise configlib.ConfigError(f"EvalConfig.expected_model {self.expected_model!r} is not a model preset; known "
+                                  f"presets: {sorted(PRESETS)}")
     labels = [dataset_label(name, spec) for name, spec in self.datasets.items()]
     if len(set(labels)) != len(labels):
       raise configlib.ConfigError(f"EvalConfig.datasets: two datasets share a label: {labels}")

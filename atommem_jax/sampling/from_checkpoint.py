@@ -28,10 +28,11 @@ def generate_from_dir(model_dir: str, prompts: Sequence[str], *, max_new_tokens:
     raise ValueError(f"--model {model_dir} is not a directory")
   if not prompts:
     raise ValueError("give at least one --prompt")
+  if max_new_tokens < 1:
+    raise ValueError(f"--max_new_tokens must be at least 1, got {max_new_tokens}")
   checkpoint = loader.resolve(directory, field="--model")
+  positions = checkpoint.model_config.max_position_embeddings
   tokenizer = loader.load_tokenizer("", checkpoint)
-  model = loader.load_model(checkpoint)
-  model = nnx.merge(abstract_model(model.config.replace(attention=attention))[0], nnx.state(model))
   if chat:
     prompt_ids = [chat_lib.user_prompt_ids(tokenizer, text) for text in prompts]
   else:
@@ -40,6 +41,13 @@ def generate_from_dir(model_dir: str, prompts: Sequence[str], *, max_new_tokens:
     if not ids:
       raise ValueError(f"--prompt {index} ({prompts[index]!r}) tokenizes to no tokens")
   longest = max(len(ids) for ids in prompt_ids)
+  if longest + max_new_tokens > positions:
+    raise ValueError(f"--max_new_tokens {max_new_tokens} after the longest prompt ({longest} tokens) needs "
+                     f"{longest + max_new_tokens} positions; the model in {directory} has {positions} "
+                     f"(max_position_embeddings): use --max_new_tokens {max(positions - longest, 0)} or less")
+  model = loader.load_model(checkpoint)
+  model = nnx.merge(abstract_model(model.config.replace(attention=attention))[0], nnx.state(model))
+  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
   # Powers of two from 64 up to the first that fits the longest prompt.
   buckets = tuple(2 ** i for i in range(6, max(6, (longest - 1).bit_length()) + 1))
   config = SamplerConfig(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_k=top_k,

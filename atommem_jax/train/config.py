@@ -49,12 +49,17 @@ class TaskConfig:
   # Documents per GRPO episode when GRPO reads longer documents than SFT's demonstrations (a length curriculum);
   # 0 = long_context.num_docs. The held-out questions are then evaluated at both sizes.
   grpo_num_docs: int = 0
+  # With `grpo_num_docs`: the fraction of GRPO's examples drawn from SFT's size instead (shuffled in), so the policy's
+  # own rollouts keep practising what SFT taught while it learns the longer documents.
+  grpo_short_fraction: float = 0.0
 
   def __post_init__(self):
     if self.synthetic_worlds < 1:
       raise ValueError(f"TaskConfig.synthetic_worlds must be >= 1, got {self.synthetic_worlds}")
     if self.grpo_num_docs < 0:
       raise ValueError(f"TaskConfig.grpo_num_docs must be >= 0 (0 = long_context.num_docs), got {self.grpo_num_docs}")
+    if not 0.0 <= self.grpo_short_fraction < 1.0:
+      raise ValueError(f"TaskConfig.grpo_short_fraction must be in [0, 1), got {self.grpo_short_fraction}")
     if self.grpo_num_docs and self.examples_path:
       raise ValueError("TaskConfig.grpo_num_docs needs examples built here: examples_path holds one size already built")
     if self.dataset not in SYNTHETIC_DATASETS and not (self.path or self.examples_path):

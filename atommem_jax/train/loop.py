@@ -25,6 +25,7 @@ from flax import nnx
 from atommem_jax import rollout_engine
 from atommem_jax import sharding as sharding_lib
 from atommem_jax.agent import rewards
+from atommem_jax import workdir_lock
 from atommem_jax.agent.config import RolloutConfig
 from atommem_jax.agent.envs.long_context import Episode
 from atommem_jax.agent.policy import SamplerPolicy
@@ -55,7 +56,7 @@ def _sft_batch(raw: dict[str, np.ndarray], num_microbatches: int) -> batching.Tr
 
 
 def drill_update(state: step_lib.TrainState, sft_step: UpdateFn, batch_sharding: batching.TrainBatch,
-                 config: TrainConfig, tokenizer: Any, task: task_split.TaskSplit, step: int
+                 config: TrainConfig, tokenizer: Any, task: task_split.TaskSplit | web_inputs.WebTask, step: int
                  ) -> tuple[step_lib.TrainState, dict[str, jax.Array], dict[str, Any]]:
   """One SFT update on step `step`'s drills: `(state, device metrics, host metrics)`."""
   host_batch = drills.drill_batch(config.sft, tokenizer, task.train_examples, config.seed, step)
@@ -146,6 +147,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path, reward
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
+  lock = workdir_lock.acquire_for_job(workdir)  # a second run on this workdir is refused, naming this one
 
   # ---- mesh
   mesh = sharding_lib.make_mesh(config.mesh)
@@ -212,11 +214,12 @@ def _train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path, reward
   # ---- checkpoint restore
   checkpoints = checkpointing.RunCheckpoints(workdir, config)
   rng_key = jax.random.key(config.seed)
-  start_step = checkpoints.latest_step() or 0
-  if start_step:
-    abstract_state = checkpointing.abstract_with_shardings(
-        jax.eval_shape(lambda: step_lib.init_train_state(params, sft_tx, state_sharding)), state_sharding)
-    state, data_state, rng_key = checkpoints.restore(start_step, abstract_state)
+  abstract_state = checkpointing.abstract_with_shardings(
+      jax.eval_shape(lambda: step_lib.init_train_state(params, sft_tx, state_sharding)), state_sharding)
+  restored = checkpoints.restore_newest(abstract_state)  # one that does not restore is reported and moved aside
+  start_step = restored.step if restored else 0
+  if restored:
+    state, data_state, rng_key = restored.state, restored.data, restored.rng_key
     if sft_iter is not None and "sft" in data_state:
       pipeline.restore_iterator_state(sft_iter, data_state["sft"])
     if grpo_iter is not None and "grpo" in data_state:
@@ -225,7 +228,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path, reward
   else:
     state = step_lib.init_train_state(params, sft_tx, state_sharding)
   del params  # the state owns (and the step donates) the parameters now
-  log = MetricsLog(workdir, start_step, enabled=is_main)
+  log = MetricsLog(workdir, start_step, enabled=is_main, history=restored.history if restored else None)
   reference_params = None
   if config.total_steps > config.sft.steps and start_step > config.sft.steps and config.grpo.loss.use_kl:
     reference_params = checkpointing.restore_reference(
@@ -267,7 +270,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path, reward
       metrics.push(done_step, device_metrics, extras)  # fetches step t's metrics now that step t + 1 is dispatched
       if done_step % config.checkpoint_every == 0 or done_step == config.total_steps:
         metrics.flush()  # every step up to a checkpoint is logged before the checkpoint exists
-        checkpoints.save(done_step, state, data_positions(sft_iter, grpo_iter), rng_key)
+        checkpoints.save(done_step, state, data_positions(sft_iter, grpo_iter), rng_key, log.history())
       if done_step == config.debug_kill_at_step:
         os.kill(os.getpid(), signal.SIGKILL)
     metrics.flush()
@@ -281,4 +284,5 @@ def _train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path, reward
   finally:
     log.close()
   checkpoints.close()
+  lock.release()
   return final or {}

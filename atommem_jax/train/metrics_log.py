@@ -1,12 +1,14 @@
 """Per-step metrics to `metrics.jsonl` and TensorBoard, consistent with the checkpoint a run resumes from, fetched
 one step late (`DeferredMetrics`).
 
-On resume from step s, rows with `step > s` (written after the checkpoint by the interrupted run) are dropped, and
-TensorBoard events past s are purged, so a resumed run's files hold each step exactly once.
+Both JSON-lines files (`metrics.jsonl`: one row per step; `eval.jsonl`: one row per evaluation and size) are
+`jsonl_log.ResumedLog`s: on resume from step s a damaged line is reported and set aside in `<file>.damaged`, a row
+up to s that the file lost is put back from the checkpoint (`history()` is saved with every checkpoint), and the rows
+past s that the interrupted run wrote stay until this run writes them again. TensorBoard events past s are purged.
+So a resumed run's files hold each step exactly once and lose none.
 """
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import time
@@ -14,27 +16,10 @@ from typing import Any, Mapping
 
 import jax
 
-from atommem_jax import atomic_files
+from atommem_jax import jsonl_log
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
-
-
-def _read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
-  if not path.exists():
-    return []
-  rows = []
-  with path.open(encoding="utf-8") as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        break  # a line cut by a kill: it and anything after it are dropped
-  return rows
-
-
-def _rewrite(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
-  atomic_files.write_jsonl(path, rows)
 
 
 def _jsonable(value: Any) -> Any:
@@ -44,54 +29,60 @@ def _jsonable(value: Any) -> Any:
   return value
 
 
-class MetricsLog:
-  """Appends one JSON object per step; only process 0 writes."""
+def _eval_key(row: Mapping[str, Any]) -> tuple[Any, Any]:
+  return row.get("label"), row.get("num_docs")
 
-  def __init__(self, workdir: str | pathlib.Path, resume_step: int, *, enabled: bool = True):
+
+class MetricsLog:
+  """Appends one JSON object per step; only process 0 writes (every process keeps the rows, to agree on them).
+
+  `history` is what a checkpoint saved (`history()` at that step), or None for a checkpoint that saved none.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, resume_step: int, *, enabled: bool = True,
+               history: Mapping[str, Any] | None = None):
     self.enabled = enabled
-    self.path = pathlib.Path(workdir) / METRICS_FILE
-    self.eval_path = pathlib.Path(workdir) / EVAL_FILE
-    self.eval_rows = [r for r in _read_rows(self.eval_path) if r["step"] <= resume_step]
-    self._file = None
+    history = history or {}
+    self.metrics = jsonl_log.ResumedLog(pathlib.Path(workdir) / METRICS_FILE, lambda row: row["step"], resume_step,
+                                        write=enabled, vouched=history.get("metrics"))
+    self.evals = jsonl_log.ResumedLog(pathlib.Path(workdir) / EVAL_FILE, _eval_key, resume_step, write=enabled,
+                                      vouched=history.get("eval"))
+    self.repairs = self.metrics.repairs + self.evals.repairs
     self._writer = None
-    if not enabled:
-      return
-    _rewrite(self.path, [r for r in _read_rows(self.path) if r["step"] <= resume_step])
-    _rewrite(self.eval_path, self.eval_rows)
-    self._file = self.path.open("a", encoding="utf-8")
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._writer = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"), purge_step=resume_step + 1)
+    if enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._writer = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"), purge_step=resume_step + 1)
+
+  def history(self) -> dict[str, list[dict[str, Any]]]:
+    """Every row logged so far: what a checkpoint saves so that a resume can put back a row the files lost."""
+    return {"metrics": self.metrics.rows, "eval": self.evals.rows}
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+    self.metrics.append([row])
     if not self.enabled:
       return
-    row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
-    self._file.write(json.dumps(row) + "\n")
-    self._file.flush()
     for key, value in row.items():
       if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
         self._writer.add_scalar(key, value, step)
 
   def has_eval(self, label: str) -> bool:
-    return any(r["label"] == label for r in self.eval_rows)
+    return any(row.get("label") == label for row in self.evals.rows)
 
   def write_eval(self, step: int, label: str, metrics: Mapping[int, Mapping[str, Any]]) -> None:
     """One row per size evaluated (`metrics` keyed by documents per episode), appended together."""
     rows = [{"step": step, "label": label, "num_docs": num_docs, **{k: _jsonable(v) for k, v in size.items()}}
             for num_docs, size in metrics.items()]
-    self.eval_rows += rows
+    self.evals.append(rows)
     if not self.enabled:
       return
-    with self.eval_path.open("a", encoding="utf-8") as f:
-      f.write("".join(json.dumps(row) + "\n" for row in rows))
     for row in rows:
       for key, value in row.items():
         if isinstance(value, float):
           self._writer.add_scalar(f"eval/{key}_{row['num_docs']}docs", value, step)
 
   def close(self) -> None:
-    if self._file is not None:
-      self._file.close()
+    if self._writer is not None:
       self._writer.close()
 
 

@@ -42,6 +42,7 @@ def split_task(config: TaskConfig) -> TaskSplit:
   With several synthetic worlds (`synthetic_worlds`), the held-out episodes are whole worlds (the first ones) that
   training never sees, and every example draws its documents from one world only. With `grpo_num_docs`, the same
   split is made again at that size for GRPO; no question held out at either size is trained on at the other.
+  `grpo_short_fraction` of GRPO's examples are then SFT-size training examples.
   """
   held_out, train = _split(config, config.long_context)
   task = TaskSplit(train_examples=tuple(e for e, _ in train),
@@ -54,6 +55,10 @@ def split_task(config: TaskConfig) -> TaskSplit:
   grpo_examples = tuple(e for e, _ in grpo_train if held_out_ids.isdisjoint(e.question_ids))
   if not grpo_examples:
     raise ValueError(f"no {config.grpo_num_docs}-document example is free of held-out questions")
+  # SFT-size examples after the longer ones (the pipeline shuffles them in; `eval_sets` reads the size of the first).
+  num_short = min(len(task.train_examples),
+                  round(len(grpo_examples) * config.grpo_short_fraction / (1.0 - config.grpo_short_fraction)))
+  grpo_examples += task.train_examples[:num_short]
   return dataclasses.replace(task, grpo_examples=grpo_examples, grpo_eval_episodes=tuple(
       Episode.from_example(e) for e, _ in grpo_held_out))
 
