@@ -179,8 +179,8 @@ def test_environments_and_methods_are_chosen_by_name():
   env = envs.make(AgentConfig(method="rag"))
   assert env.max_turns == AgentConfig().max_steps and env.disabled_kinds == tuple(range(1, 6))
   assert envs.make(AgentConfig(method="memagent")).method is long_context.METHODS["memagent"]
-  with pytest.raises(ValueError, match=r"AgentConfig.env 'web' is not one of \['long_context'\]"):
-    AgentConfig(env="web")
+  with pytest.raises(ValueError, match=r"AgentConfig.env 'browser' is not one of \['long_context', 'web'\]"):
+    AgentConfig(env="browser")
   with pytest.raises(configlib.ConfigError, match="'memgpt' is not one of"):
     configlib.from_dict(AgentConfig, {"method": "memgpt"})
   assert typing.get_args(Method) == tuple(long_context.METHODS)
@@ -189,7 +189,8 @@ def test_environments_and_methods_are_chosen_by_name():
 
 def test_an_environment_is_its_file(tmp_path):
   # Every module file of the package is an environment of its name: adding one is adding a file.
-  assert envs.ENVIRONMENTS == {"long_context": "atommem_jax.agent.envs.long_context"}
+  assert envs.ENVIRONMENTS == {"long_context": "atommem_jax.agent.envs.long_context",
+                               "web": "atommem_jax.agent.envs.web"}
   for name in ("base", "_helpers", "count_chunks", "web"):
     (tmp_path / f"{name}.py").write_text("")
   (tmp_path / "sub").mkdir()

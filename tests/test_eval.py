@@ -268,3 +268,82 @@ def test_many_synthetic_worlds_give_exactly_the_trainers_held_out_episodes(tmp_p
 def test_synthetic_worlds_is_checked():
   with pytest.raises(configlib.ConfigError, match="synthetic_worlds must be >= 1"):
     tiny_eval_config(pathlib.Path("ckpt"), datasets={"synthetic": dict(synthetic_worlds=0)})
+
+
+# ---------------------------------------------------------------------------------------------------- web datasets
+
+
+def test_web_summary_counts_tool_calls_by_name_and_the_judges_pass_rate():
+  from atommem_jax.eval import results, web_tasks
+  turn = lambda name: type("Turn", (), {"action": None if name is None else {"name": name, "arguments": {}}})
+  trajectory = type("T", (), {"turns": [turn("search"), turn("fetch_url"), turn("fetch_url"), turn(None)]})
+  assert web_tasks.tool_calls(trajectory) == {"search": 1, "fetch_url": 2}
+  first = results.EpisodeResult(
+      variant="atommem", dataset="webwalkerqa", num_docs=0, example_id="a", questions=("q1",), answers=(("x",),),
+      predictions=("\\boxed{x}",), op_counts={"add_memory": 1}, steps=4, storage_size=1, done=True,
+      tool_calls={"search": 1, "fetch_url": 2}, judge_scores=(1.0,))
+  second = dataclasses.replace(first, example_id="b", predictions=("",), tool_calls={"search": 3}, steps=6,
+                               judge_scores=(0.0,))
+  (row,) = results.summarize([first, second])
+  assert row["tools/search"] == 2.0 and row["tools/fetch_url"] == 1.0 and row["tools/all"] == 3.0
+  assert row["judge"] == 0.5 and row["em"] == 0.5 and row["num_docs"] == 0
+  assert results.tool_table([row]).splitlines() == [
+      "| variant | dataset | fetch_url | search | all calls | steps |", "|---|---|---:|---:|---:|---:|",
+      "| atommem | webwalkerqa | 1.00 | 2.00 | 3.00 | 5.00 |"]
+  report = results.markdown_report([row], checkpoint="c")
+  assert "| variant | webwalkerqa |" in report and "## Tool calls per episode" in report
+  assert "## LLM judge (pass rate)\n\n| variant | webwalkerqa |\n|---|---:|\n| atommem | 50.0 |" in report
+  # A long-context row has neither column.
+  (plain,) = results.summarize([dataclasses.replace(first, tool_calls=None, judge_scores=None, num_docs=8)])
+  assert "tools/all" not in plain and "judge" not in plain
+
+
+def tiny_web_eval_config(checkpoint: pathlib.Path, judge_url: str = "", **datasets) -> eval_config.EvalConfig:
+  config = experiment("eval_web", "tiny")
+  config.judge.update(url=judge_url, model="judge" if judge_url else "")
+  config.checkpoint = str(checkpoint)
+  config.expected_model = ""
+  config.tokenizer = "tiny"
+  config.datasets = datasets or {"synthetic_web": dict(seed=7, synthetic_worlds=2, synthetic_num_documents=16,
+                                                       synthetic_num_questions=1, max_examples=0,
+                                                       synthetic_question_kinds=("birth_country",))}
+  config.dataset_order = tuple(config.datasets)
+  config.agent.web.update(max_steps=2, tool_response_tokens=32)
+  config.sampler.update(max_new_tokens=8, prompt_buckets=(512,))
+  return eval_config.eval_config_from_dict(config)
+
+
+def test_synthetic_websites_are_served_and_evaluated_with_web_tables(checkpoint_dir, tmp_path):
+  # The judge is asked about answered questions only: the untrained model answers none, so the dead endpoint is
+  # never called and the judge column is 0.
+  config = tiny_web_eval_config(checkpoint_dir, judge_url="http://127.0.0.1:9/v1")
+  runner.evaluate(config, tmp_path, devices=jax.devices()[:1], progress=False)
+  (row,), trajectories = outputs(tmp_path)
+  assert (row["dataset"], row["num_docs"], row["episodes"], row["judge"]) == ("synthetic_web", 0, 2, 0.0)
+  assert "tools/all" in row and row["steps_per_episode"] <= 2
+  rows = [json.loads(line) for line in trajectories.splitlines()]
+  assert [r["episode_id"] for r in rows] == ["synthetic-7-0", "synthetic-8-0"]
+  # The readable rows hold each step's observation: the website to start from, and the last step's notice.
+  first, last = rows[0]["turns"][0]["observation"], rows[0]["turns"][-1]["observation"]
+  assert "Website: https://world7.example" in first and "Step 1 of 2." in first
+  assert "this is your last step. The tools are withdrawn" in last
+  assert len((tmp_path / "synthetic_web_corpus.jsonl").read_text().splitlines()) == 32  # 2 worlds x 16 pages
+  assert "## Tool calls per episode" in (tmp_path / "results.md").read_text()
+
+
+def test_a_native_web_dataset_without_tools_is_one_clear_error_and_writes_nothing(checkpoint_dir, tmp_path):
+  questions = tmp_path / "questions.jsonl"
+  questions.write_text(json.dumps({"question": "q?", "answers": ["a"]}) + "\n")
+  config = tiny_web_eval_config(checkpoint_dir, plain=dict(format="web_plain", path=str(questions), max_examples=0))
+  _assert_error_writes_nothing(config, tmp_path / "out", "dataset plain \\(web_plain\\) needs its tools")
+  raw = experiment("eval_web", "tiny")
+  raw.checkpoint = "ckpt"
+  raw.judge.url = "http://127.0.0.1:9/v1"
+  with pytest.raises(configlib.ConfigError, match="judge.model is empty"):
+    eval_config.eval_config_from_dict(raw)
+
+
+def test_the_device_engine_is_refused_for_a_web_dataset_before_anything_is_written(checkpoint_dir, tmp_path):
+  from atommem_jax.rollout_engine import RolloutEngineConfig
+  config = dataclasses.replace(tiny_web_eval_config(checkpoint_dir), rollout=RolloutEngineConfig(engine="device"))
+  _assert_error_writes_nothing(config, tmp_path / "out", match=r"rollout.engine='device'.*agent.env='web'")

@@ -5,7 +5,7 @@ import pathlib
 import pytest
 
 from atommem_jax import configlib, rollout_engine
-from atommem_jax.agent.config import AgentConfig, RolloutConfig
+from atommem_jax.agent.config import AgentConfig, RolloutConfig, WebConfig
 from atommem_jax.agent.engines import device, host
 from atommem_jax.data.tokenizer import load_tiny_tokenizer
 from atommem_jax.memory.config import MemoryConfig
@@ -58,5 +58,14 @@ def test_each_name_is_its_engine_and_an_engine_that_cannot_serve_the_run_is_refu
   with pytest.raises(configlib.ConfigError, match=r"rollout.engine='device'.*memory.spill"):
     rollout_engine.check(rollout_engine.RolloutEngineConfig(engine="device"), tokenizer=tokenizer,
                          rollout_config=spilling, sampler=None)
+  # The web environment runs its tools on the host: refused by name, from the config alone (no server is reached:
+  # nothing listens on this port).
+  web = RolloutConfig(agent=AgentConfig(env="web", web=WebConfig(server_url="http://127.0.0.1:9/mcp")),
+                      memory=MemoryConfig())
+  rollout_engine.check(rollout_engine.RolloutEngineConfig(engine="host"), tokenizer=tokenizer, rollout_config=web,
+                       sampler=None)
+  with pytest.raises(configlib.ConfigError, match=r"rollout.engine='device'.*agent.env='web'.*runs any tools"):
+    rollout_engine.check(rollout_engine.RolloutEngineConfig(engine="device"), tokenizer=tokenizer,
+                         rollout_config=web, sampler=None)
   with pytest.raises(configlib.ConfigError, match=r"rollout.engine: 'gpu' is not one of \('host', 'device'\)"):
     configlib.from_dict(TrainConfig, {"rollout": {"engine": "gpu"}})

@@ -80,3 +80,42 @@ def test_regeneration_is_byte_identical(tmp_path):
   for name in names:
     with open(tmp_path / name, "rb") as a, open(os.path.join(committed, name), "rb") as b:
       assert a.read() == b.read(), name
+
+
+def test_chat_template_names_the_tools_it_is_given(tok):
+  messages = [{"role": "system", "content": "You search."}, {"role": "user", "content": "Question: Who?"}]
+  tools = [{"type": "function", "function": {"name": "search", "description": "Search the web.", "parameters": {
+      "type": "object", "properties": {"query": {"type": "string"}, "num_results": {"type": "integer"}}}}},
+           {"type": "function", "function": {"name": "fetch_url", "description": "Fetch a page.", "parameters": {
+               "type": "object", "properties": {"url": {"type": "string"}}}}}]
+  text = tok.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+  assert text == ("<|im_start|>system\nYou search.\nTools: search(query, num_results) fetch_url(url)<|im_end|>\n"
+                  "<|im_start|>user\nQuestion: Who?<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.fixture(scope="module")
+def web_tok():
+  return tiny.load_tiny_tokenizer(tiny.tiny_web_tokenizer_dir())
+
+
+def test_web_variant_keeps_the_tags_and_names_and_makes_calls_short(web_tok):
+  assert len(web_tok) <= tiny.VOCAB_SIZE and web_tok.eos_token_id == 2 and web_tok.pad_token_id == 0
+  for tag in tiny.PROTOCOL_TAGS + tiny.TOOL_CALL_TAGS:
+    assert len(web_tok.encode(tag, add_special_tokens=False)) == 1, tag
+  for name in synthetic.SHORT_NAMES:
+    assert len(web_tok.encode(name)) == 1 and len(web_tok.encode(f" {name}")) == 1, name
+  call = ('<tool_call>{"name": "fetch_url", "arguments": {"url": "https://world17.example/wiki/Riti"}}'
+          '</tool_call>')
+  ids = web_tok.encode(call, add_special_tokens=False)
+  assert web_tok.decode(ids) == call and len(ids) <= 30
+  assert len(tiny.load_tiny_tokenizer().encode(call, add_special_tokens=False)) > 80
+
+
+def test_web_regeneration_is_byte_identical(tmp_path):
+  tiny.train_tiny_tokenizer(str(tmp_path), web=True)
+  committed = tiny.tiny_web_tokenizer_dir()
+  names = sorted(os.listdir(tmp_path))
+  assert names == sorted(n for n in os.listdir(committed) if not n.startswith("__"))
+  for name in names:
+    with open(tmp_path / name, "rb") as a, open(os.path.join(committed, name), "rb") as b:
+      assert a.read() == b.read(), name

@@ -1,5 +1,6 @@
-"""`AgentConfig`: the environment, the method (AtomMem or a baseline) and its ablations, in one frozen dataclass;
-`RolloutConfig`: that, the memory, and the samples per episode, for a rollout engine."""
+"""`AgentConfig`: the environment, the method (AtomMem or a baseline) and its ablations, in one frozen dataclass
+(the web environment's own settings in `WebConfig`, its `web` field); `RolloutConfig`: that, the memory, and the
+samples per episode, for a rollout engine."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,11 +8,45 @@ from typing import Literal
 
 from atommem_jax.agent import envs
 from atommem_jax.memory.config import MemoryConfig
+from atommem_jax.metrics.judge import JudgeConfig
 
 # The long-context reader's methods: the rows of `envs.long_context.METHODS` (a test holds the two equal).
 Method = Literal["atommem", "memagent", "rag", "full_context"]
 # The rewards a config may name: the keys of `rewards.REWARDS` (a test holds the two equal).
-Reward = Literal["per_question", "released_union"]
+Reward = Literal["per_question", "released_union", "web_boxed", "llm_judge"]
+
+
+@dataclasses.dataclass(frozen=True)
+class WebConfig:
+  """The web environment (`envs.web`): its step cap, what it shows of a tool response, and where the tools are.
+
+  max_steps: the step cap (10, as released); on the last step the tools are withdrawn. (`AgentConfig.max_steps` is
+    the long-context reader's.)
+  tool_response_tokens: the previous tool response (or response) is cut to this many tokens in the observation.
+  tools: the server's tools offered to the model (a listed one the server lacks is left out).
+  server_url / server_command: the MCP server, over streamable HTTP (`http://H:P/mcp`) or as a stdio child process
+    (a shell-quoted command line). With neither, `corpus` (a corpus JSONL file) is served by our corpus server on a
+    free localhost port for as long as the environment lives; `corpus_flags` are that server's extra flags.
+  call_timeout_s: each tool call's limit; a call past it answers with a timeout message.
+  """
+
+  max_steps: int = 10
+  tool_response_tokens: int = 4000
+  tools: tuple[str, ...] = ("search", "fetch_url")
+  server_url: str = ""
+  server_command: str = ""
+  corpus: str = ""
+  corpus_flags: tuple[str, ...] = ()
+  call_timeout_s: float = 60.0
+
+  def __post_init__(self):
+    if self.max_steps < 1 or self.tool_response_tokens < 1 or self.call_timeout_s <= 0:
+      raise ValueError(f"WebConfig: max_steps, tool_response_tokens and call_timeout_s must be positive: {self}")
+    if sum(map(bool, (self.server_url, self.server_command, self.corpus))) > 1:
+      raise ValueError(f"WebConfig: give at most one of server_url, server_command and corpus, got "
+                       f"{self.server_url!r}, {self.server_command!r}, {self.corpus!r}")
+    if not self.tools:
+      raise ValueError("WebConfig.tools is empty: offer at least one tool")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +72,13 @@ class AgentConfig:
     last parts are read; the released behaviour) or "tail" (the chunks past `max_chunks` dropped).
   reward: the reward function a rollout scores trajectories with, a name of `agent.rewards.REWARDS`:
     "per_question" (each question's answer against its own gold answers, averaged) or "released_union" (every
-    accepted answer against the union of the episode's gold answers, summed and divided by the questions).
+    accepted answer against the union of the episode's gold answers, summed and divided by the questions),
+    "web_boxed" (the released web reward: each answer boxed, in the released 300-character window) or "llm_judge"
+    (an OpenAI-compatible chat endpoint grades each answer pass / fail: `judge.url`, `judge.model`).
+  judge: the endpoint the "llm_judge" reward calls (`metrics.judge.JudgeConfig`).
   The released experiment files set `chunking="released"`, `truncation="middle"`, `template_dir="released"`; the
   defaults here keep the embedded default's numbers.
+  web: the web environment's settings (`WebConfig`); the ablation switches and `query_limit` apply there too.
   """
 
   method: Method = "atommem"
@@ -59,6 +98,8 @@ class AgentConfig:
   chunking: Literal["released", "stride"] = "stride"
   truncation: Literal["middle", "tail"] = "tail"
   reward: Reward = "per_question"
+  judge: JudgeConfig = JudgeConfig()
+  web: WebConfig = WebConfig()
 
   def __post_init__(self):
     if self.env not in envs.ENVIRONMENTS:
@@ -69,6 +110,8 @@ class AgentConfig:
     for name in ("max_chunks", "max_steps", "query_limit", "context_tokens"):
       if getattr(self, name) < 1:
         raise ValueError(f"AgentConfig.{name} must be >= 1, got {getattr(self, name)}")
+    if self.reward == "llm_judge" and not (self.judge.url and self.judge.model):
+      raise ValueError("AgentConfig.reward llm_judge needs judge.url and judge.model (an OpenAI-compatible endpoint)")
 
 
 @dataclasses.dataclass(frozen=True)

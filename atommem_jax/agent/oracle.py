@@ -67,7 +67,7 @@ class OraclePolicy:
                    key=lambda q: (observation.find(q.record.question), -len(q.record.question)))
     if not self.has_storage:
       visible = [f for f in question.facts if f.sentence in observation]
-      answer = _derive(question.kind, visible) if len(visible) == len(question.facts) else "unknown"
+      answer = derive_answer(question.kind, visible) if len(visible) == len(question.facts) else "unknown"
       return op_table.tag(op_table.FINAL_ANSWER, f"\\boxed{{{answer}}}")
     return self._answer(question, shown, scratchpad)
 
@@ -91,12 +91,12 @@ class OraclePolicy:
       # The facts first, in reasoning order: each step of the chain is then a lookup in view, and the answer is
       # the last word just written.
       reasoning = " ".join(f.sentence for f in question.facts)
-      return reasoning + op_table.tag(op_table.FINAL_ANSWER, f"\\boxed{{{_derive(question.kind, visible)}}}")
+      return reasoning + op_table.tag(op_table.FINAL_ANSWER, f"\\boxed{{{derive_answer(question.kind, visible)}}}")
     keep = " ".join(f.sentence for f in visible) or "Looking for the facts."
     return op_table.tag(op_table.UPDATE_MEMORY, keep) + op_table.tag(op_table.UPDATE_QUERY, missing[0].sentence)
 
 
-def _derive(kind: str, facts: Sequence[Fact]) -> str:
+def derive_answer(kind: str, facts: Sequence[Fact]) -> str:
   if kind == "earlier":
     return min(facts, key=lambda f: int(f.object)).subject
   return facts[-1].object

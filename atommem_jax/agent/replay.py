@@ -1,8 +1,8 @@
 """Replaying a hand-written transcript through the real environment and memory: the work behind the replay CLI.
 
-  python -m atommem_jax.replay --transcript FILE.json
+  python -m atommem_jax.replay --transcript FILE.json [--mcp_url URL | --mcp_command CMD]
 
-The transcript is
+A long-context transcript is
   {"document": str, "questions": [str], "answers": [[str]], "config": {...}, "responses": [str, ...]}
 where `config` overrides fields of `agent.config.AgentConfig` (chunk_tokens, overlap_tokens, max_chunks, max_steps,
 query_limit, query_limit_action, method, ablation switches, chunking, truncation, reward, template_dir, ...) and of
@@ -21,6 +21,16 @@ Exactly one JSON object is printed:
 message); `reward` is the one `config.reward` names; storage is in creation order; an unanswered question's answer
 is "". Op type names are those of `agent.protocol` (`update_memory, update_query, add_memory, modify_memory,
 delete_memory, final_answer, invalid`).
+
+A web transcript (`envs.web`) is
+  {"env": "web", "questions": [str], "answers": [[str]], "config": {...}, "responses": [str, ...]}
+with the same `config` keys; the web environment's own are under `"web"` (`agent.config.WebConfig`: max_steps,
+tool_response_tokens, tools, server_url, server_command, corpus, ...). The tools come from the MCP server that
+`mcp_url` (streamable HTTP) or `mcp_command` (stdio) names, else from the one the config's `web` section names. The
+printed object is the same, and each turn also has
+  "tool_call": {"name": str, "arguments": {...}} | null      the call that ran after the turn's memory ops
+  "tool_response": str | null                                what the tool answered (an error is its text)
+A call that could not run (malformed, on the last step) is an `invalid` op and its turn's `tool_call` is null.
 """
 from __future__ import annotations
 
@@ -30,6 +40,7 @@ from typing import Any
 from atommem_jax import configlib
 from atommem_jax.agent.config import AgentConfig, RolloutConfig
 from atommem_jax.agent.engines import host
+from atommem_jax.agent.envs import web
 from atommem_jax.agent.envs.long_context import Episode
 from atommem_jax.memory.config import MemoryConfig
 
@@ -57,15 +68,23 @@ def split_config(overrides: dict[str, Any], where: str) -> tuple[AgentConfig, Me
   return agent, memory, tools
 
 
+ENVS = ("long_context", "web")
+
+
 def _check_transcript(transcript: Any, where: str) -> None:
   if not isinstance(transcript, dict):
     raise ValueError(f"{where}: the transcript must be a JSON object")
-  expected = {"document": str, "questions": list, "answers": list, "responses": list}
+  env = transcript.get("env", "long_context")
+  if env not in ENVS:
+    raise ValueError(f"{where}: \"env\" must be one of {list(ENVS)}, got {env!r}")
+  expected = {"questions": list, "answers": list, "responses": list}
+  if env == "long_context":
+    expected["document"] = str
   for key, kind in expected.items():
     if not isinstance(transcript.get(key), kind):
       raise ValueError(f"{where}: key {key!r} must be a {kind.__name__}, got "
                        f"{type(transcript.get(key)).__name__ if key in transcript else 'nothing'}")
-  unknown = sorted(set(transcript) - set(expected) - {"config"})
+  unknown = sorted(set(transcript) - set(expected) - {"config", "env"})
   if unknown:
     raise ValueError(f"{where}: unknown top-level key(s) {unknown}")
   if not all(isinstance(q, str) for q in transcript["questions"]):
@@ -88,22 +107,59 @@ def _load_tools(tools: dict[str, Any], memory: MemoryConfig, where: str) -> tupl
   return tokenizer, embed_fn
 
 
-def replay(transcript: dict[str, Any], where: str = "transcript") -> dict[str, Any]:
-  """Runs the transcript (see the module docstring) and returns the JSON-ready result."""
+def _with_tool_server(agent: AgentConfig, mcp_url: str, mcp_command: str, where: str) -> AgentConfig:
+  """The agent config with the command line's tool server, which replaces any the transcript names."""
+  if mcp_url and mcp_command:
+    raise ValueError(f"{where}: give --mcp_url or --mcp_command, not both")
+  if not (mcp_url or mcp_command):
+    if not (agent.web.server_url or agent.web.server_command or agent.web.corpus):
+      raise ValueError(f"{where}: a web transcript needs a tool server: --mcp_url URL or --mcp_command CMD (or "
+                       f"web.server_url / web.server_command / web.corpus in its config)")
+    return agent
+  return dataclasses.replace(agent, web=dataclasses.replace(agent.web, server_url=mcp_url, server_command=mcp_command,
+                                                            corpus=""))
+
+
+def replay(transcript: dict[str, Any], where: str = "transcript", *, mcp_url: str = "",
+           mcp_command: str = "") -> dict[str, Any]:
+  """Runs the transcript (see the module docstring) and returns the JSON-ready result; `mcp_url` / `mcp_command`
+  name a web transcript's tool server."""
   _check_transcript(transcript, where)
-  agent, memory, tools = split_config(transcript.get("config", {}), where)
+  env_name = transcript.get("env", "long_context")
+  if env_name != "web" and (mcp_url or mcp_command):
+    raise ValueError(f"{where}: --mcp_url / --mcp_command are for web transcripts only (\"env\": \"web\")")
+  agent, memory, tools = split_config({**transcript.get("config", {}), "env": env_name}, where)
   tokenizer, embed_fn = _load_tools(tools, memory, where)
-  episode = Episode(id=where, document=transcript["document"], questions=tuple(transcript["questions"]),
-                    answers=tuple(tuple(a) for a in transcript["answers"]))
+  questions, answers = tuple(transcript["questions"]), tuple(tuple(a) for a in transcript["answers"])
   responses = iter(transcript["responses"])
   policy = lambda observations: [next(responses) for _ in observations]
-  (trajectory,) = host.rollout([episode], policy, tokenizer=tokenizer, embed_fn=embed_fn,
-                               config=RolloutConfig(agent=agent, memory=memory), max_turns=len(transcript["responses"]))
+  if env_name == "web":
+    agent = _with_tool_server(agent, mcp_url, mcp_command, where)
+  rollout_config = RolloutConfig(agent=agent, memory=memory)
+  if env_name == "web":
+    with web.make(agent) as env:
+      (trajectory,) = host.rollout([web.Episode(id=where, questions=questions, answers=answers)], policy,
+                                   tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config, env=env,
+                                   max_turns=len(transcript["responses"]))
+  else:
+    episode = Episode(id=where, document=transcript["document"], questions=questions, answers=answers)
+    (trajectory,) = host.rollout([episode], policy, tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config,
+                                 max_turns=len(transcript["responses"]))
+  return _result(trajectory, with_tools=env_name == "web")
+
+
+def _result(trajectory: Any, with_tools: bool) -> dict[str, Any]:
+  turns = []
+  for t in trajectory.turns:
+    turn = {"chunk_index": t.chunk_index, "phase": t.phase,
+            "ops": [{"type": op["type"], "valid": op["valid"]} for op in t.ops], "retrieved": t.retrieved,
+            "observation": t.observation}
+    if with_tools:
+      turn["tool_call"] = t.action
+      turn["tool_response"] = t.action_result["text"] if t.action_result is not None else None
+    turns.append(turn)
   return {
-      "turns": [{"chunk_index": t.chunk_index, "phase": t.phase,
-                 "ops": [{"type": op["type"], "valid": op["valid"]} for op in t.ops], "retrieved": t.retrieved,
-                 "observation": t.observation}
-                for t in trajectory.turns],
+      "turns": turns,
       "final": {"scratchpad": trajectory.scratchpad, "storage": trajectory.storage, "query": trajectory.query,
                 "answers": [a if a is not None else "" for a in trajectory.answers], "reward": trajectory.reward,
                 "done": trajectory.done},

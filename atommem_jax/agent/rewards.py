@@ -13,8 +13,11 @@ import numpy as np
 
 from atommem_jax import op_table
 from atommem_jax.metrics.boxed import boxed_exact_match
+from atommem_jax.metrics.judge import JudgeConfig, LLMJudge, web_boxed_reward
 
 RewardFn = Callable[[Any], float]
+# `fn(question, final_response, answers) -> float`: the web rewards of `metrics.judge` (boxed window, LLM judge).
+ResponseRewardFn = Callable[[str, str, Sequence[str]], float]
 _ANSWER_NAMES = frozenset(spec.name for spec in op_table.OPS if spec.role == "answer")
 
 
@@ -27,6 +30,19 @@ def episode_reward(answers: Sequence[str | None], golds: Sequence[Sequence[str]]
 def per_question_boxed_em(trajectory: Any) -> float:
   """The default reward: `episode_reward` of the trajectory's accepted answers against each question's golds."""
   return episode_reward(trajectory.answers, trajectory.gold_answers)
+
+
+def per_question_response_reward(fn: ResponseRewardFn) -> RewardFn:
+  """A reward on a final response (`metrics.judge.make_reward_fn`: the released boxed window or an LLM judge) as a
+  trajectory reward: each question's accepted answer is given to `fn` as the protocol boxes it, averaged over the
+  questions; an unanswered question scores 0 without calling `fn` (no judge request for an empty answer)."""
+
+  def reward(trajectory: Any) -> float:
+    scores = [fn(q, f"\\boxed{{{a}}}", g) if a is not None else 0.0
+              for q, a, g in zip(trajectory.questions, trajectory.answers, trajectory.gold_answers)]
+    return float(np.mean(scores))
+
+  return reward
 
 
 def accepted_answers(trajectory: Any) -> list[str]:
@@ -43,13 +59,22 @@ def released_union_boxed_em(trajectory: Any) -> float:
   return float(hits) / len(trajectory.questions)
 
 
-REWARDS: dict[str, RewardFn] = {
+REWARDS: dict[str, RewardFn | None] = {
     "per_question": per_question_boxed_em,
     "released_union": released_union_boxed_em,
+    # The released web reward: each answer boxed, scored in the released window (`metrics.judge.web_boxed_reward`).
+    "web_boxed": per_question_response_reward(web_boxed_reward),
+    # An LLM judge's pass / fail per question (`metrics.judge.LLMJudge`), built from the config's judge endpoint.
+    "llm_judge": None,
 }
 
 
-def by_name(name: str) -> RewardFn:
+def by_name(name: str, judge: JudgeConfig | None = None) -> RewardFn:
+  """The reward `name` names; "llm_judge" calls the endpoint `judge` names (`AgentConfig.judge`)."""
   if name not in REWARDS:
     raise ValueError(f"unknown reward {name!r}; known: {sorted(REWARDS)}")
+  if name == "llm_judge":
+    if judge is None or not (judge.url and judge.model):
+      raise ValueError("reward llm_judge needs a judge endpoint: set agent.judge.url and agent.judge.model")
+    return per_question_response_reward(LLMJudge(judge))
   return REWARDS[name]

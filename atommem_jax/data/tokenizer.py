@@ -1,6 +1,7 @@
 """The tiny default tokenizer: a byte-level BPE trained on the synthetic task and the agent protocol's text.
 
   python -m atommem_jax.data.tokenizer --overwrite        # regenerates atommem_jax/assets/tiny_tokenizer/
+  python -m atommem_jax.data.tokenizer --web --overwrite  # regenerates atommem_jax/assets/tiny_web_tokenizer/
   python -m atommem_jax.data.tokenizer --output /tmp/tok   # somewhere else
 
 An existing output directory is replaced only with `--overwrite`, and then whole: the new files are written beside it
@@ -16,12 +17,19 @@ The result loads with `transformers.AutoTokenizer.from_pretrained(dir)` (or `loa
 - every two-syllable name of the synthetic task (`synthetic.SHORT_NAMES`) as one token, with or without a leading
   space, so copying a name from the context is a single-token lookup for a tiny model;
 - a Qwen-style chat template (`<|im_start|>role\\ncontent<|im_end|>\\n`, `add_generation_prompt` opens the
-  assistant turn).
+  assistant turn); given `tools=` (OpenAI-style function schemas), it ends the first message with one line naming
+  each tool and its parameters, `Tools: search(query, num_results) fetch_url(url, purpose, page)`: Qwen3's template
+  prints the whole schemas, too many tokens for a tiny model's context.
+The web variant (`web=True`, `assets/tiny_web_tokenizer/`, the web environment's tiny default) also learns the
+web environment's text (urls of the synthetic sites, tool-call JSON, search results, fetched pages) and holds
+`<tool_call>` and `</tool_call>` as single added tokens, so a call costs about 30 tokens instead of 90.
 Training is deterministic: the same code regenerates byte-identical files.
 """
 from __future__ import annotations
 
 import importlib.resources
+import itertools
+import json
 import os
 import random
 from typing import Iterator, Sequence
@@ -35,13 +43,19 @@ EOS_TOKEN = "<|im_end|>"
 SPECIAL_TOKENS = (PAD_TOKEN, IM_START, EOS_TOKEN)
 # The op table's tags, opening then closing, think last: their order fixes their ids in the committed asset.
 PROTOCOL_TAGS = op_table.tag_tokens()
+# Qwen's tool-call tags (`tools.tool_calls.OPEN_TAG` / `CLOSE_TAG`), added tokens of the web variant only.
+TOOL_CALL_TAGS = ("<tool_call>", "</tool_call>")
 # Qwen2/3's split: contractions, letter runs (with one leading non-letter), single digits, punctuation runs,
 # newlines, spaces. One change: `{` never leads a letter run, so an answer in `\\boxed{...}` tokenizes as the same
 # word does at the start of a line.
 SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}{]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 CHAT_TEMPLATE = ("{%- for message in messages %}"
-                 "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+                 "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] }}"
+                 "{%- if loop.first and tools %}{{- '\\nTools:' }}{%- for tool in tools %}"
+                 "{{- ' ' + tool['function']['name'] + '(' + (tool['function']['parameters']['properties'] | join(', '))"
+                 " + ')' }}{%- endfor %}{%- endif %}"
+                 "{{- '<|im_end|>' + '\\n' }}"
                  "{%- endfor %}"
                  "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
 
@@ -71,6 +85,27 @@ Answer with a single word or number.
 """
 
 
+# The web environment's wording (its templates, the tool-call slot, the chat template's tools line).
+WEB_TEXT = """\
+Answer the question by searching the web and reading pages; you see only your last tool call and its result.
+You answer a question by searching the web and reading pages. Each step you see only your last tool call and its
+result, so keep what you learn in your own memory. Fetch at most one URL per call.
+Tools: search(query, num_results) fetch_url(url, purpose, page)
+Website: https://world17.example
+Website: (none)
+Reads in a row: 0 of 3
+Your last step:
+(nothing yet: this is your first step)
+You made no tool call. Your response was:
+Your tool call did not run (tool call is not JSON and could not be repaired). Your response was:
+Tool response:
+Step 1 of 10.
+Step 10 of 10: this is your last step. The tools are withdrawn; answer now with
+Error: cannot fetch 'https://world3.example/wiki/Kada': no such page
+No results for 'world3.example Kada'.
+"""
+
+
 def _render_memory(facts: Sequence[str]) -> str:
   return "\n".join(f"Memory {i + 1}: {fact}" for i, fact in enumerate(facts)) if facts else "No memory."
 
@@ -97,8 +132,40 @@ def training_corpus(seed: int = 0) -> Iterator[str]:
     yield f"The answer is \\boxed{{{answer}}}\n\\boxed{{{answer}}}"
 
 
-def train_tiny_tokenizer(output_dir: str, seed: int = 0) -> None:
-  """Trains the tokenizer and saves it (tokenizer.json, tokenizer_config.json, ...) into `output_dir`."""
+def web_training_corpus(seed: int = 0, num_worlds: int = 400) -> Iterator[str]:
+  """The web environment's text on synthetic sites: fetched pages, search results and tool calls as the corpus
+  server and the web oracle write them."""
+  from atommem_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  for _ in range(20):
+    yield WEB_TEXT
+  rng = random.Random(seed)
+  for world in range(num_worlds):
+    task = synthetic.generate(synthetic.SyntheticConfig(seed=seed + world, num_documents=16, num_questions=1))
+    host = f"world{rng.randrange(2000)}.example"
+    url = lambda name: f"https://{host}/wiki/{name}"  # pylint: disable=cell-var-from-loop
+    titles = {doc.title for doc in task.documents}
+    pages = {}
+    for doc in task.documents:
+      sentences = [f.sentence if f.object not in titles else f.sentence[:-1] + f" ({url(f.object)})."
+                   for f in task.facts if f.title == doc.title]
+      pages[doc.title] = "\n\n".join([doc.title] + sentences + [host])
+    names = sorted(pages)
+    for name in names:
+      call = json.dumps({"name": "fetch_url", "arguments": {"url": url(name)}})
+      yield (f"<tool_call>{call}</tool_call>\nYou called fetch_url {json.dumps({'url': url(name)})}\n"
+             f"Tool response:\nTitle: {name}\nURL: {url(name)}\nPart 1 of 1\n\n{pages[name]}")
+    for _ in range(4):
+      query = f"{host} {rng.choice(names)}"
+      hits = rng.sample(names, 3)
+      call = json.dumps({"name": "search", "arguments": {"query": query}})
+      yield (f"<tool_call>{call}</tool_call>\nYou called search {json.dumps({'query': query})}\nTool response:\n"
+             + "\n\n".join(f"{i}. {name}\nURL: {url(name)}\n{' '.join(pages[name].split())}"
+                            for i, name in enumerate(hits, start=1)))
+
+
+def train_tiny_tokenizer(output_dir: str, seed: int = 0, web: bool = False) -> None:
+  """Trains the tokenizer (the web variant with `web`) and saves it (tokenizer.json, tokenizer_config.json, ...)
+  into `output_dir`."""
   import tokenizers  # pylint: disable=g-import-not-at-top
   from tokenizers import decoders, models, pre_tokenizers, trainers  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
@@ -109,11 +176,15 @@ def train_tiny_tokenizer(output_dir: str, seed: int = 0) -> None:
       pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
   ])
   tokenizer.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE - len(PROTOCOL_TAGS), min_frequency=2,
+  added_tags = PROTOCOL_TAGS + (TOOL_CALL_TAGS if web else ())
+  trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE - len(added_tags), min_frequency=2,
                                 special_tokens=list(SPECIAL_TOKENS),
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-  tokenizer.train_from_iterator(training_corpus(seed), trainer=trainer)
-  tokenizer.add_tokens([tokenizers.AddedToken(tag, special=False, normalized=False) for tag in PROTOCOL_TAGS])
+  corpus = training_corpus(seed)
+  if web:
+    corpus = itertools.chain(corpus, web_training_corpus(seed))
+  tokenizer.train_from_iterator(corpus, trainer=trainer)
+  tokenizer.add_tokens([tokenizers.AddedToken(tag, special=False, normalized=False) for tag in added_tags])
   if tokenizer.get_vocab_size() > VOCAB_SIZE:
     raise AssertionError(f"tokenizer has {tokenizer.get_vocab_size()} ids, more than {VOCAB_SIZE}")
   wrapped = transformers.PreTrainedTokenizerFast(
@@ -126,6 +197,10 @@ def train_tiny_tokenizer(output_dir: str, seed: int = 0) -> None:
 
 def tiny_tokenizer_dir() -> str:
   return str(importlib.resources.files("atommem_jax") / "assets" / "tiny_tokenizer")
+
+
+def tiny_web_tokenizer_dir() -> str:
+  return str(importlib.resources.files("atommem_jax") / "assets" / "tiny_web_tokenizer")
 
 
 def load_tiny_tokenizer(path: str | None = None):
@@ -142,12 +217,13 @@ def main(argv: Sequence[str]) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
 
   from atommem_jax import atomic_files, cli  # pylint: disable=g-import-not-at-top
-  output = flags.FLAGS.output or tiny_tokenizer_dir()
+  web = flags.FLAGS.web
+  output = flags.FLAGS.output or (tiny_web_tokenizer_dir() if web else tiny_tokenizer_dir())
   if os.path.exists(output) and not os.path.isdir(output):
     raise cli.CliError(f"--output {output} is a file, not a directory")
   if os.path.isdir(output) and os.listdir(output) and not flags.FLAGS.overwrite:
     raise cli.CliError(f"--output {output} exists; pass --overwrite to replace it")
-  atomic_files.replace_dir(output, lambda staging: train_tiny_tokenizer(str(staging)))
+  atomic_files.replace_dir(output, lambda staging: train_tiny_tokenizer(str(staging), web=web))
   print(f"wrote {output}")
 
 
@@ -155,6 +231,8 @@ if __name__ == "__main__":
   from absl import flags  # pylint: disable=g-import-not-at-top
 
   from atommem_jax import cli  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("output", None, "Where to save; the package's assets/tiny_tokenizer by default.")
+  flags.DEFINE_string("output", None, "Where to save; the package's assets/tiny_tokenizer (or tiny_web_tokenizer) "
+                      "by default.")
   flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
+  flags.DEFINE_bool("web", False, "The web variant (the web environment's text, tool-call tags as added tokens).")
   cli.run(main)

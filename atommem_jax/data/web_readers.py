@@ -8,7 +8,8 @@ Formats:
   `Level` (1-3, an int or a digit string), `Final answer`, `file_name` (an attachment beside the metadata file, may be
   empty), and optionally `Annotator Metadata`. The test split hides its answers as `"?"`: such a question has no gold
   answer (`answers == ()`), so every reward on it is 0.
-- Plain: JSON lines of `{question, answers: [str, ...]}` with an optional string `id`.
+- Plain: JSON lines of `{question, answers: [str, ...]}` with an optional string `id` and an optional `root_url`
+  (the website to start from, as WebWalkerQA's).
 
 A row that lacks a field or holds a wrong type raises one `DataFormatError` naming the file and the row (the list
 index or the 0-based line number), or is skipped and counted with `WebReaderConfig(on_bad_row="skip")`.
@@ -119,7 +120,8 @@ def _plain_row(row: Any, index: int, path: str) -> WebQuestion | None:
   qid = row.get("id", f"plain-{index}")
   if not isinstance(qid, str):
     raise _BadRow(f"field 'id' should be str, got {type(qid).__name__}")
-  return WebQuestion(record=_record(qid, question, answers, "plain"))
+  root_url = _field(row, "root_url", str) if "root_url" in row else ""
+  return WebQuestion(record=_record(qid, question, answers, "plain"), root_url=root_url)
 
 
 def _parquet_rows(path: str) -> list[tuple[int, Any]]:

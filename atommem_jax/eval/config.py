@@ -16,9 +16,17 @@ from atommem_jax import configlib
 from atommem_jax.agent.config import AgentConfig
 from atommem_jax.rollout_engine import RolloutEngineConfig
 from atommem_jax.memory.config import MemoryConfig
+from atommem_jax.metrics.judge import JudgeConfig
 from atommem_jax.sampling.config import SamplerConfig
 
-DATASET_FORMATS = ("hotpotqa", "2wiki", "musique", "synthetic")
+# Long-context datasets, then web ones (answered in the web environment, `agent.env` set to "web" for them).
+LONG_CONTEXT_FORMATS = ("hotpotqa", "2wiki", "musique", "synthetic")
+WEB_FORMATS = ("webwalkerqa", "gaia", "web_plain", "synthetic_web")
+DATASET_FORMATS = LONG_CONTEXT_FORMATS + WEB_FORMATS
+
+
+class EvalError(ValueError):
+  """An evaluation input that cannot be used; the message names the file, key or value (`runner.EvalError`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +35,10 @@ class DatasetSpec:
 
   format: the reader ("" = the map key); label: the name in tables ("" = the map key). A key must be a Python
     identifier for `--config.datasets.KEY...` to reach it, hence `twowiki` with format and label "2wiki".
-  path: the native file (unused for `synthetic`). max_examples: the first examples only (0 = all).
+  path: the native file (unused for `synthetic` and `synthetic_web`). max_examples: the first examples only (0 = all).
+  Web datasets (`webwalkerqa`, `gaia`, `web_plain`: `data.web_readers`) have no document count (`num_docs` is
+    ignored; tables show 0) and use the tool server `agent.web` names; `synthetic_web` is `synthetic_worlds` worlds
+    (the `synthetic_*` sizes) served as websites by our corpus server, from a corpus written to the output dir.
   seed: distractors, document order and bundling (and the synthetic world) derive from it.
   single_question_fraction / min_bundle_size / max_bundle_size / gold: as in `data.long_context.LongContextConfig`
     (the released evaluation: 0.5, 2, 10, "all_context").
@@ -80,6 +91,8 @@ class EvalConfig:
   embedder: "hashing" (weight-free) or a Qwen3-Embedding checkpoint dir (HF or Orbax), as in training.
   rollout: the rollout engine (`rollout.engine`: "host" | "device"; see `rollout_engine`).
   batch_size: episodes per rollout batch.
+  judge: an OpenAI-compatible endpoint (`metrics.judge.JudgeConfig`; its `url` empty = none) that grades every web
+    question's final answer pass/fail: a `judge` column beside EM.
   variant_order / dataset_order: the order of rows and columns in the tables (ConfigDicts sort their keys, so the
     order cannot come from the maps); names left out follow in sorted order.
   """
@@ -97,6 +110,7 @@ class EvalConfig:
   memory: MemoryConfig = MemoryConfig()
   sampler: SamplerConfig = SamplerConfig(greedy=True)
   rollout: RolloutEngineConfig = RolloutEngineConfig()
+  judge: JudgeConfig = JudgeConfig()
   variant_order: tuple[str, ...] = ()
   dataset_order: tuple[str, ...] = ()
 
@@ -110,6 +124,8 @@ class EvalConfig:
       raise configlib.ConfigError("EvalConfig.datasets is empty: nothing to evaluate")
     if not self.variants:
       raise configlib.ConfigError("EvalConfig.variants is empty: give at least one (e.g. atommem={})")
+    if self.judge.url and not self.judge.model:
+      raise configlib.ConfigError("EvalConfig.judge.url is set but judge.model is empty: name the judge's model")
     if not self.sampler.greedy:
       raise configlib.ConfigError("EvalConfig.sampler.greedy must be True: evaluation decodes greedily")
     if self.batch_size < 1:
@@ -127,9 +143,10 @@ class EvalConfig:
                                     f"of {DATASET_FORMATS}")
       if not spec.num_docs or any(n < 1 for n in spec.num_docs):
         raise configlib.ConfigError(f"EvalConfig.datasets.{name}.num_docs must be positive, got {spec.num_docs}")
-      if dataset_format(name, spec) != "synthetic" and not spec.path:
+      if dataset_format(name, spec) not in ("synthetic", "synthetic_web") and not spec.path:
         raise configlib.ConfigError(f"EvalConfig.datasets.{name}.path is empty: give the native {name} file")
-      if spec.synthetic_worlds < 1 or (spec.synthetic_worlds > 1 and dataset_format(name, spec) != "synthetic"):
+      if spec.synthetic_worlds < 1 or (spec.synthetic_worlds > 1 and
+                                       dataset_format(name, spec) not in ("synthetic", "synthetic_web")):
         raise configlib.ConfigError(f"EvalConfig.datasets.{name}.synthetic_worlds must be >= 1 (and 1 unless the "
                                     f"format is synthetic), got {spec.synthetic_worlds}")
     for field, names in (("variant_order", self.variants), ("dataset_order", self.datasets)):

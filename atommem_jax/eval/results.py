@@ -3,6 +3,8 @@
 Scores are question-level means (an episode that bundles several questions contributes each of them), as the paper
 reports them: SQuAD EM / F1 / sub-EM on the boxed answer and the boxed-EM reward. Memory behaviour is per episode:
 accepted ops of each type, refused or malformed ops (`invalid`), agent steps, and the storage size at the end.
+Web episodes add the tool calls that ran, per tool name (`tools/NAME` per episode), and, with a judge configured,
+its pass rate over questions (`judge`).
 Wall time per episode and per agent step are kept apart (`timing_rows`, results.json "timing"), so the summary of a
 run is the same on every machine.
 """
@@ -39,6 +41,8 @@ class EpisodeResult:
   storage_size: int  # entries in storage when the episode ended
   done: bool  # the environment ended the episode (last question answered or given up, or the step cap)
   seconds: float = 0.0  # wall time of the episode's rollout batch, divided by the episodes in it
+  tool_calls: Mapping[str, int] | None = None  # web episodes: the calls that ran, per tool name; None elsewhere
+  judge_scores: tuple[float, ...] | None = None  # per question, when an LLM judge graded the answers
 
   def __post_init__(self):
     if len(self.predictions) != len(self.questions) or len(self.answers) != len(self.questions):
@@ -70,6 +74,13 @@ def summarize(episodes: Sequence[EpisodeResult]) -> list[dict[str, Any]]:
     row["storage_size"] = sum(e.storage_size for e in group) / n
     row["answered_fraction"] = sum(p != "" for e in group for p in e.predictions) / len(question_scores)
     row["done_fraction"] = sum(e.done for e in group) / n
+    if any(e.tool_calls is not None for e in group):
+      names = sorted({name for e in group for name in (e.tool_calls or {})})
+      row.update({f"tools/{name}": sum((e.tool_calls or {}).get(name, 0) for e in group) / n for name in names})
+      row["tools/all"] = sum(sum((e.tool_calls or {}).values()) for e in group) / n
+    if all(e.judge_scores is not None for e in group):
+      judged = [score for e in group for score in e.judge_scores]
+      row["judge"] = sum(judged) / max(1, len(judged))
     rows.append(row)
   return rows
 
@@ -89,12 +100,16 @@ def time_table(rows: Sequence[Mapping[str, Any]]) -> str:
   """Seconds per episode (and per agent step), variants as rows and dataset@N as columns."""
   columns = list(dict.fromkeys((row["dataset"], row["num_docs"]) for row in rows))
   cells = {(row["variant"], row["dataset"], row["num_docs"]): row for row in rows}
-  lines = ["| variant | " + " | ".join(f"{d} @{n}" for d, n in columns) + " |", "|---|" + "---:|" * len(columns)]
+  lines = ["| variant | " + " | ".join(_column(d, n) for d, n in columns) + " |", "|---|" + "---:|" * len(columns)]
   for variant in dict.fromkeys(row["variant"] for row in rows):
     values = [cells.get((variant, d, n)) for d, n in columns]
     lines.append(f"| {variant} | " + " | ".join(
         "–" if v is None else f"{v['seconds_per_episode']:.1f} ({v['seconds_per_step']:.3f})" for v in values) + " |")
   return "\n".join(lines)
+
+
+def _column(dataset: str, num_docs: int) -> str:
+  return f"{dataset} @{num_docs}" if num_docs else dataset  # web datasets have no document count
 
 
 def _cell(value: float, percent: bool) -> str:
@@ -106,7 +121,7 @@ def score_table(rows: Sequence[Mapping[str, Any]], metric: str) -> str:
   variants = list(dict.fromkeys(row["variant"] for row in rows))
   columns = list(dict.fromkeys((row["dataset"], row["num_docs"]) for row in rows))
   cells = {(row["variant"], row["dataset"], row["num_docs"]): row[metric] for row in rows}
-  lines = ["| variant | " + " | ".join(f"{d} @{n}" for d, n in columns) + " |",
+  lines = ["| variant | " + " | ".join(_column(d, n) for d, n in columns) + " |",
            "|---|" + "---:|" * len(columns)]
   for variant in variants:
     values = [cells.get((variant, d, n)) for d, n in columns]
@@ -126,11 +141,30 @@ def memory_table(rows: Sequence[Mapping[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def tool_table(rows: Sequence[Mapping[str, Any]]) -> str:
+  """Tool calls that ran per episode, by tool name, and agent steps, for the rows with tools (web datasets)."""
+  rows = [row for row in rows if "tools/all" in row]
+  names = sorted({key.split("/", 1)[1] for row in rows for key in row if key.startswith("tools/")} - {"all"})
+  header = ["variant", "dataset", *names, "all calls", "steps"]
+  lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+  for row in rows:
+    values = [_cell(row.get(f"tools/{name}", 0.0), False) for name in names]
+    lines.append(f"| {row['variant']} | {row['dataset']} | " + " | ".join(
+        values + [_cell(row["tools/all"], False), _cell(row["steps_per_episode"], False)]) + " |")
+  return "\n".join(lines)
+
+
 def markdown_report(rows: Sequence[Mapping[str, Any]], *, checkpoint: str, figures: Sequence[str] = (),
                     timing: Sequence[Mapping[str, Any]] = ()) -> str:
   parts = [f"# Evaluation\n\nCheckpoint: `{checkpoint}`. Greedy decoding; scores in % over questions.\n"]
   for metric, title in (("em", "Exact match (EM)"), ("f1", "F1"), ("sub_em", "Sub-EM"), ("boxed_em", "Boxed EM")):
     parts.append(f"## {title}\n\n{score_table(rows, metric)}\n")
+  judged = [row for row in rows if "judge" in row]
+  if judged:
+    parts.append(f"## LLM judge (pass rate)\n\n{score_table(judged, 'judge')}\n")
+  if any("tools/all" in row for row in rows):
+    parts.append(f"## Tool calls per episode\n\nCalls that ran (after the step accepted them), by tool, and agent "
+                 f"steps.\n\n{tool_table(rows)}\n")
   parts.append("## Memory operations per episode\n\nAccepted ops of each kind (invalid: refused or malformed), agent "
                "steps, storage entries at the end, and the share of questions that got an answer.\n\n"
                f"{memory_table(rows)}\n")

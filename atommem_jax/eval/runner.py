@@ -9,6 +9,7 @@ nothing is written. Checkpoint, tokenizer and embedder come from `checkpoint.loa
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 import sys
@@ -29,13 +30,12 @@ from atommem_jax.checkpoint import loader
 from atommem_jax.data import long_context, readers, synthetic
 from atommem_jax.eval import plots
 from atommem_jax.eval import results as results_lib
-from atommem_jax.eval.config import DatasetSpec, EvalConfig, MeshSpec, dataset_format, dataset_label
+from atommem_jax.eval import web_tasks
+from atommem_jax.eval.config import (WEB_FORMATS, DatasetSpec, EvalConfig, EvalError, MeshSpec, dataset_format,
+                                     dataset_label)
+from atommem_jax.metrics.judge import LLMJudge
 from atommem_jax.sampling.config import SamplerConfig
 from atommem_jax.sampling.sampler import Sampler
-
-
-class EvalError(ValueError):
-  """An evaluation input that cannot be used; the message names the file, key or value."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,13 +76,16 @@ def _synthetic_world(spec: DatasetSpec, num_docs: int) -> synthetic.SyntheticCon
       question_kinds=spec.synthetic_question_kinds or synthetic.QUESTION_KINDS)
 
 
-def prepare_tasks(config: EvalConfig) -> list[Task]:
+def prepare_tasks(config: EvalConfig) -> list[Task | web_tasks.WebTask]:
   """Reads every dataset and builds its examples at every N (the builder's errors name the file/row/example).
 
   A synthetic dataset is `synthetic_worlds` worlds, each bundled on its own as the trainer's held-out worlds are.
   """
   tasks = []
   for name, spec in config.datasets.items():
+    if dataset_format(name, spec) in WEB_FORMATS:
+      tasks.append(web_tasks.prepare(name, spec, config))
+      continue
     corpus = None
     for num_docs in spec.num_docs:
       if dataset_format(name, spec) == "synthetic":
@@ -109,8 +112,8 @@ def make_embedders(config: EvalConfig, mesh: jax.sharding.Mesh, tokenizer: Any) 
           for width in widths}
 
 
-def episode_result(variant: str, task: Task, trajectory: Trajectory,
-                   seconds: float = 0.0) -> results_lib.EpisodeResult:
+def episode_result(variant: str, task: Task | web_tasks.WebTask, trajectory: Trajectory, seconds: float = 0.0,
+                   judge_scores: tuple[float, ...] | None = None) -> results_lib.EpisodeResult:
   counts = {key: 0 for key in results_lib.OP_KEYS}
   for turn in trajectory.turns:
     for name, count in turn.op_counts.items():
@@ -122,13 +125,41 @@ def episode_result(variant: str, task: Task, trajectory: Trajectory,
       variant=variant, dataset=task.dataset, num_docs=task.num_docs, example_id=trajectory.episode_id,
       questions=tuple(trajectory.questions), answers=tuple(tuple(a) for a in trajectory.gold_answers),
       predictions=predictions, op_counts=counts, steps=len(trajectory.turns), storage_size=len(trajectory.storage),
-      done=trajectory.done, seconds=seconds)
+      done=trajectory.done, seconds=seconds,
+      tool_calls=web_tasks.tool_calls(trajectory) if isinstance(task, web_tasks.WebTask) else None,
+      judge_scores=judge_scores)
 
 
 def _sampler_config(base: SamplerConfig, tokenizer: Any, checkpoint: loader.CheckpointDir,
                     tokenizer_spec: str) -> SamplerConfig:
   stop_ids = base.eos_ids or loader.stop_ids(tokenizer, loader.tokenizer_dir(tokenizer_spec, checkpoint))
   return dataclasses.replace(base, greedy=True, eos_ids=stop_ids, pad_id=tokenizer.pad_token_id)
+
+
+def _run_task(variant: str, task: Task | web_tasks.WebTask, episodes: list[Any], env: Any, judge: Any,
+              run_rollout: rollout_engine.RolloutFn, policy: Any, tokenizer: Any, embed_fn: Any,
+              rollout_config: RolloutConfig, batch_size: int, progress: bool,
+              episodes_out: list[results_lib.EpisodeResult], trajectory_rows: list[dict[str, Any]]) -> None:
+  """Greedy episodes of one (variant, dataset, N) in batches; their results and readable trajectories appended.
+  `env`: the task's environment object (the web one); None: the engine makes the one the config names."""
+  with tqdm(total=len(episodes), desc=f"{variant} {task.dataset}@{task.num_docs}", unit="episode",
+            disable=not progress, file=sys.stderr) as bar:
+    for start in range(0, len(episodes), batch_size):
+      batch = episodes[start:start + batch_size]
+      began = time.perf_counter()
+      trajectories = run_rollout(batch, policy, tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config,
+                                 env=env)
+      seconds = (time.perf_counter() - began) / len(batch)
+      judged = web_tasks.judge_scores(judge, trajectories) if judge is not None else [None] * len(trajectories)
+      for trajectory, judge_scores in zip(trajectories, judged):
+        result = episode_result(variant, task, trajectory, seconds, judge_scores)
+        episodes_out.append(result)
+        row = {"variant": variant, "dataset": task.dataset, "num_docs": task.num_docs, **trajectory.to_json()}
+        row["scores"] = [s.as_dict() for s in result.question_scores()]
+        if judge_scores is not None:
+          row["judge"] = list(judge_scores)
+        trajectory_rows.append(row)
+      bar.update(len(batch))
 
 
 def evaluate(config: EvalConfig, workdir: str | pathlib.Path, *, devices: Sequence[jax.Device] | None = None,
@@ -154,28 +185,23 @@ def evaluate(config: EvalConfig, workdir: str | pathlib.Path, *, devices: Sequen
   episodes_out: list[results_lib.EpisodeResult] = []
   trajectory_rows: list[dict[str, Any]] = []
   is_main = jax.process_index() == 0
-  for agent, memory in variants.values():  # every variant checked before any episode runs
-    rollout_engine.check(config.rollout, tokenizer=tokenizer, sampler=sampler,
-                         rollout_config=RolloutConfig(agent=agent, memory=memory, num_samples=1, seed=config.seed))
+  judge = LLMJudge(config.judge) if config.judge.url else None
+  is_web = [isinstance(task, web_tasks.WebTask) for task in tasks]
+  for agent, memory in variants.values():  # every variant checked, in each environment it runs in, before any episode
+    for env_agent in [agent] * (not all(is_web)) + [web_tasks.web_agent(agent)] * any(is_web):
+      rollout_engine.check(config.rollout, tokenizer=tokenizer, sampler=sampler, rollout_config=RolloutConfig(
+          agent=env_agent, memory=memory, num_samples=1, seed=config.seed))
   for variant, (agent, memory) in variants.items():
-    rollout_config = RolloutConfig(agent=agent, memory=memory, num_samples=1, seed=config.seed)
     for task in tasks:
-      episodes = [Episode.from_example(e) for e in task.examples]
-      with tqdm(total=len(episodes), desc=f"{variant} {task.dataset}@{task.num_docs}", unit="episode",
-                disable=not (progress and is_main), file=sys.stderr) as bar:
-        for start in range(0, len(episodes), config.batch_size):
-          batch = episodes[start:start + config.batch_size]
-          began = time.perf_counter()
-          trajectories = run_rollout(batch, policy, tokenizer=tokenizer, embed_fn=embed_fns[memory.embed_dim],
-                                     config=rollout_config)
-          seconds = (time.perf_counter() - began) / len(batch)
-          for trajectory in trajectories:
-            result = episode_result(variant, task, trajectory, seconds)
-            episodes_out.append(result)
-            row = {"variant": variant, "dataset": task.dataset, "num_docs": task.num_docs, **trajectory.to_json()}
-            row["scores"] = [s.as_dict() for s in result.question_scores()]
-            trajectory_rows.append(row)
-          bar.update(len(batch))
+      with contextlib.ExitStack() as resources:
+        web_task = isinstance(task, web_tasks.WebTask)
+        env = resources.enter_context(web_tasks.environment(agent, task, pathlib.Path(workdir))) if web_task else None
+        episodes = list(task.episodes) if web_task else [Episode.from_example(e) for e in task.examples]
+        rollout_config = RolloutConfig(agent=env.config if web_task else agent, memory=memory, num_samples=1,
+                                       seed=config.seed)
+        _run_task(variant, task, episodes, env, judge if web_task else None, run_rollout, policy, tokenizer,
+                  embed_fns[memory.embed_dim], rollout_config, config.batch_size, progress and is_main,
+                  episodes_out, trajectory_rows)
 
   # ---- outputs (process 0 only: every process ran the same episodes)
   summary = results_lib.summarize(episodes_out)

@@ -8,9 +8,10 @@
   `<link rel="canonical">` if it has one, else `--base_url` + the file's path relative to DIR, else a `file://`
   url; the title is its `<title>` (else the file name). Bytes are decoded with the encoding resiliparse detects.
 - synthetic: world w (seed `seed + w`, `data.synthetic`) becomes a website `https://world{seed+w}.example/wiki/NAME`
-  with one page per person, city and company: its facts as sentences, each related entity that has a page linked.
-  `--questions` writes the worlds' questions as plain question rows (`{id, question, answers}`, readable with
-  `data.web_readers.read_plain_questions`).
+  with one page per person, city and company: its facts as sentences, each related entity that has a page linked,
+  and the site's host as the last line (worlds reuse names, so a search names the host to find this world's page).
+  `--questions` writes the worlds' questions as plain question rows (`{id, question, answers, root_url}`, the
+  root_url being the world's site; readable with `data.web_readers.read_plain_questions`).
 
 Files are written whole (a temporary file, then a rename); an existing output is replaced only with `--overwrite`,
 and an output may not be an input. Bad input is one line `error: ...` and exit status 1.
@@ -22,6 +23,7 @@ import html as html_lib
 import pathlib
 import sys
 from typing import Iterator, Sequence
+from urllib.parse import urlparse
 
 from atommem_jax import atomic_files, cli
 from atommem_jax.data import synthetic
@@ -54,13 +56,16 @@ def synthetic_world_rows(task: synthetic.SyntheticTask, seed: int) -> Iterator[d
   for doc in task.documents:
     name = html_lib.escape(doc.title)
     paragraphs = "".join(f"<p>{_linked_sentence(f, seed, has_page)}</p>" for f in facts_of[doc.title])
-    html = f"<!DOCTYPE html><html><head><title>{name}</title></head><body><h1>{name}</h1>{paragraphs}</body></html>"
+    site = f"<footer><p>{urlparse(world_url(seed)).hostname}</p></footer>"
+    html = (f"<!DOCTYPE html><html><head><title>{name}</title></head><body><h1>{name}</h1>{paragraphs}{site}"
+            f"</body></html>")
     yield {"url": page_url(seed, doc.title), "title": doc.title, "html": html}
 
 
-def synthetic_question_rows(task: synthetic.SyntheticTask) -> Iterator[dict]:
+def synthetic_question_rows(task: synthetic.SyntheticTask, seed: int) -> Iterator[dict]:
   for q in task.questions:
-    yield {"id": q.record.id, "question": q.record.question, "answers": list(q.record.answers)}
+    yield {"id": q.record.id, "question": q.record.question, "answers": list(q.record.answers),
+           "root_url": world_url(seed)}
 
 
 def html_dir_rows(directory: str, base_url: str = "") -> Iterator[dict]:
@@ -99,7 +104,7 @@ def synthetic_corpus(output: str, *, worlds: int = 1, seed: int = 0, documents: 
   pages = write_jsonl((row for s, task in tasks for row in synthetic_world_rows(task, s)), output)
   questions = 0
   if questions_output:
-    questions = write_jsonl((row for _, task in tasks for row in synthetic_question_rows(task)), questions_output)
+    questions = write_jsonl((row for s, task in tasks for row in synthetic_question_rows(task, s)), questions_output)
   return pages, questions
 
 

@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Iterator, Sequence
 
@@ -189,8 +190,8 @@ def launch(corpus: str, *, extra_flags: Sequence[str] = (), timeout_s: float = 6
     handle, log_path = tempfile.mkstemp(prefix="corpus_server.", suffix=".log")
     os.close(handle)
   with open(log_path, "ab") as log:
-    process = subprocess.Popen(server_command(corpus, port=port, extra_flags=extra_flags), stdout=log,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen(server_command(corpus, port=port, extra_flags=("--exit_with_parent", *extra_flags)),
+                               stdout=log, stderr=subprocess.STDOUT)
   try:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -218,6 +219,18 @@ def launch(corpus: str, *, extra_flags: Sequence[str] = (), timeout_s: float = 6
 # --------------------------------------------------------------------------------------------------- the CLI
 
 
+def _exit_with_parent(poll_s: float = 1.0) -> None:
+  """A killed launcher never runs its `finally`: this server then notices it was re-parented and exits."""
+  parent = os.getppid()
+
+  def watch() -> None:
+    while os.getppid() == parent:
+      time.sleep(poll_s)
+    os._exit(0)  # pylint: disable=protected-access
+
+  threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def main(argv: Sequence[str]) -> None:
   parser = argparse.ArgumentParser(prog="python -m atommem_jax.tools.corpus_server")
   parser.add_argument("--corpus", required=True, help="JSON lines of {url, title, html | text}")
@@ -233,9 +246,13 @@ def main(argv: Sequence[str]) -> None:
   parser.add_argument("--rebuild", action="store_true",
                       help="rebuild the index even if it is up to date, or replace one built with another config "
                            "or from another corpus (never a directory that holds no index)")
+  parser.add_argument("--exit_with_parent", action="store_true",
+                      help="exit when the process that started this one dies (how `launch` starts it)")
   parser.add_argument("--delay_ms", type=float, default=0.0, help="answer every call this much later (benchmarks)")
   flags = parser.parse_args(argv)
   logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+  if flags.exit_with_parent:
+    _exit_with_parent()
   index_config = IndexConfig(embedder=flags.embedder, dim=flags.dim, passage_tokens=flags.passage_tokens,
                              tokenizer=flags.tokenizer)
   start = time.monotonic()

@@ -21,12 +21,16 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import logging
 import shlex
 import threading
 import time
 from typing import Any, Sequence
 
 from atommem_jax.tools.tool_calls import ToolCall
+
+# The HTTP client logs every request at INFO: a training run's log would hold one line per tool call.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 DEFAULT_TOOLS = ("search", "fetch_url")
 

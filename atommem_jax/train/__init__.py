@@ -11,6 +11,8 @@ Public API:
     *, reward_fn=None)   reward_fn(trajectory) -> float scores rollouts and evaluations (default: agent.reward)
   task_split.split_task(task_config) -> TaskSplit   the training examples and held-out episodes
   oracle_pairs.sft_pairs / recitation_pairs         the SFT stage's (prompt, completion) pairs
+  web_inputs.build_task / environment / sft_pairs    a web run's episodes, its one environment (and corpus server),
+                                                    the web oracle's SFT pairs
   drills.is_drill_step / drill_batch                SFT drills, each a pure function of (seed, step)
   params_io.init_model / export_params              the starting model (preset or checkpoint) and exported params
   grpo_stage.GRPOStage(.collect -> RolloutUpdates, .update), begin   rollout -> rows -> advantages -> batches -> updates

@@ -26,11 +26,18 @@ RESUMABLE_KEYS = ("total_steps", "checkpoint_every", "keep_checkpoints", "log_ev
                   "rollout.engine")
 
 
+SYNTHETIC_DATASETS = ("synthetic", "web_synthetic")
+WEB_DATASETS = ("web_synthetic", "webwalkerqa", "gaia", "web_plain")
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
-  """Where episodes come from: the synthetic world, or a native dataset file (HotpotQA, 2Wiki, MuSiQue)."""
+  """Where episodes come from: the synthetic world, or a native dataset file (HotpotQA, 2Wiki, MuSiQue); for the web
+  environment (`agent.env="web"`, `train.web_inputs`), the synthetic worlds served as websites (`web_synthetic`) or a
+  native web dataset (WebWalkerQA, GAIA, plain question rows)."""
 
-  dataset: Literal["synthetic", "hotpotqa", "2wiki", "musique"] = "synthetic"
+  dataset: Literal["synthetic", "hotpotqa", "2wiki", "musique", "web_synthetic", "webwalkerqa", "gaia",
+                   "web_plain"] = "synthetic"
   path: str = ""  # the native dataset file
   examples_path: str = ""  # or long-context examples already built by `python -m atommem_jax.data.build`
   synthetic: SyntheticConfig = SyntheticConfig()
@@ -55,7 +62,7 @@ class TaskConfig:
       raise ValueError(f"TaskConfig.grpo_short_fraction must be in [0, 1), got {self.grpo_short_fraction}")
     if self.grpo_num_docs and self.examples_path:
       raise ValueError("TaskConfig.grpo_num_docs needs examples built here: examples_path holds one size already built")
-    if self.dataset != "synthetic" and not (self.path or self.examples_path):
+    if self.dataset not in SYNTHETIC_DATASETS and not (self.path or self.examples_path):
       raise ValueError(f"TaskConfig.path (the native file) or examples_path is required for dataset "
                        f"{self.dataset!r}")
 
@@ -155,5 +162,10 @@ class TrainConfig:
       raise ValueError(f"sft.drill_steps ({self.sft.drill_steps}) and sft.drill_every ({self.sft.drill_every}) must "
                        f"be >= 0 and sft.drill_batch_size ({self.sft.drill_batch_size}) a multiple of mesh data x "
                        f"fsdp")
+    if (self.task.dataset in WEB_DATASETS) != (self.agent.env == "web"):
+      raise ValueError(f"task.dataset {self.task.dataset!r} and agent.env {self.agent.env!r} do not match: the web "
+                       f"datasets {WEB_DATASETS} run in the web environment, the others in long_context")
+    if self.agent.env == "web" and self.sft.drill_steps and self.sft.drill != "copy":
+      raise ValueError("web runs drill with sft.drill='copy' (recitation drills read long-context documents)")
     if self.keep_checkpoints < 1 or self.log_every < 1 or self.max_nonfinite_streak < 1:
       raise ValueError("keep_checkpoints, log_every and max_nonfinite_streak must be >= 1")

@@ -54,6 +54,7 @@ class GRPOStage:
   train_step: Callable[..., tuple[step_lib.TrainState, dict[str, jax.Array]]]
   logprobs_fn: Callable[..., jax.Array]
   batch_sharding: batching.TrainBatch
+  env: Any = None  # the run's environment object (the web one, shared by every rollout); None: the engine makes it
 
   def collect(self, params: step_lib.Params, reference_params: step_lib.Params | None,
               examples: Sequence[LongContextExample], seed: int) -> RolloutUpdates:
@@ -75,8 +76,9 @@ class GRPOStage:
                        seed: int) -> list[Trajectory]:
     self.sampler.params = nnx.state(nnx.merge(self.graphdef, params))
     policy = SamplerPolicy(self.sampler, seed=seed)
-    return self.run_rollout([Episode.from_example(e) for e in examples], policy, tokenizer=self.tokenizer,
-                            embed_fn=self.embed_fn, config=self.rollout_config, reward_fn=self.reward_fn)
+    episodes = self.env.episodes(examples) if self.env is not None else [Episode.from_example(e) for e in examples]
+    return self.run_rollout(episodes, policy, tokenizer=self.tokenizer, embed_fn=self.embed_fn,
+                            config=self.rollout_config, env=self.env, reward_fn=self.reward_fn)
 
   def with_logprobs(self, minibatches: list[batching.TrainBatch], params: step_lib.Params,
                     reference_params: step_lib.Params | None) -> list[batching.TrainBatch]:

@@ -10,6 +10,7 @@ metrics as an uninterrupted one (timing metrics aside).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -32,7 +33,7 @@ from atommem_jax.checkpoint import loader
 from atommem_jax.data import pipeline
 from atommem_jax.sampling.sampler import Sampler
 from atommem_jax.train import (batching, checkpointing, drills, grpo_rows, grpo_stage, oracle_pairs, params_io,
-                               step as step_lib, task_split)
+                               step as step_lib, task_split, web_inputs)
 from atommem_jax.train.config import TrainConfig
 from atommem_jax.train.metrics_log import DeferredMetrics, MetricsLog, NonFiniteLossError
 
@@ -55,7 +56,7 @@ def _sft_batch(raw: dict[str, np.ndarray], num_microbatches: int) -> batching.Tr
 
 
 def drill_update(state: step_lib.TrainState, sft_step: UpdateFn, batch_sharding: batching.TrainBatch,
-                 config: TrainConfig, tokenizer: Any, task: task_split.TaskSplit, step: int
+                 config: TrainConfig, tokenizer: Any, task: task_split.TaskSplit | web_inputs.WebTask, step: int
                  ) -> tuple[step_lib.TrainState, dict[str, jax.Array], dict[str, Any]]:
   """One SFT update on step `step`'s drills: `(state, device metrics, host metrics)`."""
   host_batch = drills.drill_batch(config.sft, tokenizer, task.train_examples, config.seed, step)
@@ -76,12 +77,13 @@ def sft_update(state: step_lib.TrainState, sft_step: UpdateFn, batch_sharding: b
 
 def evaluate_em(eval_sets: Sequence[tuple[int, Sequence[Episode]]], policy: SamplerPolicy,
                 tokenizer: Any, embed_fn: Any, rollout_config: RolloutConfig,
-                run_rollout: rollout_engine.RolloutFn, reward_fn: rewards.RewardFn) -> dict[int, dict[str, float]]:
+                run_rollout: rollout_engine.RolloutFn, reward_fn: rewards.RewardFn, env: Any = None
+                ) -> dict[int, dict[str, float]]:
   """Greedy episodes, every size in one rollout: per size, reward, EM / F1 and memory-op rates
-  (`grpo_rows.rollout_metrics`)."""
+  (`grpo_rows.rollout_metrics`). `env`: the run's environment (None: the one the config names)."""
   episodes = [e for _, size_episodes in eval_sets for e in size_episodes]
   trajectories = run_rollout(episodes, policy, tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config,
-                             reward_fn=reward_fn)
+                             env=env, reward_fn=reward_fn)
   metrics, start = {}, 0
   for num_docs, size_episodes in eval_sets:
     metrics[num_docs] = grpo_rows.rollout_metrics(trajectories[start:start + len(size_episodes)])
@@ -104,6 +106,7 @@ class HeldOutEval:
   reward_fn: rewards.RewardFn
   log: MetricsLog
   echo: bool
+  env: Any = None  # the run's environment object (the web one, shared by the run); None: the engine makes it
 
   def __call__(self, label: str, at_step: int, params: step_lib.Params) -> dict[int, dict[str, float]] | None:
     if not self.eval_sets or self.log.has_eval(label):
@@ -111,12 +114,13 @@ class HeldOutEval:
     self.sampler.params = nnx.state(nnx.merge(self.graphdef, params))
     policy = SamplerPolicy(self.sampler, seed=self.rollout_config.seed)
     metrics = evaluate_em(self.eval_sets, policy, self.tokenizer, self.embed_fn, self.rollout_config,
-                          self.run_rollout, self.reward_fn)
+                          self.run_rollout, self.reward_fn, env=self.env)
     self.log.write_eval(at_step, label, metrics)
     if self.echo:
       for (num_docs, episodes), size in zip(self.eval_sets, metrics.values()):
+        kind = f"{num_docs}-document" if num_docs else "web"
         print(f"[eval] {label} (step {at_step}): EM {size['em']:.3f}  F1 {size['f1']:.3f}  "
-              f"reward {size['reward_mean']:.3f} on {len(episodes)} held-out {num_docs}-document episodes", flush=True)
+              f"reward {size['reward_mean']:.3f} on {len(episodes)} held-out {kind} episodes", flush=True)
     return metrics
 
 
@@ -132,8 +136,14 @@ def data_positions(sft_iter: Any, grpo_iter: Any) -> dict[str, Any]:
 def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path, *,
                        reward_fn: rewards.RewardFn | None = None) -> dict[str, Any]:
   """Runs (or resumes) the run `config` describes in `workdir`; returns the final evaluation metrics, keyed by
-  documents per episode. `reward_fn(trajectory) -> float` scores the GRPO rollouts and the held-out evaluations
-  (default: the reward `config.agent.reward` names)."""
+  documents per episode (0 for web episodes). `reward_fn(trajectory) -> float` scores the GRPO rollouts and the
+  held-out evaluations (default: the reward `config.agent.reward` names)."""
+  with contextlib.ExitStack() as resources:  # the web environment and its corpus server, when the run has them
+    return _train_and_evaluate(config, workdir, reward_fn, resources)
+
+
+def _train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path, reward_fn: rewards.RewardFn | None,
+                        resources: contextlib.ExitStack) -> dict[str, Any]:
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -147,11 +157,20 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path, *,
   tokenizer = loader.load_tokenizer(config.model.tokenizer, start, field="model.tokenizer")
   embed_fn = loader.load_embedder(config.embedder, embed_dim=config.memory.embed_dim, tokenizer=tokenizer, mesh=mesh)
   run_rollout = rollout_engine.rollout_fn(config.rollout)
-  reward_fn = reward_fn if reward_fn is not None else rewards.by_name(config.agent.reward)
-  task = task_split.split_task(config.task)
+  reward_fn = reward_fn if reward_fn is not None else rewards.by_name(config.agent.reward, config.agent.judge)
+  env = None  # the long-context reader: made by the engine for each rollout; the web environment: once per run
+  if config.agent.env == "web":
+    # Refused before the corpus server starts (the full check, with the sampler, follows once it exists).
+    rollout_engine.check(config.rollout, tokenizer=tokenizer, sampler=None,
+                         rollout_config=RolloutConfig(agent=config.agent, memory=config.memory))
+    task = web_inputs.build_task(config.task, workdir)
+    env = resources.enter_context(web_inputs.environment(config.agent, task, workdir / web_inputs.SERVER_LOG))
+  else:
+    task = task_split.split_task(config.task)
   sft_iter = grpo_iter = None
   if any(not drills.is_drill_step(config.sft, s) for s in range(config.sft.steps)):  # drills need no pairs
-    pairs = oracle_pairs.sft_pairs(config, task, tokenizer, embed_fn, workdir)
+    pairs = (web_inputs.sft_pairs(config, task, env, tokenizer, embed_fn, workdir) if env is not None else
+             oracle_pairs.sft_pairs(config, task, tokenizer, embed_fn, workdir))
     sft_iter = iter(pipeline.sft_dataset(
         pairs, pipeline.PipelineConfig(batch_size=config.sft.batch_size, seed=config.seed, num_threads=0,
                                        prefetch_buffer_size=0),
@@ -184,7 +203,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path, *,
       run_rollout=run_rollout,
       rollout_config=RolloutConfig(agent=config.agent, memory=config.memory,
                                    num_samples=config.grpo.loss.num_generations, seed=config.seed),
-      reward_fn=reward_fn,
+      reward_fn=reward_fn, env=env,
       train_step=step_lib.make_train_step(graphdef, grpo_tx,
                                           step_lib.StepConfig("grpo", config.grpo.loss, temperature=temperature),
                                           state_sharding, mesh),
@@ -218,7 +237,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path, *,
       eval_sets=task.eval_sets(config.eval.num_episodes), sampler=eval_sampler, graphdef=graphdef,
       tokenizer=tokenizer, embed_fn=embed_fn, run_rollout=run_rollout,
       rollout_config=RolloutConfig(agent=config.agent, memory=config.memory, num_samples=1, seed=config.seed),
-      reward_fn=reward_fn, log=log, echo=is_main)
+      reward_fn=reward_fn, log=log, echo=is_main, env=env)
   metrics = DeferredMetrics(log, total_steps=config.total_steps, log_every=config.log_every,
                             max_nonfinite_streak=config.max_nonfinite_streak, echo=is_main)
 

@@ -48,10 +48,12 @@ def unsupported_reasons(tokenizer: Any, env: Any, sampler: Any = None, memory_co
   `envs.base.Environment` or an `AgentConfig`), sampler and memory config, each naming the config key; empty: it
   can."""
   reasons = list(tables_lib.unsupported_reasons(tokenizer))
-  if not hasattr(env, "user_message"):
-    env = envs.make(env) if hasattr(env, "env") else env
+  name = type(env).__name__
+  if not hasattr(env, "user_message") and hasattr(env, "env"):  # an AgentConfig
+    # Another environment is refused by name, not built: the web environment connects to its tool server.
+    name, env = env.env, envs.make(env) if env.env == "long_context" else env
   if not isinstance(env, long_context.LongContextEnv):
-    name = getattr(getattr(env, "config", None), "env", type(env).__name__)
+    name = getattr(getattr(env, "config", None), "env", name)
     reasons.append(f"agent.env={name!r}: the environment renders its observations (and runs any tools) on the "
                    f"host; the device engine renders only the long-context reader's")
   elif env.method.rewrite_ops is not None:
@@ -236,7 +238,7 @@ def rollout(episodes: Sequence[Any], policy: SamplerPolicy, *, tokenizer: Any, e
   if not isinstance(policy, SamplerPolicy):
     raise ValueError(f"the device engine samples from the model (a SamplerPolicy), got {type(policy).__name__}")
   sampler = policy.sampler
-  reward_fn = reward_fn if reward_fn is not None else rewards.by_name(config.agent.reward)
+  reward_fn = reward_fn if reward_fn is not None else rewards.by_name(config.agent.reward, config.agent.judge)
   reasons = unsupported_reasons(tokenizer, env, sampler, config.memory)
   if reasons:
     raise ValueError("the device engine cannot reproduce the host engine here: " + "; ".join(reasons))

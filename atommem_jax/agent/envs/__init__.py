@@ -6,6 +6,7 @@ defined elsewhere (a test's) runs with no change here.
 
   long_context   a document read chunk by chunk, then its questions answered (methods: atommem, memagent, rag,
                  full_context)
+  web            a question answered with search and page-fetch tools over MCP, one call per step
 """
 from __future__ import annotations
 
