@@ -7,14 +7,14 @@ named. The frozen GRPO reference policy lives beside them in `WORKDIR/reference/
 """
 from __future__ import annotations
 
-import pathlib
+import os
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from atommem_jax import configlib
+from atommem_jax import configlib, storage
 from atommem_jax.train.config import RESUMABLE_KEYS, TrainConfig
 
 FORMAT_VERSION = 1
@@ -49,8 +49,8 @@ def config_differences(saved: dict[str, Any], current: TrainConfig) -> list[str]
 class RunCheckpoints:
   """Save / restore of the whole run state under `workdir/checkpoints`."""
 
-  def __init__(self, workdir: str | pathlib.Path, config: TrainConfig):
-    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+  def __init__(self, workdir: str | os.PathLike, config: TrainConfig):
+    self.directory = storage.as_path(workdir) / "checkpoints"
     self.config = config
     options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
                                            enable_async_checkpointing=True, cleanup_tmp_directories=True)
@@ -94,15 +94,15 @@ class RunCheckpoints:
     self.manager.close()
 
 
-def save_reference(workdir: str | pathlib.Path, params: Any) -> None:
+def save_reference(workdir: str | os.PathLike, params: Any) -> None:
   """The frozen reference policy for the KL term (overwritten: it is a pure function of the run so far)."""
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(pathlib.Path(workdir).absolute() / "reference", params, force=True)
+  checkpointer.save(storage.as_path(workdir) / "reference", params, force=True)
   checkpointer.wait_until_finished()
 
 
-def restore_reference(workdir: str | pathlib.Path, abstract_params: Any) -> Any:
-  path = pathlib.Path(workdir).absolute() / "reference"
+def restore_reference(workdir: str | os.PathLike, abstract_params: Any) -> Any:
+  path = storage.as_path(workdir) / "reference"
   if not path.exists():
     raise FileNotFoundError(f"{path}: the GRPO reference policy is missing; it is written when GRPO starts")
   return ocp.StandardCheckpointer().restore(path, abstract_params)

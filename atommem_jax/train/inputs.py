@@ -8,16 +8,17 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import random
-import shutil
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
 from atommem_jax import checkpoint as checkpoint_lib
+from atommem_jax import distributed, storage
 from atommem_jax.agent import oracle, protocol
 from atommem_jax.agent.config import RolloutConfig
 from atommem_jax.agent.engines import host
@@ -144,9 +145,9 @@ def _oracle_batches(examples: Sequence[LongContextExample], keys: Sequence[Seque
 
 
 def sft_pairs(config: TrainConfig, task: Task, tokenizer: Any, embed_fn: Any,
-              workdir: pathlib.Path) -> list[pipeline.SftPair]:
+              workdir: epath.Path) -> list[pipeline.SftPair]:
   """The SFT data: `sft.pairs_path`, or the oracle's good trajectories on training episodes (cached)."""
-  path = pathlib.Path(config.sft.pairs_path) if config.sft.pairs_path else workdir / SFT_PAIRS_FILE
+  path = storage.as_path(config.sft.pairs_path) if config.sft.pairs_path else workdir / SFT_PAIRS_FILE
   if not config.sft.pairs_path and not path.exists():
     if not task.oracle_keys:
       raise ValueError("sft.pairs_path is required: the oracle only plays the synthetic task")
@@ -310,10 +311,11 @@ def init_model(config: ModelInitConfig, seed: int, mesh: Mesh
   return model_config, graphdef, params, step_lib.param_shardings(model, mesh)
 
 
-def export_params(directory: pathlib.Path, graphdef: nnx.GraphDef, params: step_lib.Params,
+def export_params(directory: epath.Path, graphdef: nnx.GraphDef, params: step_lib.Params,
                   model_config: Qwen3Config, config: ModelInitConfig) -> None:
   """An Orbax parameter dir (`checkpoint.save_params` layout, tokenizer included) that evaluation restores."""
-  if directory.exists():
-    shutil.rmtree(directory)  # a pure function of the run: an earlier (possibly interrupted) export is replaced
+  if distributed.is_main() and directory.exists():
+    directory.rmtree()  # a pure function of the run: an earlier (possibly interrupted) export is replaced
+  distributed.barrier(f"export {directory.name}")  # every process writes its shards into the fresh directory
   checkpoint_lib.save_params(directory, nnx.merge(graphdef, params), model_config,
                              tokenizer_src=tokenizer_source(config))

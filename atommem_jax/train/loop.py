@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 import signal
 import time
 from typing import Any, Sequence
@@ -21,13 +20,16 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from atommem_jax import distributed, storage
 from atommem_jax import sharding as sharding_lib
 from atommem_jax.agent.config import RolloutConfig
 from atommem_jax.agent.engines import host
 from atommem_jax.agent.envs.long_context import Episode
 from atommem_jax.agent.policy import SamplerPolicy
+from atommem_jax.agent.trajectory import Trajectory
 from atommem_jax.data import pipeline
 from atommem_jax.memory.embedders import HashingEmbedder
+from atommem_jax.model import param_shardings
 from atommem_jax.sampling.sampler import Sampler
 from atommem_jax.train import batching, checkpointing, grpo_rows, inputs, step as step_lib
 from atommem_jax.train.config import TrainConfig
@@ -63,13 +65,26 @@ def _rollout_seed(rng_key: jax.Array, rollout_index: int) -> int:
   return int(jax.random.randint(jax.random.fold_in(rng_key, rollout_index), (), 0, 2**20)) * 1024
 
 
+def rollout_shared(episodes: Sequence[Episode], policy: SamplerPolicy, *, tokenizer: Any, embed_fn: Any,
+                   config: RolloutConfig) -> list[Trajectory]:
+  """Every trajectory of `episodes`, in order, on every process; each process rolls out only its share, its rows
+  seeded by their index in the whole list (`distributed.share`, `SamplerPolicy.row_offset`)."""
+  mine = distributed.share(len(episodes))
+  policy.row_offset = mine.start * config.num_samples
+  logging.info("rollout: episodes [%d, %d) of %d on process %d", mine.start, mine.stop, len(episodes),
+               jax.process_index())
+  local = host.rollout([episodes[i] for i in mine], policy, tokenizer=tokenizer, embed_fn=embed_fn,
+                       config=config) if mine else []
+  return distributed.allgather(local)
+
+
 def evaluate_em(eval_sets: Sequence[tuple[int, Sequence[Episode]]], policy: SamplerPolicy,
                 tokenizer: Any, embed_fn: Any, rollout_config: RolloutConfig
                 ) -> dict[int, dict[str, float]]:
-  """Greedy episodes, every size in one rollout: per size, reward, EM / F1 and memory-op rates
-  (`grpo_rows.rollout_metrics`)."""
+  """Greedy episodes, every size in one rollout split over the processes: per size, reward, EM / F1 and memory-op
+  rates (`grpo_rows.rollout_metrics`)."""
   episodes = [e for _, size_episodes in eval_sets for e in size_episodes]
-  trajectories = host.rollout(episodes, policy, tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config)
+  trajectories = rollout_shared(episodes, policy, tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config)
   metrics, start = {}, 0
   for num_docs, size_episodes in eval_sets:
     metrics[num_docs] = grpo_rows.rollout_metrics(trajectories[start:start + len(size_episodes)])
@@ -77,15 +92,16 @@ def evaluate_em(eval_sets: Sequence[tuple[int, Sequence[Episode]]], policy: Samp
   return metrics
 
 
-def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict[str, Any]:
-  """Runs (or resumes) the run `config` describes in `workdir`; returns the final evaluation metrics, keyed by
-  documents per episode."""
-  workdir = pathlib.Path(workdir).absolute()
+def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[str, Any]:
+  """Runs (or resumes) the run `config` describes in `workdir` (a local directory, or any URI etils.epath reaches:
+  `gs://bucket/run`); returns the final evaluation metrics, keyed by documents per episode."""
+  workdir = storage.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  is_main = jax.process_index() == 0
+  is_main = distributed.is_main()
 
-  # ---- mesh
+  # ---- mesh (the sampler's is this process's part of it: rollouts run per process)
   mesh = sharding_lib.make_mesh(config.mesh)
+  sampler_mesh = distributed.local_mesh(mesh)
 
   # ---- data: tokenizer, episodes (eval held out), SFT pairs, grain iterators
   tokenizer = inputs.load_tokenizer(config.model)
@@ -94,7 +110,10 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
   eval_sets = task.eval_sets(config.eval.num_episodes)
   sft_iter = grpo_iter = None
   if any(not inputs.is_drill_step(config.sft, s) for s in range(config.sft.steps)):  # drills need no pairs
-    pairs = inputs.sft_pairs(config, task, tokenizer, embed_fn, workdir)
+    # Process 0 writes the cached pairs; the others read them once written.
+    pairs = inputs.sft_pairs(config, task, tokenizer, embed_fn, workdir) if is_main else None
+    distributed.barrier("sft_pairs")
+    pairs = pairs or inputs.sft_pairs(config, task, tokenizer, embed_fn, workdir)
     sft_iter = iter(pipeline.sft_dataset(
         pairs, pipeline.PipelineConfig(batch_size=config.sft.batch_size, seed=config.seed, num_threads=0,
                                        prefetch_buffer_size=0),
@@ -117,9 +136,13 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
   batch_sharding = step_lib.batch_shardings(mesh)
   sampler_config = dataclasses.replace(config.grpo.sampler, eos_ids=(tokenizer.eos_token_id,),
                                        pad_id=tokenizer.pad_token_id)
-  sampler = Sampler(nnx.merge(graphdef, params), sampler_config, tokenizer=tokenizer, mesh=mesh)
-  eval_sampler = Sampler(nnx.merge(graphdef, params), dataclasses.replace(
-      sampler_config, greedy=True, max_new_tokens=config.eval.max_new_tokens), tokenizer=tokenizer, mesh=mesh)
+  sampler_sharding = param_shardings(_as_nnx_state(graphdef, params), sampler_mesh)
+  sampler_params = lambda p: distributed.localize(_as_nnx_state(graphdef, p), mesh, sampler_sharding)
+  sampler = Sampler(nnx.merge(graphdef, sampler_params(params)), sampler_config, tokenizer=tokenizer,
+                    mesh=sampler_mesh)
+  eval_sampler = Sampler(nnx.merge(graphdef, sampler_params(params)), dataclasses.replace(
+      sampler_config, greedy=True, max_new_tokens=config.eval.max_new_tokens), tokenizer=tokenizer,
+                         mesh=sampler_mesh)
   rollout_config = RolloutConfig(agent=config.agent, memory=config.memory,
                                  num_samples=config.grpo.loss.num_generations, seed=config.seed)
   eval_rollout_config = RolloutConfig(agent=config.agent, memory=config.memory, num_samples=1, seed=config.seed)
@@ -157,7 +180,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
   def run_eval(label: str, at_step: int) -> dict[int, dict[str, float]] | None:
     if not eval_sets or log.has_eval(label):
       return None
-    eval_sampler.params = _as_nnx_state(graphdef, state.params)
+    eval_sampler.params = sampler_params(state.params)
     policy = SamplerPolicy(eval_sampler, seed=config.seed)
     metrics = evaluate_em(eval_sets, policy, tokenizer, embed_fn, eval_rollout_config)
     log.write_eval(at_step, label, metrics)
@@ -241,11 +264,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
         if update_index == 0:
           rollout_index = grpo_index // config.grpo.updates_per_rollout
           examples = next(grpo_iter).examples
-          sampler.params = _as_nnx_state(graphdef, state.params)
+          sampler.params = sampler_params(state.params)
           policy = SamplerPolicy(sampler, seed=_rollout_seed(rng_key, rollout_index))
           t_rollout = time.time()
-          trajectories = host.rollout([Episode.from_example(e) for e in examples], policy,
-                                      tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config)
+          trajectories = rollout_shared([Episode.from_example(e) for e in examples], policy,
+                                        tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config)
           rollout_extras = grpo_rows.rollout_metrics(trajectories)
           rollout_extras["rollout_time_s"] = time.time() - t_rollout
           rows, _ = grpo_rows.turn_rows(trajectories, config.grpo.loss)
@@ -277,4 +300,5 @@ def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path) -> dict
   finally:
     log.close()
   checkpoints.close()
+  distributed.barrier("end")  # no process leaves (and stops serving collectives) while another still writes
   return final or {}

@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
+import os
 from typing import Any, Mapping
 
-from atommem_jax import atomic_files
+from etils import epath
+
+from atommem_jax import atomic_files, storage
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
 
 
-def _read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
+def _read_rows(path: epath.Path) -> list[dict[str, Any]]:
   if not path.exists():
     return []
   rows = []
@@ -29,7 +31,7 @@ def _read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
   return rows
 
 
-def _rewrite(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
+def _rewrite(path: epath.Path, rows: list[dict[str, Any]]) -> None:
   atomic_files.write_jsonl(path, rows)
 
 
@@ -41,29 +43,37 @@ def _jsonable(value: Any) -> Any:
 
 
 class MetricsLog:
-  """Appends one JSON object per step; only process 0 writes."""
+  """Appends one JSON object per step; only process 0 writes. On an object store (no appends) the file is rewritten
+  whole at each step."""
 
-  def __init__(self, workdir: str | pathlib.Path, resume_step: int, *, enabled: bool = True):
+  def __init__(self, workdir: str | os.PathLike, resume_step: int, *, enabled: bool = True):
     self.enabled = enabled
-    self.path = pathlib.Path(workdir) / METRICS_FILE
-    self.eval_path = pathlib.Path(workdir) / EVAL_FILE
+    workdir = storage.as_path(workdir)
+    self.path = workdir / METRICS_FILE
+    self.eval_path = workdir / EVAL_FILE
     self.eval_rows = [r for r in _read_rows(self.eval_path) if r["step"] <= resume_step]
+    self.rows: list[dict[str, Any]] = []
     self._file = None
     self._writer = None
     if not enabled:
       return
-    _rewrite(self.path, [r for r in _read_rows(self.path) if r["step"] <= resume_step])
+    self.rows = [r for r in _read_rows(self.path) if r["step"] <= resume_step]
+    _rewrite(self.path, self.rows)
     _rewrite(self.eval_path, self.eval_rows)
-    self._file = self.path.open("a", encoding="utf-8")
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._writer = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"), purge_step=resume_step + 1)
+    if storage.is_local(self.path):
+      self._file = self.path.open("a", encoding="utf-8")
+    self._writer = storage.summary_writer(workdir / "tensorboard", purge_step=resume_step + 1)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
     row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
-    self._file.write(json.dumps(row) + "\n")
-    self._file.flush()
+    self.rows.append(row)
+    if self._file is None:
+      _rewrite(self.path, self.rows)
+    else:
+      self._file.write(json.dumps(row) + "\n")
+      self._file.flush()
     for key, value in row.items():
       if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
         self._writer.add_scalar(key, value, step)
@@ -78,8 +88,11 @@ class MetricsLog:
     self.eval_rows += rows
     if not self.enabled:
       return
-    with self.eval_path.open("a", encoding="utf-8") as f:
-      f.write("".join(json.dumps(row) + "\n" for row in rows))
+    if storage.is_local(self.eval_path):
+      with self.eval_path.open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(row) + "\n" for row in rows))
+    else:
+      _rewrite(self.eval_path, self.eval_rows)
     for row in rows:
       for key, value in row.items():
         if isinstance(value, float):
@@ -88,4 +101,5 @@ class MetricsLog:
   def close(self) -> None:
     if self._file is not None:
       self._file.close()
+    if self._writer is not None:
       self._writer.close()
