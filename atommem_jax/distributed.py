@@ -8,13 +8,13 @@ identically to a 1-process run. With one process every function here is the iden
 """
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 from typing import Any, Sequence
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 ENV_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
@@ -54,24 +54,34 @@ def share(count: int, process: int | None = None) -> range:
   return range(start, start + base + (process < extra))
 
 
+# Host-side waits ride on the coordination service (not on device collectives, whose first use on CPU times out
+# after 30 s): one process may roll out or build the SFT pairs for many minutes while the others wait.
+_WAIT_MS = 2 * 60 * 60 * 1000
+_sequence = itertools.count()  # every process calls the collectives below in the same order
+
+
+def _coordination_client() -> Any:
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  return jax_distributed.global_state.client
+
+
 def barrier(name: str) -> None:
   """Every process waits here until all have arrived."""
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+    _coordination_client().wait_at_barrier(f"atommem/{next(_sequence)}/{name}", _WAIT_MS)
 
 
 def allgather(items: Sequence[Any]) -> list[Any]:
   """Every process's `items` (any picklable objects), concatenated in process order, on every process."""
   if jax.process_count() == 1:
     return list(items)
-  data = np.frombuffer(pickle.dumps(list(items)), np.uint8)
-  sizes = np.asarray(multihost_utils.process_allgather(np.array([data.size], np.int32))).reshape(-1)
-  padded = np.zeros(int(sizes.max()), np.uint8)
-  padded[:data.size] = data
-  gathered = np.asarray(multihost_utils.process_allgather(padded))
+  client, key = _coordination_client(), f"atommem/{next(_sequence)}/allgather"
+  client.key_value_set_bytes(f"{key}/{jax.process_index()}", pickle.dumps(list(items)))
   out: list[Any] = []
-  for process, size in enumerate(sizes):
-    out += pickle.loads(gathered[process, :size].tobytes())
+  for process in range(jax.process_count()):
+    out += pickle.loads(client.blocking_key_value_get_bytes(f"{key}/{process}", _WAIT_MS))
+  barrier(f"{key} read")  # every process has its copy: the keys can go
+  client.key_value_delete(f"{key}/{jax.process_index()}")
   return out
 
 

@@ -8,10 +8,10 @@ training steps (the paper's training-dynamics figure).
 """
 from __future__ import annotations
 
-import pathlib
 from typing import Sequence
 
 from absl import app, flags
+from etils import epath
 
 from atommem_jax.eval import plots
 
@@ -23,8 +23,8 @@ _SMOOTHING = flags.DEFINE_float("smoothing", 0.0, "exponential-moving-average we
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  workdir = pathlib.Path(_WORKDIR.value)
-  out_dir = pathlib.Path(_OUT.value) if _OUT.value else workdir / "plots"
+  workdir = epath.Path(_WORKDIR.value)  # local, or any URI etils.epath reaches (gs://...)
+  out_dir = epath.Path(_OUT.value) if _OUT.value else workdir / "plots"
   try:
     written = plots.write_training_plots(workdir / "metrics.jsonl", out_dir, smoothing=_SMOOTHING.value)
   except (plots.MetricsError, ValueError) as e:

@@ -109,6 +109,6 @@ def test_processes_roll_out_disjoint_shares(runs):
   _, _, logs = runs
   pattern = re.compile(r"rollout: episodes \[(\d+), (\d+)\) of (\d+) on process (\d+)")
   shares = [[tuple(map(int, m)) for m in pattern.findall(log)] for log in logs]
-  # Evaluations (start, after SFT, final: 2 episodes) and the GRPO rollout (2 prompts): one episode each.
-  assert [s[3] for s in shares[0]] == [0] * 4 and [s[3] for s in shares[1]] == [1] * 4
+  # Evaluations (start, after SFT, final: 2 episodes) and the 2 GRPO rollouts (2 prompts): one episode each.
+  assert [s[3] for s in shares[0]] == [0] * 5 and [s[3] for s in shares[1]] == [1] * 5
   assert all(s[:3] == (0, 1, 2) for s in shares[0]) and all(s[:3] == (1, 2, 2) for s in shares[1]), shares

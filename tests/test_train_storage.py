@@ -1,9 +1,9 @@
 """A run whose workdir is a `gs://` URI writes everything through etils.epath and resumes from there.
 
 No network: in a subprocess, an fsspec filesystem registered for `gs://` (the one epath's fsspec backend asks for)
-keeps bucket/path under a local directory; Orbax's array bytes reach the same directory through TensorStore's file
-driver (its GCS driver needs the network), and Orbax's hierarchical-namespace query to the GCS API answers "flat
-bucket". So every file a run writes (metrics, eval rows, TensorBoard, SFT pairs, checkpoints, the reference policy,
+keeps bucket/path under a local directory; Orbax's array bytes reach the same directory (TensorStore's key-value
+specs get the local path: its GCS driver needs the network), and Orbax's hierarchical-namespace query to the GCS API
+answers "flat bucket". So every file a run writes (metrics, eval rows, TensorBoard, SFT pairs, checkpoints, the reference policy,
 exports with config and tokenizer) goes through a URI the code must not make local or absolute; the run trains 2 SFT
 steps, then resumes to a GRPO step in `gs://bucket/run`, and nothing may appear in the working directory.
 """
@@ -49,6 +49,7 @@ def _serve_gs_from(root: str):
   import fsspec
   from fsspec.implementations.local import LocalFileSystem
   from orbax.checkpoint._src.path import gcs_utils
+  from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
 
   class GsOnDisk(LocalFileSystem):
     protocol = ("gs", "gcs")
@@ -61,10 +62,15 @@ def _serve_gs_from(root: str):
           path = os.path.join(root, path[len(prefix):])
       return LocalFileSystem._strip_protocol(path)
 
+    def glob(self, path, **kwargs):  # epath puts "gs://" before each match: bucket/path, as GCS answers
+      return [os.path.relpath(p, root) for p in super().glob(path, **kwargs)]
+
   for name in GsOnDisk.protocol:
     fsspec.register_implementation(name, GsOnDisk, clobber=True)
-  gcs_utils.get_kvstore_for_gcs = lambda path: {
-      "driver": "file", "path": os.path.join(root, *gcs_utils.parse_gcs_path(path, add_trailing_slash=False))}
+  on_disk = lambda path: os.path.join(root, str(path)[len("gs://"):]) if str(path).startswith("gs://") else path
+  build_kvstore_tspec = ts_utils.build_kvstore_tspec
+  ts_utils.build_kvstore_tspec = lambda directory, *args, **kwargs: build_kvstore_tspec(on_disk(directory), *args,
+                                                                                         **kwargs)
   gcs_utils.is_hierarchical_namespace_enabled = lambda path: False
 
 
