@@ -20,6 +20,9 @@ import pytest
 
 from atommem_jax.train import loop
 
+# Three tiny trainings (minutes on a busy host); `test_distributed.py` runs the pieces on 2 processes by default.
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENT = str(ROOT / "experiments" / "grpo_hotpot.py")
 OVERRIDES = [

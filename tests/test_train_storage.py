@@ -13,6 +13,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiments" / "grpo_hotpot.py"
 OVERRIDES = {
@@ -23,6 +25,9 @@ OVERRIDES = {
     "grpo.microbatch_rows": 8,
 }
 WORKDIR = "gs://bucket/run"
+
+# Two tiny trainings; `test_storage.py` checks the run's own writers on a gs:// filesystem by default.
+pytestmark = pytest.mark.slow
 
 
 def test_gs_workdir_run_writes_there_and_resumes(tmp_path):
