@@ -13,11 +13,12 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
-import orbax.checkpoint as ocp
 import jax
+import numpy as np
 import pytest
+from flax import nnx
 
+from atommem_jax.checkpoint import orbax_params
 from atommem_jax.train import loop
 
 # Three tiny trainings (minutes on a busy host); `test_distributed.py` runs the pieces on 2 processes by default.
@@ -102,9 +103,8 @@ def test_two_processes_give_the_single_process_metrics(runs):
 
 def test_two_processes_give_the_single_process_parameters(runs):
   single, multi, _ = runs
-  want = ocp.StandardCheckpointer().restore(single / "params" / "params")
-  got = ocp.StandardCheckpointer().restore(multi / "params" / "params")
-  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=0, atol=1e-4), got, want)
+  (_, want), (_, got) = (orbax_params.restore_params(workdir / "params") for workdir in (single, multi))
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=0, atol=1e-4), nnx.state(got), nnx.state(want))
   assert (multi / "params" / "qwen3_config.json").is_file()
 
 
