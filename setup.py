@@ -20,6 +20,8 @@ INSTALL_REQUIRES = [
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",
     "tqdm==4.70.1",
+    "psutil==7.2.2",  # the workdir lock: a holder's process start time
+    "etils[epath]==1.15.0",  # the workdir lock on gs:// and other object stores
     "jinja2==3.1.6",  # transformers renders chat templates with it
     # The web environment: MCP client and our corpus server, its retrieval, HTML extraction, tool-call repair, GAIA.
     "mcp==2.3.0",

@@ -6,6 +6,7 @@ dataclasses and in experiment files, never in `config.get(key, default)` calls.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 import os
 import pathlib
@@ -100,7 +101,9 @@ def from_dict(cls: type[T], mapping: Any, *, where: str | None = None) -> T:
   fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
   unknown = sorted(set(mapping) - set(fields))
   if unknown:
-    raise ConfigError(f"{where}: unknown config key(s) {unknown}; known keys are {sorted(fields)}")
+    close = sorted({k for name in unknown for k in difflib.get_close_matches(name, list(fields), n=3, cutoff=0.5)})
+    raise ConfigError(f"{where}: unknown config key(s) {unknown}"
+                      + (f"; nearest known keys: {close}" if close else "") + f"; known keys are {sorted(fields)}")
   kwargs = {name: _convert(value, hints[name], f"{where}.{name}") for name, value in mapping.items()}
   return cls(**kwargs)
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from flax import nnx
 
-from atommem_jax import checkpoint
+from atommem_jax import checkpoint, cli
 from atommem_jax.model import Qwen3, Qwen3Config, abstract_model
 
 _SRC = flags.DEFINE_string("src", None, "Source checkpoint directory (HF or Orbax parameters).")
@@ -72,4 +72,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["src", "dst"])
-  app.run(main)
+  cli.run(main)

@@ -2,22 +2,30 @@
 
   python -m atommem_jax.evaluate --config experiments/eval_hotpot.py:tiny --config.checkpoint=DIR --workdir OUT
 
-Writes OUT/trajectories.jsonl, OUT/results.json and OUT/results.md (see `atommem_jax.eval.runner`). Multi-host runs
-(every host runs the same command) add `--distributed`, so `jax.distributed.initialize()` joins the hosts before any
-device is touched; process 0 writes the files.
+Writes OUT/trajectories.jsonl, OUT/results.json and OUT/results.md (see `atommem_jax.eval.runner`); results already
+in OUT are replaced only with `--overwrite`, and OUT is locked while the evaluation runs (`workdir_lock`). Multi-host
+runs (every host runs the same command) add `--distributed`, so `jax.distributed.initialize()` joins the hosts before
+any device is touched; process 0 writes the files. Bad input is one line on stderr, exit status 1 (`cli`).
 """
 from __future__ import annotations
 
+import pathlib
 from typing import Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from atommem_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file[:arg] with get_config(arg)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory", required=True)
 _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar per (variant, dataset, N)")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "join a multi-process run with jax.distributed.initialize() "
                                  "(coordinator and process ids from the environment)")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace the results of an earlier evaluation in --workdir")
+
+# What an evaluation writes into its workdir.
+OUTPUT_FILES = ("trajectories.jsonl", "results.json", "results.md", "em_vs_documents.png")
 
 flags.mark_flags_as_required(["config"])
 
@@ -29,17 +37,23 @@ def main(argv: Sequence[str]) -> None:
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()
 
-  from atommem_jax import configlib  # pylint: disable=g-import-not-at-top
-  from atommem_jax.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
-  from atommem_jax.data.records import DataFormatError  # pylint: disable=g-import-not-at-top
+  from atommem_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   from atommem_jax.eval import config as eval_config  # pylint: disable=g-import-not-at-top
   from atommem_jax.eval import runner  # pylint: disable=g-import-not-at-top
 
+  workdir = pathlib.Path(_WORKDIR.value)
+  if workdir.exists() and not workdir.is_dir():
+    raise cli.CliError(f"--workdir {workdir} is a file, not a directory")
+  existing = [name for name in OUTPUT_FILES if (workdir / name).exists()]
+  if existing and not _OVERWRITE.value:
+    raise cli.CliError(f"--workdir {workdir} already holds {', '.join(existing)}; pass --overwrite to replace them, "
+                       f"or choose another --workdir")
+  config = eval_config.eval_config_from_dict(_CONFIG.value)
+  lock = workdir_lock.acquire_for_job(workdir)
   try:
-    config = eval_config.eval_config_from_dict(_CONFIG.value)
-    paths = runner.evaluate(config, _WORKDIR.value, progress=_PROGRESS.value)
-  except (configlib.ConfigError, runner.EvalError, CheckpointError, DataFormatError, FileNotFoundError) as e:
-    raise SystemExit(f"error: {e}") from None
+    paths = runner.evaluate(config, workdir, progress=_PROGRESS.value)
+  finally:
+    lock.release()
   for path in paths.values():
     print(path)
   if "results.md" in paths:
@@ -47,4 +61,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

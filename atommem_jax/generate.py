@@ -3,20 +3,20 @@
   python -m atommem_jax.generate --model DIR --prompt "Once upon" --prompt "The capital of" \
       --max_new_tokens 32 --greedy --json [--attention blockwise]
 
-DIR is a transformers Qwen3 directory (config.json + safetensors) or an Orbax parameter directory written by
-`atommem_jax.convert`; the tokenizer is loaded from DIR. Prompts are tokenized raw unless `--chat` wraps each one as
+DIR is a transformers Qwen3 directory (config.json + safetensors), an Orbax parameter directory written by
+`atommem_jax.convert`, or a trainer workdir (`checkpoint.loader`); the tokenizer is the checkpoint's. Prompts are tokenized raw unless `--chat` wraps each one as
 a user turn of the tokenizer's chat template. `--json` prints one JSON list with one object per prompt and sample:
 `prompt_index`, `sample_index`, `token_ids` (generated ids, ending before EOS), `text`, `stop_reason`.
 """
 from __future__ import annotations
 
 import json
-import sys
 import typing
 from typing import Sequence
 
-from absl import app, flags
+from absl import flags
 
+from atommem_jax import cli
 from atommem_jax.model.config import Attention
 from atommem_jax.sampling.from_checkpoint import generate_from_dir
 
@@ -39,16 +39,13 @@ flags.DEFINE_enum("attention", "auto", list(typing.get_args(Attention)),
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}; prompts go in --prompt")
+    raise cli.CliError(f"unexpected arguments {argv[1:]}; prompts go in --prompt")
   if not FLAGS.model:
-    sys.exit("error: --model DIR is required (an HF Qwen3 directory or an Orbax parameter directory)")
-  try:
-    rows = generate_from_dir(FLAGS.model, FLAGS.prompt, max_new_tokens=FLAGS.max_new_tokens, greedy=FLAGS.greedy,
-                    temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
-                    num_samples=FLAGS.num_samples, stop=FLAGS.stop, seed=FLAGS.seed, chat=FLAGS.chat,
-                    attention=FLAGS.attention)
-  except (ValueError, FileNotFoundError) as error:
-    sys.exit(f"error: {error}")
+    raise cli.CliError("--model DIR is required (an HF Qwen3 directory or an Orbax parameter directory)")
+  rows = generate_from_dir(FLAGS.model, FLAGS.prompt, max_new_tokens=FLAGS.max_new_tokens, greedy=FLAGS.greedy,
+                           temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
+                           num_samples=FLAGS.num_samples, stop=FLAGS.stop, seed=FLAGS.seed, chat=FLAGS.chat,
+                           attention=FLAGS.attention)
   if FLAGS.json:
     print(json.dumps(rows))
   else:
@@ -57,4 +54,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

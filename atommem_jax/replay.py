@@ -7,12 +7,11 @@ The transcript format and the printed object are described in `atommem_jax.agent
 from __future__ import annotations
 
 import json
-import sys
 from typing import Sequence
 
-from absl import app, flags
+from absl import flags
 
-from atommem_jax import configlib
+from atommem_jax import atomic_files, cli
 from atommem_jax.agent.replay import replay
 
 flags.DEFINE_string("transcript", None, "The transcript JSON file to replay.")
@@ -23,20 +22,11 @@ def main(argv: Sequence[str]) -> None:
   del argv
   path = FLAGS.transcript
   if not path:
-    sys.exit("--transcript FILE.json is required")
-  try:
-    with open(path, encoding="utf-8") as f:
-      transcript = json.load(f)
-  except OSError as err:
-    sys.exit(f"{path}: cannot read the transcript ({err.strerror})")
-  except json.JSONDecodeError as err:
-    sys.exit(f"{path}: not valid JSON ({err})")
-  try:
-    result = replay(transcript, where=path)
-  except (ValueError, configlib.ConfigError) as err:
-    sys.exit(str(err))
+    raise cli.CliError("--transcript FILE.json is required")
+  # Unreadable, not UTF-8, not JSON, a lone surrogate, a bad key or value: one line naming it (`cli.run`).
+  result = replay(atomic_files.read_json(path), where=path)
   print(json.dumps(result, ensure_ascii=False))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

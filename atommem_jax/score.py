@@ -17,7 +17,7 @@ from typing import Sequence
 
 from absl import app, flags
 
-from atommem_jax import atomic_files
+from atommem_jax import atomic_files, cli
 from atommem_jax.metrics import scores
 
 _PREDICTIONS = flags.DEFINE_string("predictions", None, "JSONL file of {prediction, answers} lines.")
@@ -52,11 +52,8 @@ def score_file(path: str) -> dict[str, float | int]:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    print(json.dumps(score_file(_PREDICTIONS.value)))
-  except PredictionsError as e:
-    raise SystemExit(f"error: {e}") from None
+  print(json.dumps(score_file(_PREDICTIONS.value)))  # a PredictionsError is one line: `cli.run`
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.memory = dict(capacity=256, entry_tokens=256, scratchpad_tokens=1024, query_tokens=128, embed_dim=1024,
                        top_k=6, overflow="evict_oldest", retrieval="exact", max_ops_per_turn=16, spill="none")
   config.sampler = dict(greedy=True, max_new_tokens=4096, prompt_buckets=(4096, 8192, 12288, 16384, 24576, 32768, 40960))
+  config.rollout = dict(engine="host")
   return config
 
 
@@ -54,6 +55,7 @@ def tiny_config() -> ml_collections.ConfigDict:
   config.expected_model = train.model.preset
   config.tokenizer = ""
   config.embedder = train.embedder
+  config.rollout = train.rollout
   config.agent = train.agent
   config.memory = train.memory
   config.batch_size = 8

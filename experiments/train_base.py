@@ -20,8 +20,9 @@ def released() -> ml_collections.ConfigDict:
   c.mesh = dict(data=1, fsdp=1, tensor=1)
   # bfloat16 activations over float32 master weights; per-layer remat; attention by platform (splash on TPU).
   c.model = dict(preset="qwen3_8b", checkpoint="", tokenizer="", attention="auto", remat="full", logits_chunk=1024,
-                 dtype="bfloat16", param_dtype="float32")
+                 dtype="bfloat16", param_dtype="float32", initializer_range=0.0)
   c.task = dict(dataset="hotpotqa", path="", examples_path="", num_eval_episodes=64, grpo_num_docs=0,
+                grpo_short_fraction=0.0,
                 synthetic=dict(seed=0, num_documents=256, num_questions=64), synthetic_worlds=1,
                 long_context=dict(num_docs=200, seed=0, single_question_fraction=0.5, gold="all_context"))
   c.agent = dict(method="atommem", chunk_tokens=4000, overlap_tokens=100, max_chunks=40, max_steps=40,
@@ -29,12 +30,13 @@ def released() -> ml_collections.ConfigDict:
                  truncation="middle", reward="per_question")
   c.memory = dict(capacity=256, entry_tokens=256, scratchpad_tokens=1024, query_tokens=128, embed_dim=256, top_k=6,
                   overflow="evict_oldest", max_ops_per_turn=16, spill="none")
-  c.embedder = "hashing"
+  c.embedder = "hashing"  # or a Qwen3-Embedding checkpoint dir of width memory.embed_dim
+  c.rollout = dict(engine="host")
   c.sft = dict(steps=0, pairs_path="", oracle_episodes=64, min_reward=0.5, recitation_pairs=0, drill="copy",
                drill_steps=0, drill_every=0, drill_batch_size=32, batch_size=64, num_microbatches=8,
                max_prompt_tokens=8192, max_completion_tokens=4096,
                optimizer=dict(learning_rate=1e-5, warmup_steps=10, decay_steps=200, end_learning_rate_ratio=0.1,
-                              weight_decay=0.01, max_grad_norm=1.0))
+                              b1=0.9, b2=0.999, weight_decay=0.01, max_grad_norm=1.0))
   c.grpo = dict(
       loss=dict(num_generations=8, scale_advantage_by_std=False, zero_variance_groups="keep", clip_low=0.2,
                 clip_high=0.28, dual_clip=3.0, kl_coef=0.001, kl_estimator="k3", use_kl=True,
@@ -46,7 +48,7 @@ def released() -> ml_collections.ConfigDict:
       sampler=dict(temperature=1.0, top_p=0.99, max_new_tokens=4096,
                    prompt_buckets=(4096, 8192, 12288, 16384), wave_rows=16),
       optimizer=dict(learning_rate=1e-6, warmup_steps=20, decay_steps=200, end_learning_rate_ratio=1.0,
-                     weight_decay=0.01, max_grad_norm=1.0))
+                     b1=0.9, b2=0.999, weight_decay=0.01, max_grad_norm=1.0))
   c.eval = dict(num_episodes=64, max_new_tokens=4096)
   return c
 

@@ -187,6 +187,16 @@ def test_environments_and_methods_are_chosen_by_name():
   assert typing.get_args(Reward) == tuple(rewards.REWARDS)
 
 
+def test_an_environment_is_its_file(tmp_path):
+  # Every module file of the package is an environment of its name: adding one is adding a file.
+  assert envs.ENVIRONMENTS == {"long_context": "atommem_jax.agent.envs.long_context"}
+  for name in ("base", "_helpers", "count_chunks", "web"):
+    (tmp_path / f"{name}.py").write_text("")
+  (tmp_path / "sub").mkdir()
+  (tmp_path / "sub" / "__init__.py").write_text("")
+  assert envs.discover([str(tmp_path)], "pkg") == {"count_chunks": "pkg.count_chunks", "web": "pkg.web"}
+
+
 # Which view renders which templates (the system prompt with either phase).
 _TEMPLATES_OF = {"atommem": ("system", "read", "answer"),
                  "memagent": ("baseline_system", "memagent_read", "memagent_answer"),

@@ -64,7 +64,7 @@ def test_boxed_answer_keeps_nested_braces():
 
 def test_disabled_ops_keep_their_name_but_are_invalid():
   ops = protocol.parse_response("<add_memory>a</add_memory><update_memory>s</update_memory>", num_shown=0)
-  ablated = protocol.disable_ops(ops, AgentConfig(allow_update=False, use_storage=False).disabled_kinds)
+  ablated = protocol.disable_ops(ops, env.make(AgentConfig(allow_update=False, use_storage=False)).disabled_kinds)
   assert [(op.name, op.valid) for op in ablated] == [("add_memory", False), ("update_memory", True)]
 
 

@@ -42,6 +42,10 @@ def test_bad_topology_config_or_mesh_exit_2_with_one_line(capsys):
   err = capsys.readouterr().err
   assert "unknown config argument 'nope'" in err and len(err.strip().splitlines()) == 1
   assert run(["aot", "--config", RELEASED, "--topology", "v5p-8", "--config.model.atention=dense"]) == 2
+  assert capsys.readouterr().err.startswith("error: --config.model.atention: unknown config key 'model.atention'; "
+                                            "nearest known keys: model.attention, ")
+  assert run(["aot", "--config", "experiments/nope.py", "--topology", "v5p-8"]) == 2
+  assert capsys.readouterr().err == "error: --config: experiment file experiments/nope.py does not exist\n"
   assert run(["aot", "--config", RELEASED, "--topology", "v5p-8", "--config.model.preset=qwen3_70b"]) == 2
   assert "qwen3_70b" in capsys.readouterr().err
   # A mesh that fits the slice but not the batch: micro-batch rows must split over data x fsdp.

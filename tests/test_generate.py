@@ -104,3 +104,17 @@ def test_clear_errors(hf_dir_and_model, tmp_path):
     copy_tokenizer_files(tiny_tokenizer_dir(), tmp_path)
     generate_from_dir(str(tmp_path), PROMPTS, max_new_tokens=2, greedy=True, temperature=1.0, top_k=0, top_p=1.0,
                       num_samples=1, stop=[], seed=0, chat=False)
+
+
+def test_cli_refuses_more_new_tokens_than_the_model_has_positions(hf_dir_and_model):
+  path, _ = hf_dir_and_model
+  result = subprocess.run([sys.executable, "-m", "atommem_jax.generate", "--model", str(path), "--prompt", PROMPTS[1],
+                           "--max_new_tokens", "100000"], capture_output=True, text=True, env=dict(os.environ),
+                          timeout=120)
+  # Before: accepted, and the decode loop ran far past the model's 1024 positions.
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert result.returncode == 1 and len(lines) == 1, result.stderr[-2000:]
+  prompt_tokens = len(load_tiny_tokenizer().encode(PROMPTS[1], add_special_tokens=False))
+  assert lines[0] == (f"error: --max_new_tokens 100000 after the longest prompt ({prompt_tokens} tokens) needs "
+                      f"{100000 + prompt_tokens} positions; the model in {path} has 1024 (max_position_embeddings): "
+                      f"use --max_new_tokens {1024 - prompt_tokens} or less")

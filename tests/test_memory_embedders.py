@@ -116,3 +116,22 @@ def test_hashing_embedder_definition_and_numpy_twin():
   prefix[5:] = 0
   e = embedders.hash_embed_numpy(np.stack([a, prefix, other]), np.array([8, 5, 8]), dim)
   assert e[0] @ e[1] > 0.5 > abs(e[0] @ e[2])
+
+
+def test_the_qwen3_recipe_is_encoded_with_the_texts_tokenizer_and_pools_endoftext():
+  from transformers import PreTrainedTokenizerFast
+  from tokenizers import Tokenizer, models, pre_tokenizers
+
+  from atommem_jax.data.tokenizer import load_tiny_tokenizer
+
+  tokenizer = load_tiny_tokenizer()
+  recipe = embedders.Qwen3EmbedderConfig.for_tokenizer(tokenizer)
+  assert recipe.query_prefix_ids == tuple(tokenizer.encode(embedders.RETRIEVAL_INSTRUCTION, add_special_tokens=False))
+  assert tokenizer.decode(recipe.query_prefix_ids).startswith("Instruct: ")
+  assert recipe.entry_prefix_ids == ()
+  # The pooled token is <|endoftext|>, as Qwen3-Embedding's reference appends, not the EOS (<|im_end|>).
+  assert recipe.suffix_ids == (tokenizer.convert_tokens_to_ids("<|endoftext|>"),) != (tokenizer.eos_token_id,)
+  words = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>"))
+  words.pre_tokenizer = pre_tokenizers.Whitespace()
+  with pytest.raises(ValueError, match=r"no <\|endoftext\|> token"):
+    embedders.Qwen3EmbedderConfig.for_tokenizer(PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>"))

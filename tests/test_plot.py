@@ -68,14 +68,15 @@ def test_cli_missing_and_empty_metrics_are_clear_errors(tmp_path):
     assert not (tmp_path / "plots").exists()
 
 
-def test_malformed_row_names_file_and_line(tmp_path):
+def test_malformed_row_names_file_and_line_and_costs_no_other_row(tmp_path, caplog):
   metrics = write_metrics(tmp_path / "metrics.jsonl", steps=3, sft_steps=0)
-  with metrics.open("a") as f:
-    f.write('{"step": 4, "loss": 0.1\n')
-  with pytest.raises(plots.MetricsError, match=r"metrics.jsonl: line 4: not valid JSON"):
-    plots.read_metrics(metrics)
+  lines = metrics.read_text().splitlines(keepends=True)
+  metrics.write_text(lines[0] + '{"step": 2, "loss": 0.1\n' + "".join(lines[2:]))
+  # A damaged line is reported and skipped (it used to stop the plot altogether).
+  assert [row["step"] for row in plots.read_metrics(metrics)] == [1, 3]
+  assert "metrics.jsonl: line 2: not valid JSON" in caplog.text
   metrics.write_text('{"loss": 0.1}\n')
-  with pytest.raises(plots.MetricsError, match=r"metrics.jsonl: line 1: expected a JSON object"):
+  with pytest.raises(plots.MetricsError, match=r"metrics.jsonl holds no valid row: .*line 1: no integer 'step'"):
     plots.read_metrics(metrics)
 
 

@@ -232,7 +232,7 @@ def test_replay_with_a_qwen3_checkpoint_as_embedder(tmp_path):
   assert result["final"]["storage"] == facts and result["final"]["reward"] == 1.0
   shown = result["turns"][1]["retrieved"]
   assert len(shown) == 2 and set(shown) <= set(facts)
-  with pytest.raises(configlib.ConfigError, match="hidden size 64; set embed_dim"):
+  with pytest.raises(configlib.ConfigError, match="has width 64, but embed_dim is 32; set embed_dim=64"):
     _replay(["x"], **{**config, "embed_dim": 32})
 
 

@@ -60,13 +60,20 @@ def test_metrics_eval_and_tensorboard_in_a_bucket_and_resume(bucket):
   assert json.loads((bucket / "eval.jsonl").read_text())["em"] == 0.5
   events = list((bucket / "tensorboard").iterdir())
   assert len(events) == 1 and events[0].name.startswith("events.out.tfevents") and events[0].read_bytes()
-  # A run resumed from step 2's checkpoint drops what the interrupted run logged after it.
+  # A run resumed from step 2's checkpoint replaces what the interrupted run logged after it as it re-derives it;
+  # a damaged line is set aside beside the file (an object rewritten whole: object stores cannot append).
+  (bucket / "metrics.jsonl").write_text((bucket / "metrics.jsonl").read_text() + '{"step": 4, "lo\n')
   log = MetricsLog(bucket, 2)
+  assert len(log.repairs) == 1 and "line 4" in log.repairs[0]
   log.write(3, {"loss": 9.0, "phase": "sft"})
-  log.close()
   rows = [json.loads(line) for line in (bucket / "metrics.jsonl").read_text().splitlines()]
   assert [(r["step"], r["loss"]) for r in rows] == [(1, 1.0), (2, 0.5), (3, 9.0)]
-  assert (bucket / "eval.jsonl").read_text() == ""
+  assert json.loads((bucket / "eval.jsonl").read_text())["em"] == 0.5  # not re-derived yet: kept
+  log.write_eval(3, "final", {4: {"em": 0.75}})
+  log.close()
+  assert [json.loads(line)["em"] for line in (bucket / "eval.jsonl").read_text().splitlines()] == [0.75]
+  damaged = [json.loads(line) for line in (bucket / "metrics.jsonl.damaged").read_text().splitlines()]
+  assert [(d["line"], d["text"]) for d in damaged] == [(4, '{"step": 4, "lo')]
 
 
 def test_jsonl_plots_and_tokenizer_files_in_a_bucket(bucket):

@@ -1,4 +1,5 @@
-"""Corpus files, parts and passages, the hybrid index (build, reload, rebuild on change), and the corpus builders."""
+"""Corpus files, parts and passages, the hybrid index (build, reload, rebuild on change, never replaced unasked),
+and the corpus builders."""
 import json
 import os
 
@@ -10,7 +11,8 @@ from atommem_jax.data.records import DataFormatError
 from atommem_jax.tools import build_corpus
 from atommem_jax.tools.corpus import (PART_OVERLAP_TOKENS, PageTokenizer, html_to_text, part_bounds, passage_bounds,
                                       read_corpus)
-from atommem_jax.tools.corpus_index import CorpusIndex, HashingTextEmbedder, IndexConfig, default_index_dir
+from atommem_jax.tools.corpus_index import (CorpusIndex, HashingTextEmbedder, IndexConfig, IndexConflict,
+                                           default_index_dir)
 
 
 def write_rows(path, rows):
@@ -149,18 +151,46 @@ def test_bm25_ranking_is_bm25s_own(world_corpus, tmp_path):
     assert len(row) == len(expected)
 
 
-def test_index_rebuilds_when_corpus_or_config_changes(tmp_path):
+def test_index_rebuilds_when_corpus_changes_and_for_another_config_only_when_asked(tmp_path):
   corpus = tmp_path / "c.jsonl"
   write_rows(corpus, [{"url": f"u{i}", "title": f"T{i}", "text": f"page number {i} about topic{i}"}
                       for i in range(5)])
   assert CorpusIndex.open(corpus).num_pages == 5
   assert default_index_dir(corpus).is_dir()
   write_rows(corpus, [{"url": f"u{i}", "title": f"T{i}", "text": f"page {i}"} for i in range(7)])
-  assert CorpusIndex.open(corpus).num_pages == 7
-  narrow = CorpusIndex.open(corpus, IndexConfig(dim=32))
+  assert CorpusIndex.open(corpus).num_pages == 7  # this file's own index, stale: re-derived without asking
+  # An index built with another config may have cost hours (a Qwen3 embedder): replaced only when asked.
+  with pytest.raises(IndexConflict, match=r"another config \(dim: 256 there, 32 asked\); pass --rebuild"):
+    CorpusIndex.open(corpus, IndexConfig(dim=32))
+  assert json.loads((default_index_dir(corpus) / "meta.json").read_text())["config"]["dim"] == 256
+  narrow = CorpusIndex.open(corpus, IndexConfig(dim=32), rebuild=True)
   assert narrow.dense.config.dim == 32 and narrow.meta["config"]["dim"] == 32
   leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".")]
   assert not leftovers  # no temporary build directories remain
+
+
+def test_index_dir_of_another_corpus_or_of_other_files_is_not_replaced(tmp_path):
+  first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+  write_rows(first, [{"url": "u", "title": "T", "text": "first corpus"}])
+  write_rows(second, [{"url": "v", "title": "S", "text": "second corpus"}, {"url": "w", "title": "R", "text": "x"}])
+  shared = tmp_path / "idx"
+  CorpusIndex.open(first, index_dir=shared)
+  with pytest.raises(IndexConflict, match=f"holds the index of another corpus \\({first}\\)"):
+    CorpusIndex.open(second, index_dir=shared)
+  assert CorpusIndex.open(first, index_dir=shared).num_pages == 1  # untouched, still loads
+  assert CorpusIndex.open(second, index_dir=shared, rebuild=True).num_pages == 2
+  # A directory of someone's files is never an index to replace, --rebuild or not.
+  notes = tmp_path / "notes"
+  notes.mkdir()
+  (notes / "todo.txt").write_text("keep me")
+  for rebuild in (False, True):
+    with pytest.raises(IndexConflict, match="holds files but no corpus index"):
+      CorpusIndex.open(first, index_dir=notes, rebuild=rebuild)
+  assert [p.name for p in notes.iterdir()] == ["todo.txt"] and (notes / "todo.txt").read_text() == "keep me"
+  (shared / "meta.json").write_text("{damaged")
+  with pytest.raises(IndexConflict, match="damaged index"):
+    CorpusIndex.open(second, index_dir=shared)
+  assert CorpusIndex.open(second, index_dir=shared, rebuild=True).num_pages == 2
 
 
 def test_failed_build_leaves_previous_index(tmp_path):

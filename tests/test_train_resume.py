@@ -11,6 +11,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -120,3 +121,27 @@ def test_unknown_config_key_is_an_error(tmp_path):
   assert result.returncode != 0
   assert "stepz" in result.stderr
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_second_run_on_a_live_workdir_is_refused(tmp_path):
+  workdir = tmp_path / "run"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+             PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  first = subprocess.Popen([sys.executable, "-m", "atommem_jax.train", f"--config={EXPERIMENT}:tiny",
+                            f"--workdir={workdir}", *OVERRIDES], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+  try:
+    for _ in range(1200):
+      if (workdir / "workdir.lock").exists() or first.poll() is not None:
+        break
+      time.sleep(0.1)
+    assert first.poll() is None, "the first run ended before it could be doubled"
+    second = _train(workdir)
+    # Before: both ran to the end, every evaluation row twice in eval.jsonl.
+    lines = [line for line in second.stderr.splitlines() if line.strip()]
+    assert second.returncode == 1 and len(lines) == 1, second.stderr[-3000:]
+    assert lines[0].startswith(f"error: workdir {workdir} is in use by pid {first.pid} on host ")
+    assert "atommem_jax.train" in lines[0]
+  finally:
+    first.kill()
+    first.wait(timeout=60)

@@ -70,13 +70,6 @@ class AgentConfig:
       if getattr(self, name) < 1:
         raise ValueError(f"AgentConfig.{name} must be >= 1, got {getattr(self, name)}")
 
-  @property
-  def disabled_kinds(self) -> tuple[int, ...]:
-    """Op kinds the method and the ablations turn into counted invalid no-ops (the long-context environment's
-    `disabled_kinds`; kept here for `agent/device_loop.py`)."""
-    from atommem_jax.agent.envs import long_context  # pylint: disable=g-import-not-at-top
-    return long_context.METHODS[self.method].disabled_kinds(self)
-
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:

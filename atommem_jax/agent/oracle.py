@@ -21,6 +21,7 @@ import re
 from typing import Any, Sequence
 
 from atommem_jax import op_table
+from atommem_jax.agent.envs import long_context
 from atommem_jax.agent.trajectory import Trajectory
 from atommem_jax.data.synthetic import Fact, SyntheticQuestion
 
@@ -34,7 +35,11 @@ class OraclePolicy:
 
   def __init__(self, questions: Sequence[SyntheticQuestion], method: str = "atommem"):
     self.questions = {q.record.question: q for q in questions}
-    self.method = method
+    # The part it plays follows the method's memory parts (its row of `METHODS`): with storage, the CRUD ops; with
+    # only a scratchpad, one memory rewritten while reading; with none, an answer from the passages shown.
+    parts = long_context.METHODS[method].parts
+    self.has_storage = "storage" in parts
+    self.rewrites_one_memory = parts == ("scratchpad",)
 
   def __call__(self, observations: list[str]) -> list[str]:
     return [self.respond(o) for o in observations]
@@ -50,7 +55,7 @@ class OraclePolicy:
     shown = _MEMORY_LINE_RE.findall(observation)
     scratchpad_match = _SCRATCHPAD_RE.search(observation)
     scratchpad = scratchpad_match.group(1) if scratchpad_match else ""
-    if chunk is not None and self.method == "memagent":
+    if chunk is not None and self.rewrites_one_memory:
       facts = [f for q in self._questions_in(observation[:chunk.start()]) for f in q.facts
                if f.sentence in observation]
       notes = " ".join(dict.fromkeys(f.sentence for f in facts)) or "No relevant facts yet."
@@ -60,7 +65,7 @@ class OraclePolicy:
     # The answer view states the current question first (the query line further down may quote another one).
     question = min(self._questions_in(observation),
                    key=lambda q: (observation.find(q.record.question), -len(q.record.question)))
-    if self.method != "atommem":
+    if not self.has_storage:
       visible = [f for f in question.facts if f.sentence in observation]
       answer = _derive(question.kind, visible) if len(visible) == len(question.facts) else "unknown"
       return op_table.tag(op_table.FINAL_ANSWER, f"\\boxed{{{answer}}}")

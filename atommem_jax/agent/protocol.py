@@ -23,9 +23,14 @@ Scanning rules, applied left to right:
 - A paired tag `<x>...</x>` whose name is not a protocol tag (and not `think`) is one invalid op ("unknown tag");
   unpaired unknown `<x>` is plain text.
 - An empty (whitespace-only) body, a `Memory i` that does not parse, an `i` outside 1..shown (the number of entries
-  shown in this turn's observation), a target already deleted earlier in the same response, a `\\boxed{}` that is
-  missing, unbalanced or empty: each makes that op invalid. (The answer is the last balanced box, as the reward
-  reads it: `metrics.boxed.last_boxed`.)
+  shown in this turn's observation; an `i` of any number of digits is read), a target already deleted earlier in the
+  same response, a `\\boxed{}` that is missing, unbalanced or empty: each makes that op invalid. (The answer is the
+  last balanced box, as the reward reads it: `metrics.boxed.last_boxed`.)
+- A lone surrogate (a code point that is no Unicode character; a decoded token sequence never holds one) is read as
+  U+FFFD, so every op's text can be encoded and embedded.
+
+Parsing never raises and takes time linear in the response's length (`python -m atommem_jax.bench parser` measures
+it), whatever the response: unclosed and nested tags, boxes left open, indices of any length.
 
 Op type names (used in trajectories and by `python -m atommem_jax.replay`): `update_memory, update_query, add_memory,
 modify_memory, delete_memory, final_answer, invalid`. A part that does not parse is type `invalid`. A well-formed op
@@ -58,7 +63,11 @@ TAG_KINDS = op_table.TAG_KINDS
 
 _PROTOCOL_TAG_RE = re.compile(r"<(/?)(" + "|".join(TAG_KINDS) + r")>")
 _THINK_RE = re.compile(f"<{op_table.THINK}>.*?(</{op_table.THINK}>|\\Z)", re.DOTALL)
-_UNKNOWN_PAIR_RE = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>.*?</\1>", re.DOTALL)
+_OPEN_NAME_RE = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
+_CLOSE_NAME_RE = re.compile(r"</([A-Za-z_][A-Za-z0-9_]*)>")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+# A target past this many digits is out of range whatever is shown; `int()` of it would be slow, or refused.
+_MAX_TARGET_DIGITS = 18
 _MODIFY_RE = re.compile(r"\s*Memory\s+(\d+)\s*:(.*)\Z", re.DOTALL)
 _DELETE_RE = re.compile(r"\s*Memory\s+(\d+)\s*\Z")
 
@@ -102,7 +111,11 @@ def _parse_body(kind: int, body: str, num_shown: int, deleted: set[int]) -> Op:
   if match is None:
     form = "Memory i: TEXT" if grammar == "target_text" else "Memory i"
     return _invalid(f"<{KIND_NAMES[kind]}> body is not '{form}'", body)
-  target = int(match.group(1))
+  digits = match.group(1).lstrip("0") or "0"
+  if len(digits) > _MAX_TARGET_DIGITS:
+    return _invalid(f"Memory {digits[:_MAX_TARGET_DIGITS]}... ({len(digits)} digits) is not among the {num_shown} "
+                    f"shown entries", body)
+  target = int(digits)
   if not 1 <= target <= num_shown:
     return _invalid(f"Memory {target} is not among the {num_shown} shown entries", body)
   if target in deleted:
@@ -122,8 +135,11 @@ def strip_think(response: str) -> str:
 
 
 def parse_response(response: str, num_shown: int) -> list[Op]:
-  """Ops in the order written (see the module docstring for the grammar); never raises on any string."""
-  text = strip_think(response)
+  """Ops in the order written (see the module docstring for the grammar); never raises, and takes time linear in
+  the response's length."""
+  if not isinstance(response, str):
+    return [_invalid(f"the response is a {type(response).__name__}, not a string")]
+  text = strip_think(_SURROGATE_RE.sub("\ufffd", response))
   ops: list[tuple[int, Op]] = []  # (position, op) so unknown-tag ops interleave in order
   deleted: set[int] = set()
   tags = list(_PROTOCOL_TAG_RE.finditer(text))
@@ -143,13 +159,38 @@ def parse_response(response: str, num_shown: int) -> list[Op]:
     ops.append((tag.start(), _parse_body(TAG_KINDS[name], text[tag.end():following.start()], num_shown, deleted)))
     i += 2
   # Unknown paired tags are found in the text with protocol ops blanked out, so `<x>` inside a body is body text.
-  blanked = list(text)
+  pieces, kept_from = [], 0
   for tag_a, tag_b in _protocol_spans(tags):
-    blanked[tag_a:tag_b] = " " * (tag_b - tag_a)
-  for match in _UNKNOWN_PAIR_RE.finditer("".join(blanked)):
-    if match.group(1) != op_table.THINK:
-      ops.append((match.start(), _invalid(f"unknown tag <{match.group(1)}>")))
+    pieces += [text[kept_from:tag_a], " " * (tag_b - tag_a)]
+    kept_from = tag_b
+  pieces.append(text[kept_from:])
+  for start, name in paired_tags("".join(pieces)):
+    if name != op_table.THINK:
+      ops.append((start, _invalid(f"unknown tag <{name}>")))
   return [op for _, op in sorted(ops, key=lambda pair: pair[0])]
+
+
+def paired_tags(text: str) -> list[tuple[int, str]]:
+  """(start, name) of each `<name>...</name>`, as `re.finditer(r"<(NAME)>.*?</\\1>", text, re.DOTALL)` finds them
+  (leftmost first, each closed by the first `</name>` after it, no overlaps), in linear time: that regex would scan
+  to the end once for every `<name>` left open."""
+  closing: dict[str, list[int]] = {}
+  for match in _CLOSE_NAME_RE.finditer(text):
+    closing.setdefault(match.group(1), []).append(match.start())
+  passed: dict[str, int] = {}  # per name: how many of its closing tags lie before the last opening tag seen
+  pairs, resume = [], 0
+  for match in _OPEN_NAME_RE.finditer(text):
+    if match.start() < resume:  # inside the pair found last
+      continue
+    name, positions = match.group(1), closing.get(match.group(1), ())
+    k = passed.get(name, 0)
+    while k < len(positions) and positions[k] < match.end():
+      k += 1
+    passed[name] = k
+    if k < len(positions):
+      pairs.append((match.start(), name))
+      resume = positions[k] + len(name) + 3  # past `</name>`
+  return pairs
 
 
 def _protocol_spans(tags: Sequence[re.Match]) -> list[tuple[int, int]]:

@@ -7,11 +7,11 @@ The transcript is
 where `config` overrides fields of `agent.config.AgentConfig` (chunk_tokens, overlap_tokens, max_chunks, max_steps,
 query_limit, query_limit_action, method, ablation switches, chunking, truncation, reward, template_dir, ...) and of
 `memory.config.MemoryConfig` (top_k, capacity, entry_tokens, spill, ...), plus `tokenizer` (a tokenizer directory;
-default: the tiny default tokenizer) and
-`embedder`: "hashing" (the default, weight-free) or the directory of a transformers Qwen3 checkpoint used as a
-Qwen3-Embedding-style embedder (last-token pooling, an instruction prefix on queries; its hidden size must equal
-`embed_dim` and its vocabulary must cover the tokenizer's). Responses are fed in order as the policy's
-outputs; if they run out before the episode ends, the replay stops there with `done: false`.
+default: the tiny default tokenizer) and `embedder`: "hashing" (the default, weight-free) or a Qwen3 checkpoint
+directory (HF, Orbax) used as a Qwen3-Embedding-style embedder (`checkpoint.loader.load_embedder`: last-token
+pooling, an instruction prefix on queries; its hidden size must equal `embed_dim` and its vocabulary must cover the
+tokenizer's). Responses are fed in order as the policy's outputs; if they run out before the episode ends, the
+replay stops there with `done: false`.
 
 Exactly one JSON object is printed:
   {"turns": [{"chunk_index": int, "phase": "read"|"answer", "ops": [{"type": str, "valid": bool}],
@@ -25,7 +25,6 @@ delete_memory, final_answer, invalid`).
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 from atommem_jax import configlib
@@ -77,37 +76,23 @@ def _check_transcript(transcript: Any, where: str) -> None:
     raise ValueError(f"{where}: every response must be a string")
 
 
-EMBEDDING_INSTRUCTION = "Instruct: Given a question, retrieve notes that help answer it\nQuery:"
-
-
-def _embedder(name: str, memory: MemoryConfig, tokenizer: Any, where: str):
-  from atommem_jax.memory import embedders  # pylint: disable=g-import-not-at-top
-  if name == "hashing":
-    return embedders.HashingEmbedder(memory.embed_dim)
-  if not os.path.isdir(name):
-    raise configlib.ConfigError(f"{where}: config embedder {name!r} is neither \"hashing\" nor a checkpoint "
-                                f"directory")
-  from atommem_jax.checkpoint import hf  # pylint: disable=g-import-not-at-top
-  model_config, model = hf.load_hf(name, dtype="float32")
-  if model_config.hidden_size != memory.embed_dim:
-    raise configlib.ConfigError(f"{where}: embedder {name} has hidden size {model_config.hidden_size}; set "
-                                f"embed_dim to it (got {memory.embed_dim})")
-  if model_config.vocab_size < len(tokenizer):
-    raise configlib.ConfigError(f"{where}: embedder {name} has {model_config.vocab_size} token ids, fewer than the "
-                                f"tokenizer's {len(tokenizer)}")
-  eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-  return embedders.Qwen3Embedder(model, embedders.Qwen3EmbedderConfig(
-      query_prefix_ids=tuple(tokenizer.encode(EMBEDDING_INSTRUCTION, add_special_tokens=False)),
-      suffix_ids=(eos,) if isinstance(eos, int) and eos >= 0 else (), pad_id=tokenizer.pad_token_id or 0))
+def _load_tools(tools: dict[str, Any], memory: MemoryConfig, where: str) -> tuple[Any, Any]:
+  """The tokenizer and the embedder, through `checkpoint.loader` as in training and evaluation."""
+  from atommem_jax.checkpoint import CheckpointError, loader  # pylint: disable=g-import-not-at-top
+  try:
+    tokenizer = loader.load_tokenizer(tools.get("tokenizer", ""), None, field=f"{where}: config tokenizer")
+    embed_fn = loader.load_embedder(tools.get("embedder", loader.HASHING), embed_dim=memory.embed_dim,
+                                    tokenizer=tokenizer, field=f"{where}: config embedder", width_field="embed_dim")
+  except (CheckpointError, FileNotFoundError) as e:
+    raise configlib.ConfigError(str(e)) from None
+  return tokenizer, embed_fn
 
 
 def replay(transcript: dict[str, Any], where: str = "transcript") -> dict[str, Any]:
   """Runs the transcript (see the module docstring) and returns the JSON-ready result."""
   _check_transcript(transcript, where)
   agent, memory, tools = split_config(transcript.get("config", {}), where)
-  from atommem_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  tokenizer = tokenizer_lib.load_tiny_tokenizer(tools.get("tokenizer"))
-  embed_fn = _embedder(tools.get("embedder", "hashing"), memory, tokenizer, where)
+  tokenizer, embed_fn = _load_tools(tools, memory, where)
   episode = Episode(id=where, document=transcript["document"], questions=tuple(transcript["questions"]),
                     answers=tuple(tuple(a) for a in transcript["answers"]))
   responses = iter(transcript["responses"])

@@ -28,6 +28,7 @@ from typing import Sequence
 from absl import flags
 from ml_collections import config_flags
 
+from atommem_jax import cli
 from atommem_jax.aot import topology as topology_lib
 
 PROGRAMS = ("train_step", "prefill", "decode")
@@ -96,10 +97,8 @@ def _without_data(config: dict) -> dict:
 
 def _model_config(config):
   """The architecture (the preset, or the checkpoint's when it is readable here) as the run executes it."""
-  import pathlib  # pylint: disable=g-import-not-at-top
-
-  from atommem_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from atommem_jax.model import Qwen3Config, get_preset  # pylint: disable=g-import-not-at-top
+  from atommem_jax.checkpoint import CheckpointError, loader  # pylint: disable=g-import-not-at-top
+  from atommem_jax.model import get_preset  # pylint: disable=g-import-not-at-top
 
   init = config.model
   if not init.checkpoint:
@@ -107,13 +106,11 @@ def _model_config(config):
       return init.runtime(get_preset(init.preset))
     except KeyError as e:
       raise BadInput(str(e).strip('"')) from None
-  path = pathlib.Path(init.checkpoint)
-  if checkpoint.is_orbax_params_dir(path):
-    return init.runtime(checkpoint.load_config(path))
-  if (path / "config.json").is_file():
-    return init.runtime(Qwen3Config.from_hf(path))
-  raise BadInput(f"model.checkpoint {init.checkpoint} is not readable here, so its architecture is unknown; check "
-                 f"with --config.model.checkpoint= and the matching --config.model.preset")
+  try:
+    return init.runtime(loader.resolve(init.checkpoint, field="model.checkpoint").model_config)
+  except (FileNotFoundError, CheckpointError) as e:
+    raise BadInput(f"model.checkpoint {init.checkpoint} is not readable here ({e}), so its architecture is unknown; "
+                   f"check with --config.model.checkpoint= and the matching --config.model.preset") from None
 
 
 _SIZE = re.compile(r"([\d.]+)\s*([KMGT]?)(?:i?B)?")
@@ -187,12 +184,10 @@ def run(argv: Sequence[str]) -> int:
   """The command line `argv` (program name first); returns the exit status."""
   args = _flags(argv)
   try:
-    args(list(argv))
-  except Exception as e:  # pylint: disable=broad-except  (flag syntax, a config file that fails to load)
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    # A config file's own error arrives with its traceback: the first line says which flag, the last what failed.
-    print(f"error: {lines[0]} {lines[-1]}" if len(lines) > 1 and "Traceback" in str(e) else f"error: {e}",
-          file=sys.stderr)
+    # Flag syntax, a missing or failing experiment file, an unknown config key (with the nearest known ones).
+    cli.parse_flag_values(argv, args)
+  except cli.CliError as e:
+    print(f"error: {cli.one_line(e)}", file=sys.stderr)
     return EXIT_BAD_INPUT
   if args.config is None or not args.topology:
     print("error: --config FILE[:ARG] and --topology NAME are required", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""`python -m atommem_jax.bench {forward,decode,memory,rollout,attention,web,long_eval} --json`: speed against the
+"""`python -m atommem_jax.bench {forward,decode,memory,rollout,attention,web,long_eval,parser} --json`: speed against the
 alternative a user picks."""
 import importlib
 import json
@@ -12,6 +12,7 @@ SUITES = {
     "attention": "atommem_jax.bench.attention",
     "web": "atommem_jax.bench.web",
     "long_eval": "atommem_jax.bench.long_eval",
+    "parser": "atommem_jax.bench.parser",
 }
 
 

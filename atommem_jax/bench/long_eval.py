@@ -20,6 +20,7 @@ import flax.nnx as nnx
 import jax
 from absl import flags
 
+from atommem_jax import op_table
 from atommem_jax.agent.config import AgentConfig, RolloutConfig
 from atommem_jax.agent.engines import host
 from atommem_jax.agent.envs.long_context import READ, Episode
@@ -52,7 +53,7 @@ class NotingPolicy(SamplerPolicy):
   def respond(self, prompt_ids, rows, turn):
     responses = super().respond(prompt_ids, rows, turn)
     for row, response in zip(rows, responses):
-      response.text = f"<add_memory>note {turn} of row {row}</add_memory>{response.text}"
+      response.text = op_table.tag(op_table.ADD_MEMORY, f"note {turn} of row {row}") + response.text
     return responses
 
 

@@ -3,27 +3,29 @@
 B synthetic long-context episodes x G samples run to the end with a tiny random Qwen3 (the tiny default preset,
 random weights; sampled at temperature 1, so it writes mostly malformed ops and every trajectory runs to the step
 cap) and, for the machinery alone, with the scripted oracle policy (no model). Reported: trajectory-turns per
-second (every running trajectory's turn counts one), generated tokens per second, and how the wall time splits
-between generation and the rest of the host loop (rendering, parsing, the jitted env + memory transition).
-Compilation is excluded: each rollout runs once untimed first, then `--repeats` timed runs (best kept).
+second (every running trajectory's turn counts one), generated tokens per second, and how the host engine's wall
+time splits between generation and the rest of its loop (rendering, tokenizing, parsing, the jitted env + memory
+transition). Compilation is excluded: each rollout runs once untimed first, then `--repeats` timed runs (best kept).
 
-The token-space rollout (`agent.device_loop`) runs the same episodes twice more: as one jitted `while_loop` over
-turns, and as a host loop calling the same per-turn functions with the state on the host between them. Reported:
-both turns/s, whether their records agree exactly (same seed), and the ratio.
+The same episodes then run on the device engine (`agent.engines.device`: rendering, tokenization and parsing
+in-graph), with the same sampler and seed. Reported: both engines' seconds per rollout (the whole batch of B x G
+trajectories to the end), the host engine's time over the device engine's, and whether the two gave identical
+trajectories.
 """
 from __future__ import annotations
 
-import time
-
 import dataclasses
+import time
 
 import flax.nnx as nnx
 import jax
-import numpy as np
 from absl import flags
 
-from atommem_jax.agent import device_loop, oracle, rollout
-from atommem_jax.agent.config import AgentConfig
+from atommem_jax.agent import oracle
+from atommem_jax.agent.config import AgentConfig, RolloutConfig
+from atommem_jax.agent.engines import device, host
+from atommem_jax.agent.envs.long_context import Episode
+from atommem_jax.agent.policy import SamplerPolicy
 from atommem_jax.data import long_context, synthetic
 from atommem_jax.data.tokenizer import load_tiny_tokenizer
 from atommem_jax.memory.config import MemoryConfig
@@ -67,7 +69,7 @@ def run(argv: list[str]) -> dict:
   task = synthetic.generate(synthetic.SyntheticConfig(seed=0, num_documents=max(64, 2 * f.num_docs),
                                                       num_questions=max(16, 2 * f.episodes)))
   examples = long_context.build_examples(task.corpus(), long_context.LongContextConfig(num_docs=f.num_docs, seed=0))
-  episodes = [rollout.Episode.from_example(e) for e in examples[:f.episodes]]
+  episodes = [Episode.from_example(e) for e in examples[:f.episodes]]
   memory = MemoryConfig(capacity=64, entry_tokens=64, scratchpad_tokens=128, query_tokens=32, embed_dim=256, top_k=6,
                         max_ops_per_turn=8)
   agent = AgentConfig(chunk_tokens=f.chunk_tokens, overlap_tokens=16, max_steps=f.max_steps)
@@ -77,7 +79,8 @@ def run(argv: list[str]) -> dict:
   sampler_config = SamplerConfig(max_new_tokens=f.max_new_tokens, prompt_buckets=(512, 1024, 2048),
                                  batch_buckets=(f.episodes * f.samples,), eos_ids=(tokenizer.eos_token_id,),
                                  pad_id=tokenizer.pad_token_id)
-  policy = rollout.SamplerPolicy(Sampler(model, sampler_config, tokenizer=tokenizer), seed=0)
+  sampler = Sampler(model, sampler_config, tokenizer=tokenizer)
+  policy = SamplerPolicy(sampler, seed=0)
   generation_s = [0.0]
   respond = policy.respond
 
@@ -88,11 +91,12 @@ def run(argv: list[str]) -> dict:
     return out
 
   policy.respond = timed_respond
-  config = rollout.RolloutConfig(agent=agent, memory=memory, num_samples=f.samples)
+  config = RolloutConfig(agent=agent, memory=memory, num_samples=f.samples)
+  kwargs = dict(tokenizer=tokenizer, embed_fn=embed_fn, config=config)
 
   def model_run():
     generation_s[0] = 0.0
-    out = rollout.rollout(episodes, policy, tokenizer=tokenizer, embed_fn=embed_fn, config=config)
+    out = host.rollout(episodes, policy, **kwargs)
     return out, generation_s[0]
 
   model_s, (trajectories, model_generation_s) = _best_time(model_run, f.repeats)
@@ -100,19 +104,11 @@ def run(argv: list[str]) -> dict:
   tokens = sum(len(turn.response_ids) for t in trajectories for turn in t.turns)
 
   oracle_policy = oracle.OraclePolicy(task.questions)
-  oracle_s, oracle_trajectories = _best_time(
-      lambda: rollout.rollout(episodes, oracle_policy, tokenizer=tokenizer, embed_fn=embed_fn, config=config),
-      f.repeats)
+  oracle_s, oracle_trajectories = _best_time(lambda: host.rollout(episodes, oracle_policy, **kwargs), f.repeats)
   oracle_turns = sum(len(t.turns) for t in oracle_trajectories)
 
-  token_rollout = device_loop.TokenRollout(episodes, model, tokenizer, embed_fn, agent=agent, memory=memory,
-                                           sampler=sampler_config, num_samples=f.samples)
-  params = nnx.split(model)[1]
-  host_s, host_out = _best_time(lambda: token_rollout.run_host_loop(params, seed=0), f.repeats)
-  device_s, device_out = _best_time(lambda: token_rollout.run_device_loop(params, seed=0), f.repeats)
-  agree = all(np.array_equal(getattr(host_out[2], field.name), getattr(device_out[2], field.name))
-              for field in dataclasses.fields(device_loop.RolloutRecord))
-  token_turns = int(np.asarray(device_out[2].active_TxR).sum())
+  device_s, device_trajectories = _best_time(
+      lambda: device.rollout(episodes, SamplerPolicy(sampler, seed=0), **kwargs), f.repeats)
   return {
       "device": jax.devices()[0].device_kind,
       "trajectories": len(trajectories),
@@ -124,9 +120,10 @@ def run(argv: list[str]) -> dict:
       "oracle_turns": oracle_turns,
       "oracle_turns_per_s": round(oracle_turns / oracle_s, 1),
       "oracle_mean_reward": round(sum(t.reward for t in oracle_trajectories) / len(oracle_trajectories), 3),
-      "token_turns": token_turns,
-      "token_host_loop_turns_per_s": round(token_turns / host_s, 2),
-      "token_device_loop_turns_per_s": round(token_turns / device_s, 2),
-      "device_over_host_loop": round(host_s / device_s, 2),
-      "loops_agree": agree,
+      "host_engine_s_per_rollout": round(model_s, 3),
+      "device_engine_s_per_rollout": round(device_s, 3),
+      "device_engine_turns_per_s": round(turns / device_s, 2),
+      "device_over_host_engine": round(model_s / device_s, 2),
+      "engines_agree": [dataclasses.asdict(t) for t in device_trajectories] ==
+                       [dataclasses.asdict(t) for t in trajectories],
   }

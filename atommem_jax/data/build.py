@@ -12,7 +12,8 @@ questions):
 
 Each line is `LongContextExample.to_json()`: `id, num_docs, questions, answers (list of lists), question_ids,
 gold_documents, supporting_facts, context`. The file is written to a temporary name and renamed, so a failed run
-leaves no partial output. The same flags give a byte-identical file.
+leaves no partial output. The same flags give a byte-identical file. `--output` may not be `--input`, and an
+existing `--output` is replaced only with `--overwrite`.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Sequence
 
 from absl import app, flags
 
-from atommem_jax import atomic_files
+from atommem_jax import atomic_files, cli
 from atommem_jax.data import long_context, readers, synthetic
 from atommem_jax.data.records import Corpus
 
@@ -29,6 +30,7 @@ _INPUT = flags.DEFINE_string("input", None, "The native dataset file (unused for
 _NUM_DOCS = flags.DEFINE_integer("num_docs", 200, "Documents per example.")
 _SEED = flags.DEFINE_integer("seed", 0, "Global seed for bundling, distractors and document order.")
 _OUTPUT = flags.DEFINE_string("output", None, "The JSONL file to write.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
 _SINGLE_FRACTION = flags.DEFINE_float("single_question_fraction", 1.0,
                                       "Fraction of single-question examples (released: 0.5).")
 _MIN_BUNDLE = flags.DEFINE_integer("min_bundle_size", 2, "Smallest multi-question bundle.")
@@ -59,21 +61,21 @@ def load_corpus(dataset: str, path: str | None, *, seed: int, num_docs: int, on_
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    corpus = load_corpus(_DATASET.value, _INPUT.value, seed=_SEED.value, num_docs=_NUM_DOCS.value,
-                         on_bad_row=_ON_BAD_ROW.value, synthetic_num_questions=_SYNTHETIC_QUESTIONS.value,
-                         synthetic_num_documents=_SYNTHETIC_DOCUMENTS.value)
-    config = long_context.LongContextConfig(num_docs=_NUM_DOCS.value, seed=_SEED.value,
-                                            single_question_fraction=_SINGLE_FRACTION.value,
-                                            min_bundle_size=_MIN_BUNDLE.value, max_bundle_size=_MAX_BUNDLE.value,
-                                            gold=_GOLD.value)
-    examples = long_context.build_examples(corpus, config)
-  except ValueError as e:  # DataFormatError included: the message names the file, row or example
-    raise SystemExit(f"error: {e}") from None
+  atomic_files.check_output(_OUTPUT.value, overwrite=_OVERWRITE.value, inputs={"--input": _INPUT.value})
+  # A bad input (DataFormatError included) is one line naming the file, row or example: `cli.run`.
+  corpus = load_corpus(_DATASET.value, _INPUT.value, seed=_SEED.value, num_docs=_NUM_DOCS.value,
+                       on_bad_row=_ON_BAD_ROW.value, synthetic_num_questions=_SYNTHETIC_QUESTIONS.value,
+                       synthetic_num_documents=_SYNTHETIC_DOCUMENTS.value)
+  config = long_context.LongContextConfig(num_docs=_NUM_DOCS.value, seed=_SEED.value,
+                                          single_question_fraction=_SINGLE_FRACTION.value,
+                                          min_bundle_size=_MIN_BUNDLE.value, max_bundle_size=_MAX_BUNDLE.value,
+                                          gold=_GOLD.value)
+  examples = long_context.build_examples(corpus, config)
+  atomic_files.check_output(_OUTPUT.value, overwrite=_OVERWRITE.value)  # still free: nothing appeared meanwhile
   atomic_files.write_jsonl(_OUTPUT.value, [e.to_json() for e in examples])
   print(f"wrote {len(examples)} examples ({len(corpus.records)} questions, pool {len(corpus.pool)} paragraphs, "
         f"{corpus.num_skipped} rows skipped) to {_OUTPUT.value}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -1,7 +1,10 @@
 """The tiny default tokenizer: a byte-level BPE trained on the synthetic task and the agent protocol's text.
 
-  python -m atommem_jax.data.tokenizer                    # regenerates atommem_jax/assets/tiny_tokenizer/
+  python -m atommem_jax.data.tokenizer --overwrite        # regenerates atommem_jax/assets/tiny_tokenizer/
   python -m atommem_jax.data.tokenizer --output /tmp/tok   # somewhere else
+
+An existing output directory is replaced only with `--overwrite`, and then whole: the new files are written beside it
+and take its place once complete.
 
 The result loads with `transformers.AutoTokenizer.from_pretrained(dir)` (or `load_tiny_tokenizer()`), has at most
 `VOCAB_SIZE` = 2048 ids (the tiny model preset's vocabulary), and:
@@ -137,12 +140,21 @@ def load_tiny_tokenizer(path: str | None = None):
 def main(argv: Sequence[str]) -> None:
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
+
+  from atommem_jax import atomic_files, cli  # pylint: disable=g-import-not-at-top
   output = flags.FLAGS.output or tiny_tokenizer_dir()
-  train_tiny_tokenizer(output)
+  if os.path.exists(output) and not os.path.isdir(output):
+    raise cli.CliError(f"--output {output} is a file, not a directory")
+  if os.path.isdir(output) and os.listdir(output) and not flags.FLAGS.overwrite:
+    raise cli.CliError(f"--output {output} exists; pass --overwrite to replace it")
+  atomic_files.replace_dir(output, lambda staging: train_tiny_tokenizer(str(staging)))
   print(f"wrote {output}")
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  from atommem_jax import cli  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("output", None, "Where to save; the package's assets/tiny_tokenizer by default.")
-  app.run(main)
+  flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
+  cli.run(main)

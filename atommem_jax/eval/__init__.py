@@ -1,4 +1,4 @@
-"""Evaluation from Orbax checkpoints, result tables, and plots.
+"""Evaluation from checkpoints (loaded by `checkpoint.loader`), result tables, and plots.
 
 Public API:
   config.EvalConfig, config.eval_config_from_dict(config_dict)   the run (datasets x N, variants, decoding, mesh)

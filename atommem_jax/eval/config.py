@@ -14,6 +14,7 @@ from typing import Any, Literal, Mapping
 
 from atommem_jax import configlib
 from atommem_jax.agent.config import AgentConfig
+from atommem_jax.rollout_engine import RolloutEngineConfig
 from atommem_jax.memory.config import MemoryConfig
 from atommem_jax.sampling.config import SamplerConfig
 
@@ -72,11 +73,12 @@ class MeshSpec:
 class EvalConfig:
   """An evaluation run.
 
-  checkpoint: an Orbax parameter dir (`save_params` / `convert` output) or a trainer workdir / its checkpoints dir
-    (the latest step is used).
+  checkpoint: any dir `checkpoint.loader.resolve` reads: an Orbax parameter dir (`save_params` / `convert` output),
+    an HF Qwen3 dir, or a trainer workdir / its checkpoints dir (the latest step is used).
   expected_model: a model preset name the checkpoint must match (architecture fields); "" accepts any.
   tokenizer: "" = the tokenizer files saved with the checkpoint; "tiny" = the packaged tiny tokenizer; else a dir.
-  embedder: "hashing" (weight-free) or a Qwen3-Embedding checkpoint dir (HF or Orbax).
+  embedder: "hashing" (weight-free) or a Qwen3-Embedding checkpoint dir (HF or Orbax), as in training.
+  rollout: the rollout engine (`rollout.engine`: "host" | "device"; see `rollout_engine`).
   batch_size: episodes per rollout batch.
   variant_order / dataset_order: the order of rows and columns in the tables (ConfigDicts sort their keys, so the
     order cannot come from the maps); names left out follow in sorted order.
@@ -94,6 +96,7 @@ class EvalConfig:
   agent: AgentConfig = AgentConfig()
   memory: MemoryConfig = MemoryConfig()
   sampler: SamplerConfig = SamplerConfig(greedy=True)
+  rollout: RolloutEngineConfig = RolloutEngineConfig()
   variant_order: tuple[str, ...] = ()
   dataset_order: tuple[str, ...] = ()
 
@@ -111,6 +114,10 @@ class EvalConfig:
       raise configlib.ConfigError("EvalConfig.sampler.greedy must be True: evaluation decodes greedily")
     if self.batch_size < 1:
       raise configlib.ConfigError(f"EvalConfig.batch_size must be >= 1, got {self.batch_size}")
+    from atommem_jax.model.config import PRESETS  # pylint: disable=g-import-not-at-top
+    if self.expected_model and self.expected_model not in PRESETS:
+      raise configlib.ConfigError(f"EvalConfig.expected_model {self.expected_model!r} is not a model preset; known "
+                                  f"presets: {sorted(PRESETS)}")
     labels = [dataset_label(name, spec) for name, spec in self.datasets.items()]
     if len(set(labels)) != len(labels):
       raise configlib.ConfigError(f"EvalConfig.datasets: two datasets share a label: {labels}")

@@ -16,13 +16,14 @@ import os
 from typing import Any, Iterable, Mapping, Sequence
 
 import matplotlib
+from absl import logging
 
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
 from etils import epath  # pylint: disable=g-import-not-at-top
 
-from atommem_jax import atomic_files, op_table, storage  # pylint: disable=g-import-not-at-top
+from atommem_jax import jsonl_log, op_table, storage  # pylint: disable=g-import-not-at-top
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 OP_RATE_PREFIX = "op_rate/"
@@ -55,14 +56,24 @@ TRAINING_CURVES = (
 )
 
 
+# Every file `write_training_plots` may write.
+TRAINING_FIGURES = tuple(spec.filename for spec in TRAINING_CURVES) + ("op_rates.png", "training_dynamics.png")
+
+
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
   """Rows of a JSONL metrics file, sorted by `step`; a step logged twice keeps its last row (evaluation rows: per
-  `num_docs`, one row per size)."""
+  `num_docs`, one row per size). A damaged line is reported (file and line) and skipped, never the rows after it."""
+  if not epath.Path(path).is_file():
+    raise MetricsError(f"{path}: file does not exist")
+  lines, damaged, _ = jsonl_log.read(path, jsonl_log.has_step)
+  for line in damaged:
+    logging.warning("%s; skipped", line.describe())
   by_key: dict[tuple[int, int], dict[str, Any]] = {}
-  for line_no, row in atomic_files.read_jsonl(path, MetricsError):
-    if not isinstance(row.get("step"), int):
-      raise MetricsError(f"{path}: line {line_no}: expected a JSON object with an integer 'step'")
-    by_key[(row["step"], row.get("num_docs") or 0)] = row
+  for line in lines:
+    by_key[(line.row["step"], line.row.get("num_docs") or 0)] = line.row
+  if not by_key and damaged:
+    raise MetricsError(f"metrics file {path} holds no valid row: {damaged[0].describe()}"
+                       + (f" (and {len(damaged) - 1} more damaged lines)" if len(damaged) > 1 else ""))
   if not by_key:
     raise MetricsError(f"metrics file {path} is empty: no optimizer step has been logged yet")
   return [by_key[key] for key in sorted(by_key)]

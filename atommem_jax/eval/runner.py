@@ -4,7 +4,8 @@ write `trajectories.jsonl`, `results.json` and `results.md`.
 Everything that can be wrong with the inputs is checked before the output directory is touched: the checkpoint
 exists and its architecture matches `expected_model`, the tokenizer fits the model's vocabulary, the embedder's width
 is the memory's, every dataset file reads and every example builds at every N. A bad input is one `EvalError`
-(or the `ConfigError` / `CheckpointError` / `DataFormatError` of the layer that found it) and nothing is written.
+(or the `ConfigError` / `CheckpointError` / `DataFormatError` / `FileNotFoundError` of the layer that found it) and
+nothing is written. Checkpoint, tokenizer and embedder come from `checkpoint.loader`, as in training.
 """
 from __future__ import annotations
 
@@ -18,23 +19,23 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from atommem_jax import configlib
+from atommem_jax import configlib, rollout_engine
 from atommem_jax import sharding as sharding_lib
 from atommem_jax.agent.config import RolloutConfig
-from atommem_jax.agent.engines import host
 from atommem_jax.agent.envs.long_context import Episode
 from atommem_jax.agent.policy import SamplerPolicy
 from atommem_jax.agent.trajectory import Trajectory
+from atommem_jax.checkpoint import loader
 from atommem_jax.data import long_context, readers, synthetic
-from atommem_jax.eval import checkpoints
 from atommem_jax.eval import plots
 from atommem_jax.eval import results as results_lib
 from atommem_jax.eval.config import DatasetSpec, EvalConfig, MeshSpec, dataset_format, dataset_label
-from atommem_jax.memory import embedders
 from atommem_jax.sampling.config import SamplerConfig
 from atommem_jax.sampling.sampler import Sampler
 
-EvalError = checkpoints.EvalError
+
+class EvalError(ValueError):
+  """An evaluation input that cannot be used; the message names the file, key or value."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,25 +101,12 @@ def prepare_tasks(config: EvalConfig) -> list[Task]:
   return tasks
 
 
-def make_embedder(config: EvalConfig, mesh: jax.sharding.Mesh, tokenizer: Any):
-  """The retrieval embedder: weight-free hashing, or a Qwen3-Embedding checkpoint (last-token pooling)."""
-  widths = {name: memory.embed_dim for name, (_, memory) in config.variant_configs().items()}
-  if config.embedder == "hashing":
-    return {dim: embedders.HashingEmbedder(dim) for dim in set(widths.values())}
-  source = checkpoints.resolve_checkpoint(config.embedder, allow_hf=True)
-  width = source.model_config.hidden_size
-  wrong = {name: dim for name, dim in widths.items() if dim != width}
-  if wrong:
-    raise EvalError(f"embedder {config.embedder} has width {width}, but memory.embed_dim is {wrong} (variant: "
-                    f"width); set memory.embed_dim={width}")
-  embedder_tokenizer = checkpoints.load_tokenizer("", source)
-  model = checkpoints.restore_model(source, mesh)
-  eos = embedder_tokenizer.eos_token_id if embedder_tokenizer.eos_token_id is not None else tokenizer.eos_token_id
-  fn = embedders.Qwen3Embedder(model, embedders.Qwen3EmbedderConfig(
-      query_prefix_ids=tuple(embedder_tokenizer.encode(
-          "Instruct: Given a question, retrieve the notes that help answer it\nQuery:", add_special_tokens=False)),
-      suffix_ids=(eos,), pad_id=embedder_tokenizer.pad_token_id or 0))
-  return {width: fn}
+def make_embedders(config: EvalConfig, mesh: jax.sharding.Mesh, tokenizer: Any) -> dict[int, Any]:
+  """The retrieval embedder for every memory width the variants use (`loader.load_embedder`: weight-free hashing,
+  or a Qwen3-Embedding checkpoint, whose width must then be every variant's)."""
+  widths = sorted({memory.embed_dim for _, memory in config.variant_configs().values()})
+  return {width: loader.load_embedder(config.embedder, embed_dim=width, tokenizer=tokenizer, mesh=mesh)
+          for width in widths}
 
 
 def episode_result(variant: str, task: Task, trajectory: Trajectory,
@@ -137,9 +125,10 @@ def episode_result(variant: str, task: Task, trajectory: Trajectory,
       done=trajectory.done, seconds=seconds)
 
 
-def _sampler_config(base: SamplerConfig, tokenizer: Any) -> SamplerConfig:
-  return dataclasses.replace(base, greedy=True, eos_ids=base.eos_ids or (tokenizer.eos_token_id,),
-                             pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else base.pad_id)
+def _sampler_config(base: SamplerConfig, tokenizer: Any, checkpoint: loader.CheckpointDir,
+                    tokenizer_spec: str) -> SamplerConfig:
+  stop_ids = base.eos_ids or loader.stop_ids(tokenizer, loader.tokenizer_dir(tokenizer_spec, checkpoint))
+  return dataclasses.replace(base, greedy=True, eos_ids=stop_ids, pad_id=tokenizer.pad_token_id)
 
 
 def evaluate(config: EvalConfig, workdir: str | pathlib.Path, *, devices: Sequence[jax.Device] | None = None,
@@ -148,21 +137,26 @@ def evaluate(config: EvalConfig, workdir: str | pathlib.Path, *, devices: Sequen
   # ---- inputs, all checked before anything is written
   devices = list(jax.devices() if devices is None else devices)
   mesh = resolve_mesh(config.mesh, devices)
-  source = checkpoints.resolve_checkpoint(config.checkpoint)
-  checkpoints.check_architecture(source, config.expected_model)
-  tokenizer = checkpoints.load_tokenizer(config.tokenizer, source)
-  checkpoints.check_tokenizer(tokenizer, source)
+  checkpoint = loader.resolve(config.checkpoint)
+  loader.check_architecture(checkpoint, config.expected_model)
+  tokenizer = loader.load_tokenizer(config.tokenizer, checkpoint)
+  loader.check_vocabulary(tokenizer, checkpoint.model_config, f"checkpoint {checkpoint.path}")
+  run_rollout = rollout_engine.rollout_fn(config.rollout)
   variants = config.variant_configs()
   tasks = prepare_tasks(config)
-  embed_fns = make_embedder(config, mesh, tokenizer)
-  model = checkpoints.restore_model(source, mesh)
+  embed_fns = make_embedders(config, mesh, tokenizer)
+  model = loader.load_model(checkpoint, mesh)
 
   # ---- greedy episodes: every variant on every (dataset, N)
-  sampler = Sampler(model, _sampler_config(config.sampler, tokenizer), tokenizer=tokenizer, mesh=mesh)
+  sampler_config = _sampler_config(config.sampler, tokenizer, checkpoint, config.tokenizer)
+  sampler = Sampler(model, sampler_config, tokenizer=tokenizer, mesh=mesh)
   policy = SamplerPolicy(sampler, seed=config.seed)
   episodes_out: list[results_lib.EpisodeResult] = []
   trajectory_rows: list[dict[str, Any]] = []
   is_main = jax.process_index() == 0
+  for agent, memory in variants.values():  # every variant checked before any episode runs
+    rollout_engine.check(config.rollout, tokenizer=tokenizer, sampler=sampler,
+                         rollout_config=RolloutConfig(agent=agent, memory=memory, num_samples=1, seed=config.seed))
   for variant, (agent, memory) in variants.items():
     rollout_config = RolloutConfig(agent=agent, memory=memory, num_samples=1, seed=config.seed)
     for task in tasks:
@@ -172,8 +166,8 @@ def evaluate(config: EvalConfig, workdir: str | pathlib.Path, *, devices: Sequen
         for start in range(0, len(episodes), config.batch_size):
           batch = episodes[start:start + config.batch_size]
           began = time.perf_counter()
-          trajectories = host.rollout(batch, policy, tokenizer=tokenizer, embed_fn=embed_fns[memory.embed_dim],
-                                      config=rollout_config)
+          trajectories = run_rollout(batch, policy, tokenizer=tokenizer, embed_fn=embed_fns[memory.embed_dim],
+                                     config=rollout_config)
           seconds = (time.perf_counter() - began) / len(batch)
           for trajectory in trajectories:
             result = episode_result(variant, task, trajectory, seconds)
@@ -190,7 +184,7 @@ def evaluate(config: EvalConfig, workdir: str | pathlib.Path, *, devices: Sequen
   figures = {}
   if any(len(spec.num_docs) > 1 for spec in config.datasets.values()):  # a curve needs two document counts
     figures["em_vs_documents.png"] = plots.plot_em_vs_documents(summary, workdir)
-  paths = results_lib.write_results(workdir, summary, trajectory_rows, checkpoint=str(source.path),
+  paths = results_lib.write_results(workdir, summary, trajectory_rows, checkpoint=str(checkpoint.path),
                                     config=configlib.to_dict(config), figures=list(figures),
                                     timing=results_lib.timing_rows(episodes_out))
   return {**paths, **figures}

@@ -16,8 +16,9 @@ Public API:
                                                    the entries the Creates evicted, every op's entry embedding
        create / update / delete / set_scratchpad / set_query         one op per trajectory
   retrieval.top_k, retrieval.recall             -- exact (`lax.top_k`) / approximate (`lax.approx_max_k`) top-k
-  embedders: HashingEmbedder(dim), hash_embed_numpy, Qwen3EmbedderConfig, Qwen3Embedder(model, config),
-             make_qwen3_embed_fn(model, config), splice_left_padded
+  embedders: HashingEmbedder(dim), hash_embed_numpy, Qwen3EmbedderConfig(.for_tokenizer: the one retrieval
+             instruction and pooled token), Qwen3Embedder(model, config), make_qwen3_embed_fn(model, config),
+             splice_left_padded
   scann_store: ScannStore(ScannStoreConfig), .add/.upsert/.delete/.search/.ids/.save/ScannStore.load, exact_top_k
   host_tier: HostTier(config) (one ScannStore namespace per trajectory: spill/update/delete/search/entries),
              merge_top_k(device ids/scores, host ids/scores, k)

@@ -5,8 +5,8 @@
   n-grams land close, which is all the tiny default and the tests need. `hash_embed_numpy` is the same function on
   the host (for host-side stores and for the baseline in the benchmark).
 - `Qwen3Embedder`: the Qwen3-Embedding recipe on our Qwen3 decoder. The instruction prefix is applied on token ids:
-  the caller tokenises `"Instruct: {task}\\nQuery:"` once on the host (`query_prefix_ids`) and the embedder
-  splices prefix + text + suffix (e.g. the end-of-text id Qwen3-Embedding's tokenizer appends) in-graph, left-padded,
+  `Qwen3EmbedderConfig.for_tokenizer` tokenises `RETRIEVAL_INSTRUCTION` once on the host (`query_prefix_ids`) and the
+  embedder splices prefix + text + suffix (the `<|endoftext|>` id Qwen3-Embedding pools) in-graph, left-padded,
   then pools the final-normed hidden state of the last real token and L2-normalises it. Entries get no prefix.
 
 Rows of length 0 embed to the zero vector (never unit): the memory never stores an empty text.
@@ -90,18 +90,35 @@ def hash_embed_numpy(tokens_NxT: np.ndarray, lengths_N: np.ndarray, dim: int) ->
   return counts_NxD / np.maximum(norms_N1, _NORM_EPS)
 
 
+# The retrieval task, in Qwen3-Embedding's query format ("Instruct: {task}\nQuery:"); entries get no instruction.
+RETRIEVAL_INSTRUCTION = "Instruct: Given a question, retrieve the notes that help answer it\nQuery:"
+# The token Qwen3-Embedding's reference code appends to every input and pools (its tokenizer's EOS is <|im_end|>).
+POOLED_TOKEN = "<|endoftext|>"
+
+
 @dataclasses.dataclass(frozen=True)
 class Qwen3EmbedderConfig:
-  """Token ids spliced around each text; tokenise them once on the host with the embedder's tokenizer.
+  """Token ids spliced around each text; tokenise them once on the host (`for_tokenizer`).
 
   Qwen3-Embedding: `query_prefix_ids = tokenizer.encode("Instruct: {task}\\nQuery:")`, no entry prefix, and
-  `suffix_ids = (eos_id,)` since its tokenizer appends `<|endoftext|>` to every input (the pooled token).
+  `suffix_ids = (id of <|endoftext|>,)`, the token its reference code appends to every input (the pooled token).
   """
 
   query_prefix_ids: tuple[int, ...] = ()
   entry_prefix_ids: tuple[int, ...] = ()
   suffix_ids: tuple[int, ...] = ()
   pad_id: int = 0
+
+  @classmethod
+  def for_tokenizer(cls, tokenizer, instruction: str = RETRIEVAL_INSTRUCTION) -> "Qwen3EmbedderConfig":
+    """The Qwen3-Embedding recipe with a retrieval instruction (the memory's by default), in the ids of `tokenizer`:
+    the one that wrote the texts the embedder reads (the memory's entries and queries, or a corpus's)."""
+    pooled = tokenizer.get_vocab().get(POOLED_TOKEN)
+    if pooled is None:
+      raise ValueError(f"the tokenizer has no {POOLED_TOKEN} token, which a Qwen3-Embedding model pools; a Qwen3 "
+                       f"embedder needs the Qwen tokenizer's vocabulary")
+    return cls(query_prefix_ids=tuple(tokenizer.encode(instruction, add_special_tokens=False)),
+               suffix_ids=(pooled,), pad_id=tokenizer.pad_token_id or 0)  # padding is masked: any id will do
 
 
 def splice_left_padded(tokens_NxT: jax.Array, lengths_N: jax.Array, prefix_ids: tuple[int, ...],

@@ -10,32 +10,24 @@ import re
 from typing import Sequence
 
 _BOX_OPEN = "\\boxed{"
+_BRACE_TOKEN_RE = re.compile(r"\\boxed\{|[{}]")
 _TEXT_WRAPPER_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mbox)\{([^{}]*)\}")
 
 
-def _balanced_end(text: str, begin: int) -> int | None:
-  """The index of the `}` closing the brace opened just before `begin`, or None if it never closes."""
-  depth = 1
-  for pos in range(begin, len(text)):
-    if text[pos] == "{":
-      depth += 1
-    elif text[pos] == "}":
-      depth -= 1
-      if depth == 0:
-        return pos
-  return None
-
-
 def last_boxed(text: str) -> str | None:
-  """The content of the last `\\boxed{...}` whose braces balance, or None if there is none."""
-  start = text.rfind(_BOX_OPEN)
-  while start >= 0:
-    end = _balanced_end(text, start + len(_BOX_OPEN))
-    if end is not None:
-      return text[start + len(_BOX_OPEN):end]
-    # An unclosed box at the end (a truncated response) does not hide an earlier complete one.
-    start = text.rfind(_BOX_OPEN, 0, start)
-  return None
+  """The content of the last `\\boxed{...}` whose braces balance, or None if there is none. An unclosed box (a
+  truncated response) does not hide an earlier complete one. One pass over the braces with a stack, so the time is
+  linear in the text's length however many boxes are left open."""
+  open_braces: list[int] = []  # per open brace: where its `\\boxed{` starts, or -1 for a plain `{`
+  last_start, last_end = -1, -1
+  for token in _BRACE_TOKEN_RE.finditer(text):
+    if token.group() != "}":
+      open_braces.append(token.start() if len(token.group()) > 1 else -1)
+    elif open_braces:
+      start = open_braces.pop()
+      if start > last_start:
+        last_start, last_end = start, token.start()
+  return text[last_start + len(_BOX_OPEN):last_end] if last_start >= 0 else None
 
 
 def unwrap_text_commands(text: str) -> str:

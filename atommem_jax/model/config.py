@@ -37,6 +37,8 @@ class Qwen3Config:
   # Training losses apply the LM head to this many sequence positions at a time (under remat), so no [N, T, V]
   # logits exist; rows no longer than this are one chunk.
   logits_chunk: int = 1024
+  # Standard deviation of the random init of every matrix (HF's `initializer_range`; norms start at 1).
+  initializer_range: float = 0.02
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
@@ -48,8 +50,8 @@ class Qwen3Config:
           f"Qwen3Config.num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
     if self.head_dim % 2:
       raise configlib.ConfigError(f"Qwen3Config.head_dim must be even for rotary embeddings, got {self.head_dim}")
-    if self.rope_theta <= 0 or self.rms_norm_eps <= 0:
-      raise configlib.ConfigError("Qwen3Config.rope_theta and rms_norm_eps must be positive")
+    if self.rope_theta <= 0 or self.rms_norm_eps <= 0 or self.initializer_range <= 0:
+      raise configlib.ConfigError("Qwen3Config.rope_theta, rms_norm_eps and initializer_range must be positive")
     if self.attention not in typing.get_args(Attention):
       raise configlib.ConfigError(f"Qwen3Config.attention must be one of {typing.get_args(Attention)}, "
                                   f"got {self.attention!r}")
@@ -107,6 +109,7 @@ class Qwen3Config:
         "hidden_act": "silu",
         "max_position_embeddings": self.max_position_embeddings,
         "rms_norm_eps": self.rms_norm_eps,
+        "initializer_range": self.initializer_range,
         "rope_theta": self.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
         "tie_word_embeddings": self.tie_word_embeddings,
@@ -160,6 +163,7 @@ def _config_from_hf_dict(hf: dict[str, Any], where: str) -> Qwen3Config:
       # transformers' PretrainedConfig defaults tie_word_embeddings to True when absent.
       tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
       max_position_embeddings=hf["max_position_embeddings"],
+      initializer_range=float(hf.get("initializer_range", 0.02)),
       dtype=param_dtype,
       param_dtype=param_dtype,
   )
@@ -185,7 +189,11 @@ PRESETS: dict[str, Qwen3Config] = {
 }
 
 
+class UnknownPresetError(KeyError, ValueError):
+  """A preset name that is not in `PRESETS` (a ValueError too: it is bad input, reported as one line)."""
+
+
 def get_preset(name: str) -> Qwen3Config:
   if name not in PRESETS:
-    raise KeyError(f"unknown Qwen3 preset {name!r}; known presets: {sorted(PRESETS)}")
+    raise UnknownPresetError(f"unknown Qwen3 preset {name!r}; known presets: {sorted(PRESETS)}")
   return PRESETS[name]

@@ -62,7 +62,7 @@ class DecoderLayers(nnx.Module):
 
   def __init__(self, config: Qwen3Config, *, rngs: nnx.Rngs):
     param_dtype = _DTYPES[config.param_dtype]
-    init = nnx.initializers.normal(stddev=0.02)
+    init = nnx.initializers.normal(stddev=config.initializer_range)
     for name, shape in layer_param_shapes(config).items():
       full_shape = (config.num_layers, *shape)
       value = (jnp.ones(full_shape, param_dtype) if name in _NORMS else init(rngs.params(), full_shape, param_dtype))
@@ -230,7 +230,7 @@ class Qwen3(nnx.Module):
     # Stored as sorted items: the graph definition must stay hashable for `jax.jit(static_argnums=...)`.
     self.rule_items = tuple(sorted(rules.rules.items()))
     param_dtype = _DTYPES[config.param_dtype]
-    init = nnx.initializers.normal(stddev=0.02)
+    init = nnx.initializers.normal(stddev=config.initializer_range)
     self.embed = _param(init(rngs.params(), (config.vocab_size, config.hidden_size), param_dtype),
                         ("vocab", "embed"))
     self.layers = DecoderLayers(config, rngs=rngs)

@@ -1,48 +1,13 @@
 """Generation straight from a checkpoint directory: the work behind `python -m atommem_jax.generate`.
 
-DIR is a transformers Qwen3 directory (config.json + safetensors) or an Orbax parameter directory written by
-`atommem_jax.convert`; the tokenizer is loaded from DIR and extra EOS ids from its generation_config.json.
+DIR is any directory `checkpoint.loader.resolve` reads (a transformers Qwen3 directory, an Orbax parameter directory
+written by `atommem_jax.convert`, a trainer workdir); the tokenizer is the checkpoint's, and generation stops at the
+loader's stop ids (the tokenizer's EOS and those of its generation_config.json).
 """
 from __future__ import annotations
 
-import json
 import pathlib
-from typing import Any, Sequence
-
-
-def load_tokenizer(directory: pathlib.Path) -> Any:
-  from transformers import AutoTokenizer
-
-  from atommem_jax.checkpoint.tokenizer_files import tokenizer_files
-
-  if not any(p.name.startswith("tokenizer") or p.name in ("vocab.json", "merges.txt")
-             for p in tokenizer_files(directory)):
-    raise ValueError(f"{directory} holds no tokenizer files (tokenizer.json / tokenizer_config.json / vocab.json); "
-                     "copy the tokenizer next to the weights")
-  return AutoTokenizer.from_pretrained(str(directory))
-
-
-def load_model(directory: pathlib.Path):
-  from atommem_jax import checkpoint
-
-  if checkpoint.is_orbax_params_dir(directory):
-    return checkpoint.restore_params(directory)[1]
-  if (directory / "config.json").is_file():
-    return checkpoint.load_hf(directory)[1]
-  raise ValueError(f"{directory} is neither an HF Qwen3 directory (config.json + safetensors) nor an Orbax parameter "
-                   "directory (qwen3_config.json + params/)")
-
-
-def eos_ids(tokenizer: Any, directory: pathlib.Path) -> tuple[int, ...]:
-  """The tokenizer's EOS plus any listed in generation_config.json (Qwen3 ends chat turns with <|im_end|>)."""
-  ids = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
-  generation_config = directory / "generation_config.json"
-  if generation_config.is_file():
-    listed = json.loads(generation_config.read_text()).get("eos_token_id")
-    for token in listed if isinstance(listed, list) else [] if listed is None else [listed]:
-      if int(token) not in ids:
-        ids.append(int(token))
-  return tuple(ids)
+from typing import Sequence
 
 
 def generate_from_dir(model_dir: str, prompts: Sequence[str], *, max_new_tokens: int, greedy: bool, temperature: float,
@@ -52,6 +17,7 @@ def generate_from_dir(model_dir: str, prompts: Sequence[str], *, max_new_tokens:
   dict per prompt and sample, prompt-major."""
   import flax.nnx as nnx
 
+  from atommem_jax.checkpoint import loader
   from atommem_jax.model import abstract_model
   from atommem_jax.sampling import chat as chat_lib
   from atommem_jax.sampling.config import SamplerConfig, StopReason
@@ -62,9 +28,11 @@ def generate_from_dir(model_dir: str, prompts: Sequence[str], *, max_new_tokens:
     raise ValueError(f"--model {model_dir} is not a directory")
   if not prompts:
     raise ValueError("give at least one --prompt")
-  tokenizer = load_tokenizer(directory)
-  model = load_model(directory)
-  model = nnx.merge(abstract_model(model.config.replace(attention=attention))[0], nnx.state(model))
+  if max_new_tokens < 1:
+    raise ValueError(f"--max_new_tokens must be at least 1, got {max_new_tokens}")
+  checkpoint = loader.resolve(directory, field="--model")
+  positions = checkpoint.model_config.max_position_embeddings
+  tokenizer = loader.load_tokenizer("", checkpoint)
   if chat:
     prompt_ids = [chat_lib.user_prompt_ids(tokenizer, text) for text in prompts]
   else:
@@ -72,13 +40,19 @@ def generate_from_dir(model_dir: str, prompts: Sequence[str], *, max_new_tokens:
   for index, ids in enumerate(prompt_ids):
     if not ids:
       raise ValueError(f"--prompt {index} ({prompts[index]!r}) tokenizes to no tokens")
-  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
   longest = max(len(ids) for ids in prompt_ids)
+  if longest + max_new_tokens > positions:
+    raise ValueError(f"--max_new_tokens {max_new_tokens} after the longest prompt ({longest} tokens) needs "
+                     f"{longest + max_new_tokens} positions; the model in {directory} has {positions} "
+                     f"(max_position_embeddings): use --max_new_tokens {max(positions - longest, 0)} or less")
+  model = loader.load_model(checkpoint)
+  model = nnx.merge(abstract_model(model.config.replace(attention=attention))[0], nnx.state(model))
+  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
   # Powers of two from 64 up to the first that fits the longest prompt.
   buckets = tuple(2 ** i for i in range(6, max(6, (longest - 1).bit_length()) + 1))
   config = SamplerConfig(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_k=top_k,
                          top_p=top_p, prompt_buckets=buckets, stop_strings=tuple(stop),
-                         eos_ids=eos_ids(tokenizer, directory), pad_id=int(pad_id))
+                         eos_ids=loader.stop_ids(tokenizer, checkpoint.tokenizer_dir), pad_id=tokenizer.pad_token_id)
   sampler = Sampler(model, config, tokenizer=tokenizer)
   output = sampler.generate(prompt_ids, num_samples=num_samples, seed=seed)
   rows = []

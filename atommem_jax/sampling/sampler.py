@@ -115,12 +115,7 @@ class Sampler:
     row_ids = list(range(len(prompt_ids)) if row_ids is None else row_ids)
     if len(row_ids) != len(prompt_ids):
       raise ValueError(f"row_ids has {len(row_ids)} entries for {len(prompt_ids)} prompts")
-    wave = max(len(prompt_ids), 1)  # no prompts: `left_pad` says so
-    batch_buckets = self.config.batch_buckets
-    if self.config.wave_rows and len(prompt_ids) * num_samples > self.config.wave_rows:
-      wave = max(1, self.config.wave_rows // num_samples)
-      # Every wave, the last one too, pads to the same batch: one compilation.
-      batch_buckets = (batching.batch_bucket(wave, self.config.batch_buckets, self._batch_shards),)
+    wave, batch_buckets = self.waves(len(prompt_ids), num_samples)
     waves = [self._generate_wave(prompt_ids[i:i + wave], row_ids[i:i + wave], num_samples, seed, params,
                                  batch_buckets) for i in range(0, max(len(prompt_ids), 1), wave)]
     output = waves[0] if len(waves) == 1 else SampleOutput(
@@ -129,19 +124,19 @@ class Sampler:
         num_samples=num_samples)
     return self._cut_on_host(output) if self.tokenizer is not None else output
 
+  def waves(self, num_prompts: int, num_samples: int = 1) -> tuple[int, tuple[int, ...]]:
+    """How `generate` runs `num_prompts` prompts: waves of this many prompts (the last may be shorter), each
+    padded to one of these batch buckets."""
+    if self.config.wave_rows and num_prompts * num_samples > self.config.wave_rows:
+      wave = max(1, self.config.wave_rows // num_samples)
+      # Every wave, the last one too, pads to the same batch: one compilation.
+      return wave, (batching.batch_bucket(wave, self.config.batch_buckets, self._batch_shards),)
+    return max(num_prompts, 1), tuple(self.config.batch_buckets)  # no prompts: `left_pad` says so
+
   def _generate_wave(self, prompt_ids: Sequence[Sequence[int]], row_ids: Sequence[int], num_samples: int, seed: int,
                      params: nnx.State | None, batch_buckets: Sequence[int]) -> SampleOutput:
-    padded = batching.left_pad(prompt_ids, length_buckets=self.config.prompt_buckets, batch_buckets=batch_buckets,
-                               batch_multiple_of=self._batch_shards, pad_id=self.config.pad_id,
-                               vocab_size=self.vocab_size)
-    row_ids_B = np.zeros((padded.tokens_BxP.shape[0],), np.int32)
-    row_ids_B[:padded.num_prompts] = row_ids
-    prefill, decode = self.functions(num_samples)
-    params = self.params if params is None else params
-    with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
-      cache = prefill(params, padded.tokens_BxP, padded.mask_BxP)
-      result, _ = decode(params, cache, padded.tokens_BxP[:, -1], padded.lengths_B, padded.active_B, row_ids_B,
-                         jax.random.key(seed), self.eos_ids_E, self.stop_table_SxW)
+    padded, row_ids_B = self.pad(prompt_ids, row_ids, batch_buckets=batch_buckets)
+    result = self.generate_padded(padded, row_ids_B, num_samples=num_samples, seed=seed, params=params)
     result = jax.device_get(result)
     rows = padded.num_prompts * num_samples
     return SampleOutput(
@@ -149,6 +144,33 @@ class Sampler:
         sampling_logprobs_RxN=np.array(result.sampling_logprobs_RxN[:rows]),
         lengths_R=np.array(result.lengths_R[:rows]), stop_reasons_R=np.array(result.stop_reason_R[:rows]),
         num_samples=num_samples)
+
+  def pad(self, prompt_ids: Sequence[Sequence[int]], row_ids: Sequence[int] | None = None, *,
+          batch_buckets: Sequence[int] | None = None) -> tuple[batching.PaddedPrompts, np.ndarray]:
+    """One wave's prompts (`waves`) left-padded to their length bucket and the batch to its bucket (default: the
+    config's batch buckets), as `generate` runs them, and the row ids (default 0..P-1) padded with 0."""
+    batch_buckets = self.config.batch_buckets if batch_buckets is None else batch_buckets
+    padded = batching.left_pad(prompt_ids, length_buckets=self.config.prompt_buckets,
+                               batch_buckets=batch_buckets, batch_multiple_of=self._batch_shards,
+                               pad_id=self.config.pad_id, vocab_size=self.vocab_size)
+    if row_ids is None:
+      row_ids = range(padded.num_prompts)
+    if len(row_ids) != padded.num_prompts:
+      raise ValueError(f"row_ids has {len(row_ids)} entries for {padded.num_prompts} prompts")
+    row_ids_B = np.zeros((padded.tokens_BxP.shape[0],), np.int32)
+    row_ids_B[:padded.num_prompts] = row_ids
+    return padded, row_ids_B
+
+  def generate_padded(self, padded: batching.PaddedPrompts, row_ids_B: np.ndarray, *, num_samples: int = 1,
+                      seed: int = 0, params: nnx.State | None = None) -> decode_lib.DecodeResult:
+    """`generate` on `pad`'s output, without the host-side stop-string cut; the result stays on the device."""
+    prefill, decode = self.functions(num_samples)
+    params = self.params if params is None else params
+    with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+      cache = prefill(params, padded.tokens_BxP, padded.mask_BxP)
+      result, _ = decode(params, cache, padded.tokens_BxP[:, -1], padded.lengths_B, padded.active_B, row_ids_B,
+                         jax.random.key(seed), self.eos_ids_E, self.stop_table_SxW)
+    return result
 
   def _cut_on_host(self, output: SampleOutput) -> SampleOutput:
     """Decodes rows and cuts each exactly after its first stop string (dropping the tokens after it)."""

@@ -11,17 +11,19 @@
   with one page per person, city and company: its facts as sentences, each related entity that has a page linked.
   `--questions` writes the worlds' questions as plain question rows (`{id, question, answers}`, readable with
   `data.web_readers.read_plain_questions`).
+
+Files are written whole (a temporary file, then a rename); an existing output is replaced only with `--overwrite`,
+and an output may not be an input. Bad input is one line `error: ...` and exit status 1.
 """
 from __future__ import annotations
 
 import argparse
 import html as html_lib
-import json
-import os
 import pathlib
 import sys
 from typing import Iterator, Sequence
 
+from atommem_jax import atomic_files, cli
 from atommem_jax.data import synthetic
 
 
@@ -85,19 +87,7 @@ def html_dir_rows(directory: str, base_url: str = "") -> Iterator[dict]:
 
 def write_jsonl(rows: Iterator[dict], output: str) -> int:
   """Writes rows via a temporary file and a rename; returns the row count."""
-  tmp = f"{output}.tmp-{os.getpid()}"
-  count = 0
-  try:
-    with open(tmp, "w", encoding="utf-8") as f:
-      for row in rows:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        count += 1
-    os.replace(tmp, output)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return count
+  return atomic_files.write_jsonl(output, rows)
 
 
 def synthetic_corpus(output: str, *, worlds: int = 1, seed: int = 0, documents: int = 256,
@@ -127,11 +117,18 @@ def main(argv: Sequence[str]) -> None:
   from_worlds.add_argument("--seed", type=int, default=0)
   from_worlds.add_argument("--documents", type=int, default=256)
   from_worlds.add_argument("--questions_per_world", type=int, default=64)
+  for command in (from_html, from_worlds):
+    command.add_argument("--overwrite", action="store_true", help="replace existing output files")
   flags = parser.parse_args(argv)
   if flags.source == "html":
+    atomic_files.check_output(flags.output, overwrite=flags.overwrite, inputs={"--input": flags.input})
     count = write_jsonl(html_dir_rows(flags.input, flags.base_url), flags.output)
     print(f"wrote {count} pages to {flags.output}")
   else:
+    atomic_files.check_output(flags.output, overwrite=flags.overwrite)
+    if flags.questions:
+      atomic_files.check_output(flags.questions, overwrite=flags.overwrite, inputs={"--output": flags.output},
+                                flag="--questions")
     pages, questions = synthetic_corpus(flags.output, worlds=flags.worlds, seed=flags.seed,
                                         documents=flags.documents, questions_per_world=flags.questions_per_world,
                                         questions_output=flags.questions)
@@ -140,4 +137,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  cli.report_input_errors(main)(sys.argv[1:])  # bad input: one line `error: ...`, exit status 1

@@ -5,7 +5,9 @@
        --index_dir DIR --rebuild]
 
 Over HTTP the endpoint is `http://HOST:PORT/mcp` (streamable HTTP); with `--stdio` it speaks MCP on stdin/stdout.
-The index is opened (or built and saved) with `CorpusIndex.open` before the server starts serving.
+The index is opened (or built and saved) with `CorpusIndex.open` before the server starts serving; an index it may
+not replace (another config's, another corpus's) is refused unless `--rebuild`. Bad input (a missing or damaged
+corpus, such an index) is one line `error: ...` and exit status 1.
 
 - `search(query, num_results=10)`: the best pages by reciprocal-rank fusion of BM25 and dense retrieval
   (`corpus_index`). The text lists `N. title / URL: url / snippet`; `structured_content["results"]` holds the same
@@ -40,6 +42,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent
 
+from atommem_jax import cli
 from atommem_jax.tools.corpus import PageTokenizer, part_bounds
 from atommem_jax.tools.corpus_index import CorpusIndex, Hit, IndexConfig
 
@@ -227,7 +230,9 @@ def main(argv: Sequence[str]) -> None:
   parser.add_argument("--tokenizer", default=IndexConfig.tokenizer, help="tokenizer.json (dir) for token budgets")
   parser.add_argument("--page_tokens", type=int, default=ServerConfig.page_tokens)
   parser.add_argument("--index_dir", default="", help="default: FILE.jsonl.index beside the corpus")
-  parser.add_argument("--rebuild", action="store_true", help="rebuild the index even if it is up to date")
+  parser.add_argument("--rebuild", action="store_true",
+                      help="rebuild the index even if it is up to date, or replace one built with another config "
+                           "or from another corpus (never a directory that holds no index)")
   parser.add_argument("--delay_ms", type=float, default=0.0, help="answer every call this much later (benchmarks)")
   flags = parser.parse_args(argv)
   logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
@@ -248,4 +253,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  cli.report_input_errors(main)(sys.argv[1:])  # bad input: one line `error: ...`, exit status 1

@@ -12,12 +12,14 @@ response's length:
 - The body, with Markdown code fences around it dropped, must be a JSON object with a non-empty string `name` and
   an object `arguments` (absent means `{}`; a JSON string holding an object, as OpenAI-style APIs send it, is
   accepted). Broken JSON is repaired in this order, each step a well-known one: strict `json.loads`; the object
-  followed by trailing text (`JSONDecoder.raw_decode`); then `json_repair` (missing braces or quotes, single quotes,
-  trailing commas, comments). `json_repair` is super-linear on deep nesting, so it only sees bodies of at most
-  `REPAIR_MAX_CHARS` characters whose brackets nest at most `REPAIR_MAX_DEPTH` deep; past that a body that strict
-  parsing rejects is invalid.
-- Arguments must survive the trip to the server: JSON-encodable without NaN / infinity and UTF-8-encodable (no lone
-  surrogates); otherwise the call is invalid.
+  followed by trailing text, or read from the first `{` after leading text (`JSONDecoder.raw_decode`); then
+  `json_repair` (missing braces or quotes, single quotes, trailing commas, comments) on the body from its first `{`.
+  `json_repair` is super-linear on many inputs (deep nesting, mismatched brackets, backslashes outside strings,
+  several objects in a row), so it only sees a body of at most `REPAIR_MAX_CHARS` characters that is one object,
+  perhaps unfinished: outside strings its brackets nest at most `REPAIR_MAX_DEPTH` deep, close in order and end with
+  the object, with no backslash (`_repairable`). Any other body that strict parsing rejects is invalid.
+- The name and arguments must survive the trip to the server: JSON-encodable without NaN / infinity and
+  UTF-8-encodable (no lone surrogates); otherwise the call is invalid.
 
 `ToolCallParse.remainder` is the response with every tool-call tag and body blanked to spaces (same length, so
 offsets stay valid), which is what the memory-tag parser (`agent.protocol.parse_response`) should read.
@@ -33,11 +35,13 @@ import json_repair
 
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
-REPAIR_MAX_CHARS = 4096
+REPAIR_MAX_CHARS = 1024
 REPAIR_MAX_DEPTH = 16
 
 _TAG_RE = re.compile(r"<(/?)tool_call>")
 _THINK_RE = re.compile(r"<think>.*?(?:</think>|\Z)", re.DOTALL)
+_STRUCTURE_RE = re.compile(r"[\"'\\{}\[\]]")  # what `_repairable` looks at: quotes, backslashes, brackets
+_OPENER = {"}": "{", "]": "["}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,15 +85,39 @@ def _strip_fence(body: str) -> str:
   return body
 
 
-def _max_depth(text: str) -> int:
-  depth = deepest = 0
-  for ch in text:
-    if ch in "{[":
-      depth += 1
-      deepest = max(deepest, depth)
-    elif ch in "}]" and depth:
-      depth -= 1
-  return deepest
+def _repairable(body: str) -> bool:
+  """Whether `json_repair` may see `body`: one JSON object, possibly unfinished. It starts with `{`; outside strings
+  there is no backslash, the brackets nest at most `REPAIR_MAX_DEPTH` deep, each closing bracket matches the open
+  one (missing closers at the end are the repair's common case) and nothing bracketed or quoted follows the object's
+  end. The library is super-linear on what this refuses: 13 s for 2,000 characters of `a{]`, 51 s for 4,096 of
+  `{\\uea}[]`, 4 s for 1,024 of `{1}`. It is quadratic on some bodies it accepts too (`{"a": [` then `a"a":e"a":`
+  repeated: 0.07 s at 1,024 characters, 1.1 s at 4,096), hence the small `REPAIR_MAX_CHARS`."""
+  if len(body) > REPAIR_MAX_CHARS or not body.startswith("{"):
+    return False
+  open_brackets: list[str] = []
+  quote, escaped_at, closed = "", -1, False
+  for token in _STRUCTURE_RE.finditer(body):
+    char = token.group()
+    if quote:  # inside a string: only its end and escapes matter
+      if token.start() == escaped_at:
+        continue
+      if char == "\\":
+        escaped_at = token.end()
+      elif char == quote:
+        quote = ""
+    elif closed or char == "\\":
+      return False
+    elif char in "\"'":
+      quote = char
+    elif char in "{[":
+      open_brackets.append(char)
+      if len(open_brackets) > REPAIR_MAX_DEPTH:
+        return False
+    elif not open_brackets or open_brackets.pop() != _OPENER[char]:
+      return False
+    else:
+      closed = not open_brackets
+  return True
 
 
 def _decode(body: str) -> tuple[Any, bool] | None:
@@ -98,13 +126,17 @@ def _decode(body: str) -> tuple[Any, bool] | None:
     return json.loads(body), False
   except (ValueError, RecursionError):
     pass
-  try:
-    value, end = json.JSONDecoder().raw_decode(body)
-    if isinstance(value, dict) and end < len(body):
-      return value, True
-  except (ValueError, RecursionError):
-    pass
-  if len(body) > REPAIR_MAX_CHARS or _max_depth(body) > REPAIR_MAX_DEPTH:
+  # The object with text after it, or (as a model may write "I will search: {...}") with text before it too.
+  first_brace = body.find("{")
+  for start in (0, first_brace) if first_brace > 0 else (0,):
+    try:
+      value, end = json.JSONDecoder().raw_decode(body, start)
+      if isinstance(value, dict) and (start or end < len(body)):
+        return value, True
+    except (ValueError, RecursionError):
+      pass
+  body = body[max(first_brace, 0):]
+  if not _repairable(body):
     return None
   try:
     value = json_repair.loads(body)
@@ -138,9 +170,9 @@ def _call_from_body(body: str) -> tuple[ToolCall | None, bool, str]:
   if not isinstance(arguments, dict):
     return None, repaired, f"tool call 'arguments' is a {type(arguments).__name__}, not an object"
   try:
-    json.dumps(arguments, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    json.dumps({"name": name, "arguments": arguments}, allow_nan=False, ensure_ascii=False).encode("utf-8")
   except (ValueError, TypeError, RecursionError, UnicodeEncodeError) as err:
-    return None, repaired, f"tool call arguments cannot be sent ({type(err).__name__})"
+    return None, repaired, f"tool call name or arguments cannot be sent ({type(err).__name__})"
   return ToolCall(name=name.strip(), arguments=arguments), repaired, ""
 
 

@@ -9,10 +9,11 @@ import dataclasses
 from typing import Literal
 
 from atommem_jax.agent.config import AgentConfig
+from atommem_jax.checkpoint.model_init import ModelInitConfig
 from atommem_jax.data.long_context import LongContextConfig
 from atommem_jax.data.synthetic import SyntheticConfig
 from atommem_jax.memory.config import MemoryConfig
-from atommem_jax.model.config import Attention, Qwen3Config, Remat
+from atommem_jax.rollout_engine import RolloutEngineConfig
 from atommem_jax.sampling.config import SamplerConfig
 from atommem_jax.sharding import MeshConfig
 from atommem_jax.train.grpo import GRPOConfig
@@ -20,28 +21,9 @@ from atommem_jax.train.step import OptimizerConfig
 
 # Keys that may differ between a checkpoint's config and the resuming run's (they do not change what was trained).
 RESUMABLE_KEYS = ("total_steps", "checkpoint_every", "keep_checkpoints", "log_every", "debug_kill_at_step",
-                  "eval.num_episodes", "eval.max_new_tokens", "max_nonfinite_streak")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelInitConfig:
-  preset: str = "tiny_default"  # a `model.PRESETS` name (ignored when `checkpoint` holds a config)
-  checkpoint: str = ""  # an HF checkpoint dir or an Orbax params dir; "" = random init from `seed`
-  tokenizer: str = ""  # a tokenizer dir; "" = the checkpoint's, or the packaged tiny tokenizer
-  # How the model runs (`Qwen3Config` fields of the same names): attention implementation, per-layer remat, LM-head
-  # chunk of the training losses.
-  attention: Attention = "auto"
-  remat: Remat = "none"
-  logits_chunk: int = 1024
-  # Activation and parameter dtypes; "" = the preset's or the checkpoint's. A checkpoint is cast to `param_dtype`
-  # (float32 master weights for bfloat16 checkpoints: updates of 1e-6 vanish in bfloat16 weights).
-  dtype: Literal["", "float32", "bfloat16"] = ""
-  param_dtype: Literal["", "float32", "bfloat16"] = ""
-
-  def runtime(self, model: Qwen3Config) -> Qwen3Config:
-    """`model` (a preset or a checkpoint's architecture) as this run executes it."""
-    dtypes = {k: v for k, v in (("dtype", self.dtype), ("param_dtype", self.param_dtype)) if v}
-    return model.replace(attention=self.attention, remat=self.remat, logits_chunk=self.logits_chunk, **dtypes)
+                  "eval.num_episodes", "eval.max_new_tokens", "max_nonfinite_streak",
+                  # The engines give the same trajectories; only the speed differs.
+                  "rollout.engine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +42,17 @@ class TaskConfig:
   # Documents per GRPO episode when GRPO reads longer documents than SFT's demonstrations (a length curriculum);
   # 0 = long_context.num_docs. The held-out questions are then evaluated at both sizes.
   grpo_num_docs: int = 0
+  # With `grpo_num_docs`: the fraction of GRPO's examples drawn from SFT's size instead (shuffled in), so the policy's
+  # own rollouts keep practising what SFT taught while it learns the longer documents.
+  grpo_short_fraction: float = 0.0
 
   def __post_init__(self):
     if self.synthetic_worlds < 1:
       raise ValueError(f"TaskConfig.synthetic_worlds must be >= 1, got {self.synthetic_worlds}")
     if self.grpo_num_docs < 0:
       raise ValueError(f"TaskConfig.grpo_num_docs must be >= 0 (0 = long_context.num_docs), got {self.grpo_num_docs}")
+    if not 0.0 <= self.grpo_short_fraction < 1.0:
+      raise ValueError(f"TaskConfig.grpo_short_fraction must be in [0, 1), got {self.grpo_short_fraction}")
     if self.grpo_num_docs and self.examples_path:
       raise ValueError("TaskConfig.grpo_num_docs needs examples built here: examples_path holds one size already built")
     if self.dataset != "synthetic" and not (self.path or self.examples_path):
@@ -79,8 +66,8 @@ class SFTStageConfig:
   pairs_path: str = ""  # (prompt, completion) JSONL; "" = generated from the oracle on the training episodes
   oracle_episodes: int = 64  # training episodes the oracle plays to make the pairs
   min_reward: float = 0.5  # every turn of a teacher trajectory at least this good becomes a pair
-  recitation_pairs: int = 0  # reading practice for a model trained from scratch (`inputs.recitation_pairs`)
-  # Drills (`inputs.drill_batch`): the first `drill_steps` SFT steps (all of them if more), then every
+  recitation_pairs: int = 0  # reading practice for a model trained from scratch (`oracle_pairs.recitation_pairs`)
+  # Drills (`drills.drill_batch`): the first `drill_steps` SFT steps (all of them if more), then every
   # `drill_every`-th (0 = none).
   drill: Literal["copy", "recite"] = "copy"
   drill_steps: int = 0
@@ -107,7 +94,10 @@ class GRPOStageConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig:
+class HeldOutEvalConfig:
+  """The greedy evaluations a training run makes on its held-out episodes (`eval.*`; the evaluation CLI's config is
+  `eval.config.EvalConfig`)."""
+
   num_episodes: int = 16  # greedy held-out episodes per size, at the start, after SFT and at the end; 0 = none
   max_new_tokens: int = 256
 
@@ -126,16 +116,22 @@ class TrainConfig:
   task: TaskConfig = TaskConfig()
   agent: AgentConfig = AgentConfig()
   memory: MemoryConfig = MemoryConfig()
-  embedder: Literal["hashing"] = "hashing"
+  # "hashing" (weight-free) or a Qwen3-Embedding checkpoint dir whose hidden size is memory.embed_dim
+  # (`checkpoint.loader.load_embedder`), as in evaluation.
+  embedder: str = "hashing"
+  rollout: RolloutEngineConfig = RolloutEngineConfig()
   sft: SFTStageConfig = SFTStageConfig()
   grpo: GRPOStageConfig = GRPOStageConfig()
-  eval: EvalConfig = EvalConfig()
+  eval: HeldOutEvalConfig = HeldOutEvalConfig()
 
   def __post_init__(self):
     if self.total_steps < 1:
       raise ValueError(f"TrainConfig.total_steps must be >= 1, got {self.total_steps}")
     if self.checkpoint_every < 1:
       raise ValueError(f"TrainConfig.checkpoint_every must be >= 1, got {self.checkpoint_every}")
+    if not self.embedder:
+      raise ValueError("TrainConfig.embedder is empty: give 'hashing' (weight-free) or a Qwen3-Embedding checkpoint "
+                       "directory")
     if not 0 <= self.sft.steps <= self.total_steps:
       raise ValueError(f"sft.steps ({self.sft.steps}) must be in [0, total_steps={self.total_steps}]")
     u = self.grpo.updates_per_rollout

@@ -23,20 +23,13 @@ import jax
 
 from atommem_jax.agent import envs, memory_tiers, memory_view, protocol, rewards
 from atommem_jax.agent import transition as transition_lib
+from atommem_jax.agent.engines import rows as rows_lib
 from atommem_jax.agent.config import RolloutConfig
 from atommem_jax.agent.envs.base import Environment, Interaction, MemoryView
 from atommem_jax.agent.policy import SamplerPolicy, TextPolicy, text_responses
-from atommem_jax.agent.trajectory import Trajectory, Turn
+from atommem_jax.agent.trajectory import Trajectory
 from atommem_jax.memory import state as memory_state
 from atommem_jax.memory import transitions
-
-
-def _ops_record(ops: Sequence[protocol.Op]) -> tuple[list[dict[str, Any]], dict[str, int], int]:
-  """A turn's ops for people: each op, the valid ones counted per type name, and the invalid or refused ones."""
-  rows = [{"type": op.name, "text": op.text, "target": op.target, "valid": op.valid, "reason": op.reason}
-          for op in ops]
-  counts = {name: sum(op.valid and op.name == name for op in ops) for name in protocol.KIND_NAMES[1:]}
-  return rows, counts, sum(not op.valid for op in ops)
 
 
 def rollout(episodes: Sequence[Any], policy: TextPolicy | SamplerPolicy, *, tokenizer: Any,
@@ -54,25 +47,14 @@ def rollout(episodes: Sequence[Any], policy: TextPolicy | SamplerPolicy, *, toke
   env = env if env is not None else envs.make(config.agent, templates)
   reward_fn = reward_fn if reward_fn is not None else rewards.by_name(config.agent.reward)
   memory_config = config.memory
-  g = config.num_samples
-  row_episodes = [episodes[r // g] for r in range(len(episodes) * g)]
-  contexts = env.prepare(episodes, tokenizer, embed_fn, memory_config)
-  row_contexts = [contexts[r // g] for r in range(len(row_episodes))]
+  start = rows_lib.prepare(episodes, env, tokenizer, embed_fn, config)
+  row_episodes, row_contexts, memory, state = start.episodes, start.contexts, start.memory, start.state
+  trajectories = start.trajectories
   num_rows = len(row_episodes)
-
-  memory = transition_lib.init_memory(memory_config, num_rows)
-  queries = env.initial_queries(row_episodes)
-  if queries is not None:
-    memory = memory_view.set_initial_query(memory, queries, tokenizer, embed_fn, memory_config)
-  state = env.init_state(row_episodes, row_contexts)
   tiers = memory_tiers.TieredMemory(memory_config, tokenizer) if memory_config.spill == "scann" else None
   if tiers is not None:
     tiers.refresh(jax.device_get(memory), range(num_rows))
   params = env.params()
-  trajectories = [Trajectory(episode_id=ep.id, sample=r % g, questions=list(ep.questions),
-                             gold_answers=[list(a) for a in ep.answers], answers=[None] * len(ep.questions),
-                             reward=0.0, done=False, turns=[], scratchpad="", query="", storage=[])
-                  for r, ep in enumerate(row_episodes)]
   previous: dict[int, Interaction] = {}
   width = memory_config.max_ops_per_turn
   turn_limit = env.max_turns if max_turns is None else min(env.max_turns, max_turns)
@@ -124,29 +106,13 @@ def rollout(episodes: Sequence[Any], policy: TextPolicy | SamplerPolicy, *, toke
     for r, response, prompt, ids in zip(rows, responses, prompts, prompt_ids):
       action = parsed[r].action if r in outcomes else None
       previous[r] = Interaction(response=response.text, action=action, result=outcomes.get(r))
-      turn_record = [op if not op.valid or result.accepted_BxO[r, o] else
-                     op.refused("refused by the environment (query limit or episode over)")
-                     for o, op in enumerate(ops[r])]
-      for o, op in enumerate(turn_record):
-        question = int(result.answered_question_BxO[r, o])
-        if question >= 0:
-          trajectories[r].answers[question] = op.text
-      op_rows, op_counts, invalid_ops = _ops_record(turn_record)
-      observation = observations[r]
-      trajectories[r].turns.append(Turn(
-          step=turn_index, phase=observation.phase, chunk_index=observation.chunk_index,
-          question_index=observation.question_index, observation=observation.user, prompt=prompt, prompt_ids=ids,
-          retrieved=list(memory_views[r].entries), response=response.text, response_ids=response.ids,
-          response_logprobs=response.logprobs, ops=op_rows, op_counts=op_counts, invalid_ops=invalid_ops,
+      rows_lib.record_turn(
+          trajectories[r], step=turn_index, observation=observations[r], prompt=prompt, prompt_ids=ids,
+          retrieved=memory_views[r].entries, response=response, ops=ops[r], accepted_O=result.accepted_BxO[r],
+          answered_O=result.answered_question_BxO[r],
           storage_size=tiers.size(memory_after, r) if tiers else int(memory_after.valid_BxM[r].sum()),
-          action=action, action_result=outcomes.get(r)))
+          action=action, action_result=outcomes.get(r))
 
   state_host, memory_host = jax.device_get((state, memory))
-  done = env.done(state_host)
-  for r, trajectory in enumerate(trajectories):
-    trajectory.done = bool(done[r])
-    trajectory.scratchpad, trajectory.query = memory_view.scratchpad_and_query(memory_host, r, tokenizer)
-    trajectory.storage = (tiers.storage(memory_host, r) if tiers else
-                          memory_view.storage_in_creation_order(memory_host, r, tokenizer))
-    trajectory.reward = float(reward_fn(trajectory))
-  return trajectories
+  return rows_lib.finish(trajectories, env.done(state_host), memory_host, tokenizer, reward_fn,
+                         storage=(lambda r: tiers.storage(memory_host, r)) if tiers else None)

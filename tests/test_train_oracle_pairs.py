@@ -1,0 +1,42 @@
+"""The SFT stage's pairs: the oracle's trajectories on many worlds, and recitation pairs."""
+from atommem_jax.agent.config import AgentConfig
+from atommem_jax.data import synthetic
+from atommem_jax.data.long_context import LongContextConfig
+from atommem_jax.data.tokenizer import load_tiny_tokenizer
+from atommem_jax.memory.config import MemoryConfig
+from atommem_jax.memory.embedders import HashingEmbedder
+from atommem_jax.train import oracle_pairs, task_split
+from atommem_jax.train.config import SFTStageConfig, TaskConfig, TrainConfig
+
+SMALL_WORLD = synthetic.SyntheticConfig(seed=3, num_documents=16, num_questions=4, question_kinds=("birth_country",))
+
+
+def test_the_oracle_answers_every_episode_of_many_worlds(tmp_path):
+  agent = AgentConfig(chunk_tokens=96, overlap_tokens=8, max_chunks=8, max_steps=6, template_dir="compact")
+  memory = MemoryConfig(capacity=16, entry_tokens=32, scratchpad_tokens=48, query_tokens=32, embed_dim=64, top_k=4)
+  task = task_split.split_task(TaskConfig(synthetic=SMALL_WORLD, synthetic_worlds=30, num_eval_episodes=4,
+                                      long_context=LongContextConfig(num_docs=4, seed=0)))
+  config = TrainConfig(task=TaskConfig(), agent=agent, memory=memory, sft=SFTStageConfig(oracle_episodes=100))
+  pairs = oracle_pairs.sft_pairs(config, task, load_tiny_tokenizer(), HashingEmbedder(memory.embed_dim), tmp_path)
+  answers = [p.completion for p in pairs if "final_answer" in p.completion]
+  assert len(answers) == 100  # every trajectory reached reward 1 (the pairs keep trajectories >= min_reward)
+  assert (tmp_path / oracle_pairs.SFT_PAIRS_FILE).exists()
+
+
+def test_recitation_pairs_state_each_sentence_of_the_prompt_once():
+  task = task_split.split_task(TaskConfig(synthetic=SMALL_WORLD, synthetic_worlds=3, num_eval_episodes=4,
+                                      long_context=LongContextConfig(num_docs=4, seed=0)))
+  tokenizer = load_tiny_tokenizer()
+  pairs = oracle_pairs.recitation_pairs(task.train_examples, tokenizer, seed=0)
+  assert len(pairs) == len(task.train_examples)
+  orders = set()
+  for pair, example in zip(pairs, task.train_examples):
+    assert pair["prompt"].startswith(f"<|im_start|>system\n{oracle_pairs.RECITE_SYSTEM}")
+    assert example.context in pair["prompt"]
+    assert pair["completion"].endswith(tokenizer.eos_token)
+    stated = pair["completion"].removesuffix(tokenizer.eos_token).split(". ")
+    stated = [s if s.endswith(".") else s + "." for s in stated]
+    expected = [s if s.endswith(".") else s + "." for d in example.documents for s in d.text.split(". ")]
+    assert sorted(stated) == sorted(expected)
+    orders.add(stated == expected)
+  assert False in orders  # shuffled, not merely copied in order
