@@ -175,8 +175,9 @@ _JSON_FILES = ("_CHECKPOINT_METADATA", "_METADATA", "metadata", "_sharding")
 def _what_is_wrong(step_dir: epath.Path, error: BaseException | None) -> str:
   """The damaged file and its fault when a JSON file is, else the restore error (TensorStore's names the database
   and array it could not read)."""
-  for path in sorted(step_dir.rglob("*")):
-    if path.is_file() and path.name in _JSON_FILES:
+  found = [root / name for root, _, files in step_dir.walk() for name in files if name in _JSON_FILES]
+  for path in sorted(found, key=os.fspath):  # epath's walk: rglob is refused for object stores
+    if path.is_file():
       try:
         json.loads(path.read_bytes())
       except ValueError as e:
