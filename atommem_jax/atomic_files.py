@@ -1,14 +1,20 @@
-"""Files written whole: never a partial file (write beside, then rename), never a replaced input, an existing output
-replaced only when asked; and a JSON-lines reader whose every error names the file and line."""
+"""Files written whole: never a partial file (locally: write beside, then rename; on an object store: one object
+write), never a replaced input, an existing output replaced only when asked; and a JSON-lines reader whose every
+error names the file and line. Paths go through `storage.as_path`, so any filesystem etils.epath reaches works."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import pathlib
 import shutil
 import tempfile
 from typing import Any, Callable, Iterable, Iterator, Mapping, TextIO
+
+from etils import epath
+
+from atommem_jax import storage
 
 
 class OutputError(ValueError):
@@ -34,8 +40,13 @@ def check_output(path: str | os.PathLike, *, overwrite: bool,
 def replacing(path: str | os.PathLike) -> Iterator[TextIO]:
   """A text file (UTF-8) that takes `path`'s place when the block ends without an error; after an error `path` is
   as it was and the temporary file is gone."""
-  path = pathlib.Path(path)
+  path = storage.as_path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
+  if not storage.is_local(path):
+    buffer = io.StringIO()
+    yield buffer
+    path.write_text(buffer.getvalue(), encoding="utf-8")  # an object appears whole or not at all
+    return
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -93,11 +104,12 @@ def decode_line(raw: bytes) -> str:
 def read_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError) -> Iterator[tuple[int, dict[str, Any]]]:
   """(line number, object) for each non-blank line; a missing file, invalid UTF-8 or JSON, or a non-object raises
   `error`."""
-  if os.path.isdir(path):
+  path = epath.Path(path)
+  if path.is_dir():
     raise error(f"{path} is a directory, not a JSON-lines file")
-  if not os.path.isfile(path):
+  if not path.is_file():
     raise error(f"{path}: file does not exist")
-  with open(path, "rb") as f:
+  with path.open("rb") as f:
     for line_no, raw in enumerate(f, start=1):
       try:
         line = decode_line(raw)

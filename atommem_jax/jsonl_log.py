@@ -16,12 +16,12 @@ import dataclasses
 import datetime
 import json
 import os
-import pathlib
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
 from absl import logging
+from etils import epath
 
-from atommem_jax import atomic_files
+from atommem_jax import atomic_files, storage
 
 DAMAGED_SUFFIX = ".damaged"
 
@@ -31,7 +31,7 @@ KeyFn = Callable[[Row], Hashable]
 
 @dataclasses.dataclass(frozen=True)
 class DamagedLine:
-  path: pathlib.Path
+  path: epath.Path
   line_no: int
   raw: bytes
   reason: str
@@ -70,7 +70,7 @@ def read(path: str | os.PathLike, validate: Callable[[Row], str | None] = lambda
          ) -> tuple[list[Line], list[DamagedLine], bool]:
   """(valid lines in file order, damaged lines, whether the file ends with a newline). Never raises for content; a
   missing file reads as empty."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   if not path.exists():
     return [], [], True
   lines = path.read_bytes().split(b"\n")
@@ -90,7 +90,7 @@ def read(path: str | os.PathLike, validate: Callable[[Row], str | None] = lambda
   return valid, damaged, ends_with_newline
 
 
-def set_aside(damaged: Sequence[DamagedLine]) -> pathlib.Path | None:
+def set_aside(damaged: Sequence[DamagedLine]) -> epath.Path | None:
   """Appends the damaged lines to `<file>.damaged` (one JSON object each) and reports each; returns that path."""
   if not damaged:
     return None
@@ -98,11 +98,15 @@ def set_aside(damaged: Sequence[DamagedLine]) -> pathlib.Path | None:
   now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
   records = [{"line": d.line_no, "reason": d.reason, "text": d.raw.decode("utf-8", "surrogateescape"),
               "set_aside_at": now} for d in damaged]
-  with sidecar.open("a", encoding="utf-8") as f:
-    # ensure_ascii keeps undecodable bytes (lone surrogates after surrogateescape) writable and exact
-    f.write("".join(json.dumps(record) + "\n" for record in records))
-    f.flush()
-    os.fsync(f.fileno())
+  # ensure_ascii keeps undecodable bytes (lone surrogates after surrogateescape) writable and exact
+  text = "".join(json.dumps(record) + "\n" for record in records)
+  if not storage.is_local(sidecar):  # an object store cannot append: the object is written whole again
+    atomic_files.write_text(sidecar, (sidecar.read_text(encoding="utf-8") if sidecar.exists() else "") + text)
+  else:
+    with open(sidecar, "a", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
   for d in damaged:
     logging.warning("%s; set aside in %s", d.describe(), sidecar)
   return sidecar
@@ -118,7 +122,7 @@ class ResumedLog:
 
   def __init__(self, path: str | os.PathLike, key: KeyFn, resume_step: int, *, write: bool,
                vouched: Sequence[Row] | None = None):
-    self.path = pathlib.Path(path)
+    self.path = storage.as_path(path)
     self.key = key
     self._write = write
     self.repairs: list[str] = []
@@ -141,8 +145,7 @@ class ResumedLog:
     if damaged or restored:
       self._rewrite()
     elif not ends_with_newline:  # a whole last row without its newline: complete it before appending
-      with self.path.open("a", encoding="utf-8") as f:
-        f.write("\n")
+      self._append_text("\n")
 
   @property
   def rows(self) -> list[Row]:
@@ -162,8 +165,14 @@ class ResumedLog:
         return
       # Rows the resumed run will not write again (its config changed): they stay where they are.
       self._stale = []
-    with self.path.open("a", encoding="utf-8") as f:
-      f.write("".join(line.text + "\n" for line in new))
+    self._append_text("".join(line.text + "\n" for line in new))
+
+  def _append_text(self, text: str) -> None:
+    if not storage.is_local(self.path):  # an object store cannot append: the object is written whole again
+      self._rewrite()
+      return
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(text)
       f.flush()
 
   def _rewrite(self) -> None:

@@ -9,10 +9,10 @@ training steps (the paper's training-dynamics figure). Figures already in the ou
 """
 from __future__ import annotations
 
-import pathlib
 from typing import Sequence
 
 from absl import app, flags
+from etils import epath
 
 from atommem_jax import cli
 from atommem_jax.eval import plots
@@ -26,8 +26,8 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace figures an earlier p
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  workdir = pathlib.Path(_WORKDIR.value)
-  out_dir = pathlib.Path(_OUT.value) if _OUT.value else workdir / "plots"
+  workdir = epath.Path(_WORKDIR.value)  # local, or any URI etils.epath reaches (gs://...)
+  out_dir = epath.Path(_OUT.value) if _OUT.value else workdir / "plots"
   if out_dir.exists() and not out_dir.is_dir():
     raise cli.CliError(f"--out {out_dir} is a file, not a directory")
   existing = sorted(name for name in plots.TRAINING_FIGURES if (out_dir / name).exists())

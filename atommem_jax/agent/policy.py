@@ -18,15 +18,18 @@ class Response:
 class SamplerPolicy:
   """The model as a policy: one `Sampler.generate` call per turn over the running rows."""
 
-  def __init__(self, sampler: Any, seed: int = 0):
+  def __init__(self, sampler: Any, seed: int = 0, row_offset: int = 0):
     if sampler.tokenizer is None:
       raise ValueError("SamplerPolicy needs a Sampler built with a tokenizer (responses are parsed as text)")
     self.sampler = sampler
     self.seed = seed
+    self.row_offset = row_offset  # the first row's index in the global batch (a process's share starts there)
 
   def respond(self, prompt_ids: list[list[int]], rows: list[int], turn: int) -> list[Response]:
-    # The row id (not the batch position) seeds each trajectory, so a trajectory samples the same way in any batch.
-    out = self.sampler.generate(prompt_ids, num_samples=1, seed=self.seed + turn, row_ids=rows)
+    # The row's index in the global batch (not its batch position, not the process) seeds each trajectory, so a
+    # trajectory samples the same way in any batch and on any number of processes.
+    out = self.sampler.generate(prompt_ids, num_samples=1, seed=self.seed + turn,
+                                row_ids=[self.row_offset + r for r in rows])
     return [Response(text=out.texts[i], ids=out.token_ids(i),
                      logprobs=out.logprobs_RxN[i, :int(out.lengths_R[i])].astype(float).tolist())
             for i in range(len(rows))]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import jax
@@ -85,6 +86,8 @@ def run(argv: list[str]) -> dict:
       row["blockwise_over_dense_time"] = row["blockwise"]["step_s"] / row["dense"]["step_s"]
       row["blockwise_over_dense_temp_bytes"] = row["blockwise"]["temp_bytes"] / row["dense"]["temp_bytes"]
     results["by_seq_len"][length] = row
+    print(f"T={length}: " + ", ".join(f"{name} {row[name]['step_s']:.3f} s, {row[name]['temp_bytes'] / 2**20:.1f} MiB temp"
+                                      for name in implementations), file=sys.stderr, flush=True)
   first = results["by_seq_len"][lengths[0]]
   results["temp_growth"] = {
       name: {length: results["by_seq_len"][length][name]["temp_bytes"] / first[name]["temp_bytes"]

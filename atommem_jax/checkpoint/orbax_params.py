@@ -8,13 +8,14 @@ Layout of a parameter directory:
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from atommem_jax import configlib
+from atommem_jax import configlib, storage
 from atommem_jax import sharding as sharding_lib
 from atommem_jax.checkpoint.tokenizer_files import copy_tokenizer_files
 from atommem_jax.model.config import Qwen3Config
@@ -29,15 +30,15 @@ _ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", 
                         "intermediate_size", "tie_word_embeddings", "param_dtype", "rope_theta", "rms_norm_eps")
 
 
-def is_orbax_params_dir(path: str | pathlib.Path) -> bool:
-  path = pathlib.Path(path)
+def is_orbax_params_dir(path: str | os.PathLike) -> bool:
+  path = storage.as_path(path)
   return (path / CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir()
 
 
-def save_params(directory: str | pathlib.Path, model: Qwen3, config: Qwen3Config, *,
+def save_params(directory: str | os.PathLike, model: Qwen3, config: Qwen3Config, *,
                 tokenizer_src: str | pathlib.Path | None = None) -> None:
   """Saves the parameters (each host writes its shards) and the config; `directory` must not hold a checkpoint."""
-  directory = pathlib.Path(directory).absolute()
+  directory = storage.as_path(directory)
   if (directory / PARAMS_DIR).exists():
     raise FileExistsError(f"{directory / PARAMS_DIR} already exists; refusing to overwrite a checkpoint")
   directory.mkdir(parents=True, exist_ok=True)
@@ -49,21 +50,21 @@ def save_params(directory: str | pathlib.Path, model: Qwen3, config: Qwen3Config
     copy_tokenizer_files(tokenizer_src, directory)
 
 
-def load_config(directory: str | pathlib.Path) -> Qwen3Config:
-  path = pathlib.Path(directory) / CONFIG_FILE
+def load_config(directory: str | os.PathLike) -> Qwen3Config:
+  path = storage.as_path(directory) / CONFIG_FILE
   if not path.is_file():
     raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}; not an Orbax parameter checkpoint")
   return Qwen3Config.from_dict(json.loads(path.read_text()))
 
 
-def restore_params(directory: str | pathlib.Path, *, mesh: jax.sharding.Mesh | None = None,
+def restore_params(directory: str | os.PathLike, *, mesh: jax.sharding.Mesh | None = None,
                    rules: sharding_lib.ShardingRules = sharding_lib.DEFAULT_RULES,
                    config: Qwen3Config | None = None) -> tuple[Qwen3Config, Qwen3]:
   """Restores `(config, model)`, placing each array with its sharding on `mesh` (default device without one).
 
   With `config`, the saved architecture must match it (activation dtype and remat are taken from `config`).
   """
-  directory = pathlib.Path(directory).absolute()
+  directory = storage.as_path(directory)
   saved = load_config(directory)
   if config is not None:
     diffs = {f: (getattr(saved, f), getattr(config, f)) for f in _ARCHITECTURE_FIELDS
@@ -85,7 +86,7 @@ def restore_params(directory: str | pathlib.Path, *, mesh: jax.sharding.Mesh | N
   return config, nnx.merge(graphdef, abstract_state)
 
 
-def _check_against(stored, target, directory: pathlib.Path, prefix: str = "") -> None:
+def _check_against(stored, target, directory: os.PathLike, prefix: str = "") -> None:
   """One clear error for a parameter missing, extra, or of another shape/dtype than the config implies."""
   missing, extra = sorted(set(target) - set(stored)), sorted(set(stored) - set(target))
   if missing or extra:

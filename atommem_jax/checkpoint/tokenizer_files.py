@@ -1,8 +1,12 @@
 """The tokenizer files that travel with a checkpoint, whichever format it is in."""
 from __future__ import annotations
 
+import os
 import pathlib
-import shutil
+
+from etils import epath
+
+from atommem_jax import storage
 
 TOKENIZER_PATTERNS = ("tokenizer*.json", "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt",
                       "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json",
@@ -15,8 +19,9 @@ def tokenizer_files(src: str | pathlib.Path) -> list[pathlib.Path]:
   return sorted(found)
 
 
-def copy_tokenizer_files(src: str | pathlib.Path | None, dst: str | pathlib.Path) -> list[str]:
-  """Copies tokenizer/chat-template files from `src` (a directory; None copies nothing) into `dst`."""
+def copy_tokenizer_files(src: str | pathlib.Path | None, dst: str | os.PathLike) -> list[str]:
+  """Copies tokenizer/chat-template files from `src` (a directory; None copies nothing) into `dst` (local or any
+  URI etils.epath reaches)."""
   if src is None:
     return []
   src = pathlib.Path(src)
@@ -24,6 +29,6 @@ def copy_tokenizer_files(src: str | pathlib.Path | None, dst: str | pathlib.Path
     raise FileNotFoundError(f"tokenizer source {src} is not a directory")
   copied = []
   for path in tokenizer_files(src):
-    shutil.copy2(path, pathlib.Path(dst) / path.name)
+    epath.Path(path).copy(storage.as_path(dst) / path.name, overwrite=True)
     copied.append(path.name)
   return copied

@@ -10,9 +10,9 @@ backend; each PNG is written to a temporary name and renamed, so a failed plot l
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
-import pathlib
 from typing import Any, Iterable, Mapping, Sequence
 
 import matplotlib
@@ -21,7 +21,9 @@ from absl import logging
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
-from atommem_jax import jsonl_log, op_table  # pylint: disable=g-import-not-at-top
+from etils import epath  # pylint: disable=g-import-not-at-top
+
+from atommem_jax import jsonl_log, op_table, storage  # pylint: disable=g-import-not-at-top
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 OP_RATE_PREFIX = "op_rate/"
@@ -61,7 +63,7 @@ TRAINING_FIGURES = tuple(spec.filename for spec in TRAINING_CURVES) + ("op_rates
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
   """Rows of a JSONL metrics file, sorted by `step`; a step logged twice keeps its last row (evaluation rows: per
   `num_docs`, one row per size). A damaged line is reported (file and line) and skipped, never the rows after it."""
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise MetricsError(f"{path}: file does not exist")
   lines, damaged, _ = jsonl_log.read(path, jsonl_log.has_step)
   for line in damaged:
@@ -99,7 +101,12 @@ def smooth(values: Sequence[float], weight: float) -> list[float]:
   return out
 
 
-def save_png(fig: Figure, path: pathlib.Path) -> pathlib.Path:
+def save_png(fig: Figure, path: epath.Path) -> epath.Path:
+  if not storage.is_local(path):  # an object store: one write, the object appears whole or not at all
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    path.write_bytes(buffer.getvalue())
+    return path
   tmp = path.with_name(f".{path.name}.tmp")
   try:
     fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
@@ -145,9 +152,9 @@ def _mark_phases(ax: Any, rows: Sequence[Mapping[str, Any]]) -> None:
                 textcoords="offset points", fontsize="small", color="grey")
 
 
-def plot_curve(rows: Sequence[Mapping[str, Any]], spec: CurveSpec, out_dir: pathlib.Path,
+def plot_curve(rows: Sequence[Mapping[str, Any]], spec: CurveSpec, out_dir: epath.Path,
                smoothing: float = 0.0, points: Sequence[Mapping[str, Any]] = (),
-               points_label: str = "") -> pathlib.Path | None:
+               points_label: str = "") -> epath.Path | None:
   """Writes `spec` as a PNG, or returns None when no row holds any of its keys.
 
   `points` (e.g. held-out evaluations) are drawn as markers for the first key, unsmoothed, one series per
@@ -180,15 +187,15 @@ def plot_curve(rows: Sequence[Mapping[str, Any]], spec: CurveSpec, out_dir: path
   return save_png(fig, out_dir / spec.filename)
 
 
-def plot_op_rates(rows: Sequence[Mapping[str, Any]], out_dir: pathlib.Path, smoothing: float = 0.0):
+def plot_op_rates(rows: Sequence[Mapping[str, Any]], out_dir: epath.Path, smoothing: float = 0.0):
   keys = sorted({key for row in rows for key in row if key.startswith(OP_RATE_PREFIX)})
   keys += ["invalid_op_rate"] if any("invalid_op_rate" in row for row in rows) else []
   spec = CurveSpec("op_rates.png", "Memory operations per turn", "ops per turn", tuple(keys))
   return plot_curve(rows, spec, out_dir, smoothing) if keys else None
 
 
-def plot_training_dynamics(rows: Sequence[Mapping[str, Any]], out_dir: pathlib.Path,
-                           smoothing: float = 0.0) -> pathlib.Path | None:
+def plot_training_dynamics(rows: Sequence[Mapping[str, Any]], out_dir: epath.Path,
+                           smoothing: float = 0.0) -> epath.Path | None:
   """The paper's figure: how often the policy Reads, Creates, Updates and Deletes as training goes on."""
   drawn = [(label, *series(rows, OP_RATE_PREFIX + op)) for op, label in DYNAMICS_OPS]
   if not any(steps for _, steps, _ in drawn):
@@ -205,7 +212,7 @@ def plot_training_dynamics(rows: Sequence[Mapping[str, Any]], out_dir: pathlib.P
 
 def write_training_plots(metrics_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
                          smoothing: float = 0.0, eval_path: str | os.PathLike[str] | None = None
-                         ) -> list[pathlib.Path]:
+                         ) -> list[epath.Path]:
   """Every training figure the metrics support; an error if the file holds nothing plottable.
 
   `eval_path` (default: `eval.jsonl` beside the metrics, if present) holds the run's held-out greedy evaluations,
@@ -213,9 +220,9 @@ def write_training_plots(metrics_path: str | os.PathLike[str], out_dir: str | os
   """
   rows = read_metrics(metrics_path)
   smooth([], smoothing)  # validates the weight before anything is written
-  eval_path = pathlib.Path(metrics_path).with_name(EVAL_FILE) if eval_path is None else pathlib.Path(eval_path)
-  evaluations = read_metrics(eval_path) if eval_path.is_file() and eval_path.stat().st_size else []
-  out_dir = pathlib.Path(out_dir)
+  eval_path = epath.Path(metrics_path).with_name(EVAL_FILE) if eval_path is None else epath.Path(eval_path)
+  evaluations = read_metrics(eval_path) if eval_path.is_file() and eval_path.read_text().strip() else []
+  out_dir = epath.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   written = [plot_curve(rows, spec, out_dir, smoothing, points=evaluations, points_label="held-out (greedy)")
              if spec.filename in ("reward.png", "em.png") else plot_curve(rows, spec, out_dir, smoothing)
@@ -230,7 +237,7 @@ def write_training_plots(metrics_path: str | os.PathLike[str], out_dir: str | os
 
 
 def plot_em_vs_documents(summary_rows: Iterable[Mapping[str, Any]], out_dir: str | os.PathLike[str],
-                         metric: str = "em") -> pathlib.Path:
+                         metric: str = "em") -> epath.Path:
   """`metric` against the number of documents, one line per (variant, dataset); rows as in results.json."""
   lines: dict[tuple[str, str], list[tuple[int, float]]] = {}
   for row in summary_rows:
@@ -243,6 +250,6 @@ def plot_em_vs_documents(summary_rows: Iterable[Mapping[str, Any]], out_dir: str
     points.sort()
     ax.plot([n for n, _ in points], [v for _, v in points], marker="o", label=f"{variant} / {dataset}")
   ax.legend(loc="best", fontsize="small")
-  out_dir = pathlib.Path(out_dir)
+  out_dir = epath.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   return save_png(fig, out_dir / f"{metric}_vs_documents.png")

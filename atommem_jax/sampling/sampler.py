@@ -75,6 +75,10 @@ class Sampler:
     self.stop_table_SxW = stop_lib.stop_sequences_table(config.stop_strings, encode)
     self.eos_ids_E = np.asarray(config.eos_ids or (-1,), np.int32)  # -1 matches no token
     self._batch_shards = 1
+    if mesh is not None and mesh.is_multi_process:
+      raise ValueError(f"the sampler's mesh spans {len({d.process_index for d in mesh.devices.flat})} processes; "
+                       f"its outputs are fetched to the host, so give it a process-local mesh "
+                       f"(distributed.local_mesh)")
     if mesh is not None:
       spec = rules.spec(("batch",))[0]
       self._batch_shards = int(np.prod([mesh.shape[a] for a in ((spec,) if isinstance(spec, str) else spec or ())]))

@@ -15,17 +15,18 @@ from atommem_jax import cli
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file (path[:arg]) defining get_config(arg).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints/, metrics.jsonl, tensorboard/.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-process run with jax.distributed.initialize() "
-                                 "(coordinator and process ids from the environment).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-process run with jax.distributed.initialize(): "
+                                 "JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and "
+                                 "JAX_PROCESS_ID from the environment.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  import jax  # pylint: disable=g-import-not-at-top
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    from atommem_jax import distributed  # pylint: disable=g-import-not-at-top
+    distributed.initialize_from_env()
   from atommem_jax import configlib  # pylint: disable=g-import-not-at-top
   from atommem_jax.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import loop  # pylint: disable=g-import-not-at-top

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
+import os
 import re
 from typing import Any
 
@@ -23,8 +23,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
-from atommem_jax import configlib
+from atommem_jax import configlib, storage
 from atommem_jax.train.config import RESUMABLE_KEYS, TrainConfig
 
 FORMAT_VERSION = 1
@@ -72,8 +73,8 @@ class Restored:
 class RunCheckpoints:
   """Save / restore of the whole run state under `workdir/checkpoints`."""
 
-  def __init__(self, workdir: str | pathlib.Path, config: TrainConfig):
-    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+  def __init__(self, workdir: str | os.PathLike, config: TrainConfig):
+    self.directory = storage.as_path(workdir) / "checkpoints"
     self.config = config
     self.repairs: list[str] = []
     options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
@@ -145,7 +146,7 @@ class RunCheckpoints:
       logging.warning("%s", self.repairs[-1])
     return None
 
-  def _set_aside(self, step: int) -> pathlib.Path:
+  def _set_aside(self, step: int) -> epath.Path:
     """Renames `checkpoints/<step>` out of the manager's sight (a name that is no step); never deletes it."""
     source = self.directory / str(step)
     target = source.with_name(f"{step}{UNRESTORABLE_SUFFIX}")
@@ -171,11 +172,12 @@ class RunCheckpoints:
 _JSON_FILES = ("_CHECKPOINT_METADATA", "_METADATA", "metadata", "_sharding")
 
 
-def _what_is_wrong(step_dir: pathlib.Path, error: BaseException | None) -> str:
+def _what_is_wrong(step_dir: epath.Path, error: BaseException | None) -> str:
   """The damaged file and its fault when a JSON file is, else the restore error (TensorStore's names the database
   and array it could not read)."""
-  for path in sorted(step_dir.rglob("*")):
-    if path.is_file() and path.name in _JSON_FILES:
+  found = [root / name for root, _, files in step_dir.walk() for name in files if name in _JSON_FILES]
+  for path in sorted(found, key=os.fspath):  # epath's walk: rglob is refused for object stores
+    if path.is_file():
       try:
         json.loads(path.read_bytes())
       except ValueError as e:
@@ -207,15 +209,15 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def save_reference(workdir: str | pathlib.Path, params: Any) -> None:
+def save_reference(workdir: str | os.PathLike, params: Any) -> None:
   """The frozen reference policy for the KL term (overwritten: it is a pure function of the run so far)."""
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(pathlib.Path(workdir).absolute() / "reference", params, force=True)
+  checkpointer.save(storage.as_path(workdir) / "reference", params, force=True)
   checkpointer.wait_until_finished()
 
 
-def restore_reference(workdir: str | pathlib.Path, abstract_params: Any) -> Any:
-  path = pathlib.Path(workdir).absolute() / "reference"
+def restore_reference(workdir: str | os.PathLike, abstract_params: Any) -> Any:
+  path = storage.as_path(workdir) / "reference"
   if not path.exists():
     raise FileNotFoundError(f"{path}: the GRPO reference policy is missing; it is written when GRPO starts")
   return ocp.StandardCheckpointer().restore(path, abstract_params)

@@ -54,6 +54,9 @@ class GRPOStage:
   train_step: Callable[..., tuple[step_lib.TrainState, dict[str, jax.Array]]]
   logprobs_fn: Callable[..., jax.Array]
   batch_sharding: batching.TrainBatch
+  # The training parameters as the sampler holds them (a multi-process run: this process's full copy,
+  # `distributed.localize`); None: the same arrays as an NNX state.
+  sampler_params: Callable[[step_lib.Params], Any] | None = None
   env: Any = None  # the run's environment object (the web one, shared by every rollout); None: the engine makes it
 
   def collect(self, params: step_lib.Params, reference_params: step_lib.Params | None,
@@ -74,7 +77,8 @@ class GRPOStage:
 
   def collect_rollouts(self, params: step_lib.Params, examples: Sequence[LongContextExample],
                        seed: int) -> list[Trajectory]:
-    self.sampler.params = nnx.state(nnx.merge(self.graphdef, params))
+    self.sampler.params = (self.sampler_params(params) if self.sampler_params is not None
+                           else nnx.state(nnx.merge(self.graphdef, params)))
     policy = SamplerPolicy(self.sampler, seed=seed)
     episodes = self.env.episodes(examples) if self.env is not None else [Episode.from_example(e) for e in examples]
     return self.run_rollout(episodes, policy, tokenizer=self.tokenizer, embed_fn=self.embed_fn,

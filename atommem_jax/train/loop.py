@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import pathlib
 import signal
 from typing import Any, Callable, Sequence
 
@@ -22,15 +21,16 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from atommem_jax import rollout_engine
+from atommem_jax import distributed, rollout_engine, storage, workdir_lock
 from atommem_jax import sharding as sharding_lib
 from atommem_jax.agent import rewards
-from atommem_jax import workdir_lock
 from atommem_jax.agent.config import RolloutConfig
 from atommem_jax.agent.envs.long_context import Episode
 from atommem_jax.agent.policy import SamplerPolicy
+from atommem_jax.agent.trajectory import Trajectory
 from atommem_jax.checkpoint import loader
 from atommem_jax.data import pipeline
+from atommem_jax.model import param_shardings
 from atommem_jax.sampling.sampler import Sampler
 from atommem_jax.train import (batching, checkpointing, drills, grpo_rows, grpo_stage, oracle_pairs, params_io,
                                step as step_lib, task_split, web_inputs)
@@ -75,12 +75,32 @@ def sft_update(state: step_lib.TrainState, sft_step: UpdateFn, batch_sharding: b
                                      num_tokens=float(raw["completion_mask_BxC"].sum() + raw["prompt_mask_BxP"].sum()))
 
 
+def rollout_shared(run_rollout: rollout_engine.RolloutFn) -> rollout_engine.RolloutFn:
+  """`run_rollout` (any engine's) split over the processes: every trajectory of the episodes, in order, on every
+  process; each process rolls out only its share, its rows seeded by their index in the whole list
+  (`distributed.share`, `SamplerPolicy.row_offset`). `run_rollout` itself in a 1-process run."""
+  if jax.process_count() == 1:
+    return run_rollout
+
+  def shared(episodes: Sequence[Episode], policy: SamplerPolicy, *, config: RolloutConfig,
+             **kwargs: Any) -> list[Trajectory]:
+    mine = distributed.share(len(episodes))
+    policy.row_offset = mine.start * config.num_samples
+    logging.info("rollout: episodes [%d, %d) of %d on process %d", mine.start, mine.stop, len(episodes),
+                 jax.process_index())
+    local = run_rollout([episodes[i] for i in mine], policy, config=config, **kwargs) if mine else []
+    return distributed.allgather(local)
+
+  return shared
+
+
 def evaluate_em(eval_sets: Sequence[tuple[int, Sequence[Episode]]], policy: SamplerPolicy,
                 tokenizer: Any, embed_fn: Any, rollout_config: RolloutConfig,
                 run_rollout: rollout_engine.RolloutFn, reward_fn: rewards.RewardFn, env: Any = None
                 ) -> dict[int, dict[str, float]]:
-  """Greedy episodes, every size in one rollout: per size, reward, EM / F1 and memory-op rates
-  (`grpo_rows.rollout_metrics`). `env`: the run's environment (None: the one the config names)."""
+  """Greedy episodes, every size in one rollout (split over the processes by `rollout_shared`): per size, reward,
+  EM / F1 and memory-op rates (`grpo_rows.rollout_metrics`). `env`: the run's environment (None: the one the config
+  names)."""
   episodes = [e for _, size_episodes in eval_sets for e in size_episodes]
   trajectories = run_rollout(episodes, policy, tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config,
                              env=env, reward_fn=reward_fn)
@@ -106,12 +126,13 @@ class HeldOutEval:
   reward_fn: rewards.RewardFn
   log: MetricsLog
   echo: bool
+  sampler_params: Callable[[step_lib.Params], Any]  # as in `grpo_stage.GRPOStage`
   env: Any = None  # the run's environment object (the web one, shared by the run); None: the engine makes it
 
   def __call__(self, label: str, at_step: int, params: step_lib.Params) -> dict[int, dict[str, float]] | None:
     if not self.eval_sets or self.log.has_eval(label):
       return None
-    self.sampler.params = nnx.state(nnx.merge(self.graphdef, params))
+    self.sampler.params = self.sampler_params(params)
     policy = SamplerPolicy(self.sampler, seed=self.rollout_config.seed)
     metrics = evaluate_em(self.eval_sets, policy, self.tokenizer, self.embed_fn, self.rollout_config,
                           self.run_rollout, self.reward_fn, env=self.env)
@@ -133,30 +154,32 @@ def data_positions(sft_iter: Any, grpo_iter: Any) -> dict[str, Any]:
   return out
 
 
-def train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path, *,
+def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *,
                        reward_fn: rewards.RewardFn | None = None) -> dict[str, Any]:
-  """Runs (or resumes) the run `config` describes in `workdir`; returns the final evaluation metrics, keyed by
-  documents per episode (0 for web episodes). `reward_fn(trajectory) -> float` scores the GRPO rollouts and the
-  held-out evaluations (default: the reward `config.agent.reward` names)."""
+  """Runs (or resumes) the run `config` describes in `workdir` (a local directory, or any URI etils.epath reaches:
+  `gs://bucket/run`); returns the final evaluation metrics, keyed by documents per episode (0 for web episodes).
+  `reward_fn(trajectory) -> float` scores the GRPO rollouts and the held-out evaluations (default: the reward
+  `config.agent.reward` names)."""
   with contextlib.ExitStack() as resources:  # the web environment and its corpus server, when the run has them
     return _train_and_evaluate(config, workdir, reward_fn, resources)
 
 
-def _train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path, reward_fn: rewards.RewardFn | None,
+def _train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, reward_fn: rewards.RewardFn | None,
                         resources: contextlib.ExitStack) -> dict[str, Any]:
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = storage.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  is_main = jax.process_index() == 0
+  is_main = distributed.is_main()
   lock = workdir_lock.acquire_for_job(workdir)  # a second run on this workdir is refused, naming this one
 
-  # ---- mesh
+  # ---- mesh (the sampler's is this process's part of it: rollouts run per process)
   mesh = sharding_lib.make_mesh(config.mesh)
+  sampler_mesh = distributed.local_mesh(mesh)
 
   # ---- data: tokenizer, embedder, episodes (eval held out), SFT pairs, grain iterators
   start = params_io.start_checkpoint(config.model)
   tokenizer = loader.load_tokenizer(config.model.tokenizer, start, field="model.tokenizer")
   embed_fn = loader.load_embedder(config.embedder, embed_dim=config.memory.embed_dim, tokenizer=tokenizer, mesh=mesh)
-  run_rollout = rollout_engine.rollout_fn(config.rollout)
+  run_rollout = rollout_shared(rollout_engine.rollout_fn(config.rollout))
   reward_fn = reward_fn if reward_fn is not None else rewards.by_name(config.agent.reward, config.agent.judge)
   env = None  # the long-context reader: made by the engine for each rollout; the web environment: once per run
   if config.agent.env == "web":
@@ -169,8 +192,15 @@ def _train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path, reward
     task = task_split.split_task(config.task)
   sft_iter = grpo_iter = None
   if any(not drills.is_drill_step(config.sft, s) for s in range(config.sft.steps)):  # drills need no pairs
-    pairs = (web_inputs.sft_pairs(config, task, env, tokenizer, embed_fn, workdir) if env is not None else
-             oracle_pairs.sft_pairs(config, task, tokenizer, embed_fn, workdir))
+    def make_pairs():
+      if env is not None:
+        return web_inputs.sft_pairs(config, task, env, tokenizer, embed_fn, workdir)
+      return oracle_pairs.sft_pairs(config, task, tokenizer, embed_fn, workdir)
+
+    # Process 0 writes the cached pairs; the others read them once written.
+    pairs = make_pairs() if is_main else None
+    distributed.barrier("sft_pairs")
+    pairs = pairs or make_pairs()
     sft_iter = iter(pipeline.sft_dataset(
         pairs, pipeline.PipelineConfig(batch_size=config.sft.batch_size, seed=config.seed, num_threads=0,
                                        prefetch_buffer_size=0),
@@ -191,9 +221,16 @@ def _train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path, reward
   batch_sharding = step_lib.batch_shardings(mesh)
   stop_ids = loader.stop_ids(tokenizer, loader.tokenizer_dir(config.model.tokenizer, start))
   sampler_config = dataclasses.replace(config.grpo.sampler, eos_ids=stop_ids, pad_id=tokenizer.pad_token_id)
-  sampler = Sampler(nnx.merge(graphdef, params), sampler_config, tokenizer=tokenizer, mesh=mesh)
-  eval_sampler = Sampler(nnx.merge(graphdef, params), dataclasses.replace(
-      sampler_config, greedy=True, max_new_tokens=config.eval.max_new_tokens), tokenizer=tokenizer, mesh=mesh)
+  sampler_sharding = param_shardings(nnx.state(nnx.merge(graphdef, params)), sampler_mesh)
+
+  def sampler_params(p: step_lib.Params) -> Any:
+    return distributed.localize(nnx.state(nnx.merge(graphdef, p)), mesh, sampler_sharding)
+
+  sampler = Sampler(nnx.merge(graphdef, sampler_params(params)), sampler_config, tokenizer=tokenizer,
+                    mesh=sampler_mesh)
+  eval_sampler = Sampler(nnx.merge(graphdef, sampler_params(params)), dataclasses.replace(
+      sampler_config, greedy=True, max_new_tokens=config.eval.max_new_tokens), tokenizer=tokenizer,
+                         mesh=sampler_mesh)
 
   # ---- update steps
   sft_step = step_lib.make_train_step(graphdef, sft_tx, step_lib.StepConfig("sft"), state_sharding, mesh)
@@ -208,7 +245,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path, reward
                                           step_lib.StepConfig("grpo", config.grpo.loss, temperature=temperature),
                                           state_sharding, mesh),
       logprobs_fn=step_lib.make_logprobs_fn(graphdef, params_sharding, mesh, temperature=temperature),
-      batch_sharding=batch_sharding)
+      batch_sharding=batch_sharding, sampler_params=sampler_params)
   rollout_engine.check(config.rollout, tokenizer=tokenizer, rollout_config=grpo.rollout_config, sampler=sampler)
 
   # ---- checkpoint restore
@@ -237,7 +274,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path, reward
       eval_sets=task.eval_sets(config.eval.num_episodes), sampler=eval_sampler, graphdef=graphdef,
       tokenizer=tokenizer, embed_fn=embed_fn, run_rollout=run_rollout,
       rollout_config=RolloutConfig(agent=config.agent, memory=config.memory, num_samples=1, seed=config.seed),
-      reward_fn=reward_fn, log=log, echo=is_main, env=env)
+      reward_fn=reward_fn, log=log, echo=is_main, sampler_params=sampler_params, env=env)
   metrics = DeferredMetrics(log, total_steps=config.total_steps, log_every=config.log_every,
                             max_nonfinite_streak=config.max_nonfinite_streak, echo=is_main)
 
@@ -284,5 +321,6 @@ def _train_and_evaluate(config: TrainConfig, workdir: str | pathlib.Path, reward
   finally:
     log.close()
   checkpoints.close()
+  distributed.barrier("end")  # no process leaves (and stops serving collectives) while another still writes
   lock.release()
   return final or {}

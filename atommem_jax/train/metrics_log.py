@@ -10,13 +10,13 @@ So a resumed run's files hold each step exactly once and lose none.
 from __future__ import annotations
 
 import math
-import pathlib
+import os
 import time
 from typing import Any, Mapping
 
 import jax
 
-from atommem_jax import jsonl_log
+from atommem_jax import jsonl_log, storage
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
@@ -39,19 +39,19 @@ class MetricsLog:
   `history` is what a checkpoint saved (`history()` at that step), or None for a checkpoint that saved none.
   """
 
-  def __init__(self, workdir: str | pathlib.Path, resume_step: int, *, enabled: bool = True,
+  def __init__(self, workdir: str | os.PathLike, resume_step: int, *, enabled: bool = True,
                history: Mapping[str, Any] | None = None):
     self.enabled = enabled
     history = history or {}
-    self.metrics = jsonl_log.ResumedLog(pathlib.Path(workdir) / METRICS_FILE, lambda row: row["step"], resume_step,
+    workdir = storage.as_path(workdir)  # local, or any URI etils.epath reaches
+    self.metrics = jsonl_log.ResumedLog(workdir / METRICS_FILE, lambda row: row["step"], resume_step,
                                         write=enabled, vouched=history.get("metrics"))
-    self.evals = jsonl_log.ResumedLog(pathlib.Path(workdir) / EVAL_FILE, _eval_key, resume_step, write=enabled,
+    self.evals = jsonl_log.ResumedLog(workdir / EVAL_FILE, _eval_key, resume_step, write=enabled,
                                       vouched=history.get("eval"))
     self.repairs = self.metrics.repairs + self.evals.repairs
     self._writer = None
     if enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._writer = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"), purge_step=resume_step + 1)
+      self._writer = storage.summary_writer(workdir / "tensorboard", purge_step=resume_step + 1)
 
   def history(self) -> dict[str, list[dict[str, Any]]]:
     """Every row logged so far: what a checkpoint saves so that a resume can put back a row the files lost."""

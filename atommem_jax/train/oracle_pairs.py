@@ -3,13 +3,14 @@ episodes (written once to `WORKDIR/sft_pairs.jsonl`, atomically, and reused on r
 """
 from __future__ import annotations
 
-import pathlib
 import random
 from typing import Any, Sequence
 
 import jax
 from absl import logging
+from etils import epath
 
+from atommem_jax import storage
 from atommem_jax.agent import oracle, protocol
 from atommem_jax.agent.config import RolloutConfig
 from atommem_jax.agent.engines import host
@@ -41,9 +42,9 @@ def oracle_batches(examples: Sequence[LongContextExample], keys: Sequence[Sequen
 
 
 def sft_pairs(config: TrainConfig, task: TaskSplit, tokenizer: Any, embed_fn: Any,
-              workdir: pathlib.Path) -> list[pipeline.SftPair]:
+              workdir: epath.Path) -> list[pipeline.SftPair]:
   """The SFT data: `sft.pairs_path`, or the oracle's good trajectories on training episodes (cached)."""
-  path = pathlib.Path(config.sft.pairs_path) if config.sft.pairs_path else workdir / SFT_PAIRS_FILE
+  path = storage.as_path(config.sft.pairs_path) if config.sft.pairs_path else workdir / SFT_PAIRS_FILE
   if not config.sft.pairs_path and not path.exists():
     if not task.oracle_keys:
       raise ValueError("sft.pairs_path is required: the oracle only plays the synthetic task")

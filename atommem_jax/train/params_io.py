@@ -5,14 +5,14 @@ The start is a preset initialised at random from the seed, or any checkpoint `ch
 """
 from __future__ import annotations
 
-import pathlib
-import shutil
 
 import jax
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
 from atommem_jax import checkpoint as checkpoint_lib
+from atommem_jax import distributed
 from atommem_jax.checkpoint import loader
 from atommem_jax.model import Qwen3Config, abstract_model, get_preset
 from atommem_jax.train import step as step_lib
@@ -41,10 +41,11 @@ def init_model(config: ModelInitConfig, seed: int, mesh: Mesh
   return model_config, graphdef, params, step_lib.param_shardings(model, mesh)
 
 
-def export_params(directory: pathlib.Path, graphdef: nnx.GraphDef, params: step_lib.Params,
+def export_params(directory: epath.Path, graphdef: nnx.GraphDef, params: step_lib.Params,
                   model_config: Qwen3Config, config: ModelInitConfig) -> None:
   """An Orbax parameter dir (`checkpoint.save_params` layout, tokenizer included) that evaluation restores."""
-  if directory.exists():
-    shutil.rmtree(directory)  # a pure function of the run: an earlier (possibly interrupted) export is replaced
+  if distributed.is_main() and directory.exists():
+    directory.rmtree()  # a pure function of the run: an earlier (possibly interrupted) export is replaced
+  distributed.barrier(f"export {directory.name}")  # every process writes its shards into the fresh directory
   checkpoint_lib.save_params(directory, nnx.merge(graphdef, params), model_config,
                              tokenizer_src=loader.tokenizer_dir(config.tokenizer, start_checkpoint(config)))

@@ -138,11 +138,14 @@ def batch_shardings(mesh: Mesh, rules: sharding_lib.ShardingRules = sharding_lib
 
 
 def shard_batch(batch: batching.TrainBatch, shardings: batching.TrainBatch) -> batching.TrainBatch:
-  """Global host arrays -> global jax.Arrays; each process reads only its own shards (every process holds the
-  same global batch)."""
+  """Global host arrays -> global jax.Arrays: every process holds the same global batch and hands
+  `jax.make_array_from_process_local_data` only the block its own devices hold."""
   def place(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
     x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    indices = sharding.addressable_devices_indices_map(x.shape).values()
+    block = tuple(slice(min(index[d].indices(size)[0] for index in indices),
+                        max(index[d].indices(size)[1] for index in indices)) for d, size in enumerate(x.shape))
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x[block]), x.shape)
   return jax.tree.map(place, batch, shardings)
 
 
