@@ -99,6 +99,13 @@ class Episode(Protocol):
   answers: Sequence[Sequence[str]]
 
 
+def check_questions(episode_id: str, questions: Sequence[str], answers: Sequence[Sequence[str]]) -> None:
+  """An episode asks at least one question and has one list of accepted answers per question."""
+  if not questions or len(questions) != len(answers):
+    raise ValueError(f"episode {episode_id!r}: needs >= 1 question and one answer list per question, got "
+                     f"{len(questions)} questions and {len(answers)} answer lists")
+
+
 class Environment(Protocol):
   """See the module docstring for the order of the calls."""
 

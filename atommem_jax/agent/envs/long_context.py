@@ -33,7 +33,7 @@ import numpy as np
 from atommem_jax import op_table
 from atommem_jax.agent import protocol
 from atommem_jax.agent.config import AgentConfig
-from atommem_jax.agent.envs.base import Interaction, MemoryView, Observation, Parsed, TurnOps
+from atommem_jax.agent.envs.base import check_questions, Interaction, MemoryView, Observation, Parsed, TurnOps
 from atommem_jax.memory import transitions
 
 DISABLED = "(disabled)"
@@ -51,9 +51,7 @@ class Episode:
   answers: tuple[tuple[str, ...], ...]
 
   def __post_init__(self):
-    if not self.questions or len(self.questions) != len(self.answers):
-      raise ValueError(f"episode {self.id!r}: needs >= 1 question and one answer list per question, got "
-                       f"{len(self.questions)} questions and {len(self.answers)} answer lists")
+    check_questions(self.id, self.questions, self.answers)
 
   @classmethod
   def from_example(cls, example: Any) -> "Episode":

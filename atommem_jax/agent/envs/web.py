@@ -44,7 +44,7 @@ from atommem_jax import op_table
 from atommem_jax.agent import protocol
 from atommem_jax.agent.config import AgentConfig, WebConfig
 from atommem_jax.agent.envs import long_context
-from atommem_jax.agent.envs.base import Interaction, MemoryView, Observation, Parsed, StepResult, TurnOps
+from atommem_jax.agent.envs.base import check_questions, Interaction, MemoryView, Observation, Parsed, StepResult, TurnOps
 from atommem_jax.tools.tool_calls import ToolCall, parse_tool_call
 
 BROWSE, ANSWER = "browse", "answer"  # the phases recorded on each turn: tools offered, or the last step
@@ -71,9 +71,7 @@ class Episode:
   root_url: str = ""
 
   def __post_init__(self):
-    if not self.questions or len(self.questions) != len(self.answers):
-      raise ValueError(f"episode {self.id!r}: needs >= 1 question and one answer list per question, got "
-                       f"{len(self.questions)} questions and {len(self.answers)} answer lists")
+    check_questions(self.id, self.questions, self.answers)
 
   @classmethod
   def from_question(cls, question: Any) -> "Episode":
