@@ -59,12 +59,7 @@ def sft_pairs(config: TrainConfig, task: TaskSplit, tokenizer: Any, embed_fn: An
     if not pairs:
       raise ValueError(f"no oracle trajectory reached reward {config.sft.min_reward}; nothing to fine-tune on")
     pairs += recitation_pairs(task.train_examples[n:n + config.sft.recitation_pairs], tokenizer, config.seed)
-    if jax.process_index() == 0:
-      sft.write_sft_pairs(path, [(p["prompt"], p["completion"]) for p in pairs])
-    logging.info("oracle: %d trajectories, mean reward %.3f, %d SFT pairs -> %s", len(trajectories),
-                 sum(t.reward for t in trajectories) / len(trajectories), len(pairs), path)
-    return [pipeline.SftPair(prompt=p["prompt"], completion=p["completion"], id=f"oracle-{i}")
-            for i, p in enumerate(pairs)]
+    return keep_pairs(pairs, trajectories, path, "oracle")
   return [pipeline.SftPair(prompt=p, completion=c, id=f"{path.name}:{i + 1}")
           for i, (p, c) in enumerate(sft.read_sft_pairs(path))]
 
@@ -88,3 +83,13 @@ def recitation_pairs(examples: Sequence[LongContextExample], tokenizer: Any, see
     pairs.append({"prompt": protocol.chat_prompt(tokenizer, RECITE_SYSTEM, example.context),
                   "completion": " ".join(sentences) + tokenizer.eos_token})
   return pairs
+
+
+def keep_pairs(pairs: list[dict[str, str]], trajectories: list[Any], path: Any, what: str) -> list[pipeline.SftPair]:
+  """Writes an oracle's SFT pairs to `path` (process 0) for the runs that resume, and returns them."""
+  if jax.process_index() == 0:
+    sft.write_sft_pairs(path, [(p["prompt"], p["completion"]) for p in pairs])
+  logging.info("%s: %d trajectories, mean reward %.3f, %d SFT pairs -> %s", what, len(trajectories),
+               sum(t.reward for t in trajectories) / len(trajectories), len(pairs), path)
+  return [pipeline.SftPair(prompt=p["prompt"], completion=p["completion"], id=f"oracle-{i}")
+          for i, p in enumerate(pairs)]

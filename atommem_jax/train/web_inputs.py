@@ -20,7 +20,6 @@ import random
 from typing import Any, Iterator, Sequence
 
 import jax
-from absl import logging
 
 from atommem_jax.agent import oracle
 from atommem_jax.agent.config import AgentConfig, RolloutConfig
@@ -28,7 +27,7 @@ from atommem_jax.agent.engines import host
 from atommem_jax.agent.envs import web
 from atommem_jax.agent import web_oracle
 from atommem_jax.data import pipeline, synthetic, web_readers
-from atommem_jax.train import sft
+from atommem_jax.train import oracle_pairs, sft
 from atommem_jax.train.config import TaskConfig, TrainConfig
 
 CORPUS_FILE = "web_corpus.jsonl"
@@ -132,9 +131,4 @@ def sft_pairs(config: TrainConfig, task: WebTask, env: web.WebEnv, tokenizer: An
   pairs = oracle.oracle_sft_pairs(trajectories, tokenizer, min_reward=config.sft.min_reward)
   if not pairs:
     raise ValueError(f"no web oracle trajectory reached reward {config.sft.min_reward}; nothing to fine-tune on")
-  if jax.process_index() == 0:
-    sft.write_sft_pairs(path, [(p["prompt"], p["completion"]) for p in pairs])
-  logging.info("web oracle: %d trajectories, mean reward %.3f, %d SFT pairs -> %s", len(trajectories),
-               sum(t.reward for t in trajectories) / len(trajectories), len(pairs), path)
-  return [pipeline.SftPair(prompt=p["prompt"], completion=p["completion"], id=f"oracle-{i}")
-          for i, p in enumerate(pairs)]
+  return oracle_pairs.keep_pairs(pairs, trajectories, path, "web oracle")
