@@ -54,6 +54,16 @@ def test_cli_writes_every_curve_and_the_training_dynamics_figure(tmp_path):
     assert_png(tmp_path / "plots" / name)
 
 
+def test_a_web_run_also_gets_its_tool_calls_per_turn(tmp_path):
+  rows = [json.loads(line) for line in write_metrics(tmp_path / "metrics.jsonl").read_text().splitlines()]
+  for row in rows[5:]:
+    row.update({"tool_rate/search": 0.4, "tool_rate/fetch_url": 0.3, "tool_rate/all": 0.7})
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+  written = plots.write_training_plots(tmp_path / "metrics.jsonl", tmp_path / "plots")
+  assert "tool_rates.png" in {p.name for p in written}
+  assert_png(tmp_path / "plots" / "tool_rates.png")
+
+
 def test_cli_missing_and_empty_metrics_are_clear_errors(tmp_path):
   for content in (None, "", "\n\n"):
     metrics = tmp_path / "metrics.jsonl"

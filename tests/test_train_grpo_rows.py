@@ -1,4 +1,6 @@
 """Rollout trajectories (the oracle on the synthetic task) -> GRPO rows, mini-batches and rollout metrics."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -64,6 +66,25 @@ def test_rollout_metrics_count_memory_ops(oracle_run):
   assert metrics["op_rate/create"] > 0 and metrics["op_rate/answer"] > 0
   assert metrics["storage_size_mean"] >= 1
   assert metrics["em"] == 1.0  # the oracle's answers are right whatever reward the test assigned
+
+
+def test_rollout_metrics_count_the_tool_calls_that_ran_per_turn(oracle_run):
+  _, trajectories = oracle_run
+  turns = [turn for t in trajectories for turn in t.turns]
+  calls = [{"name": "search", "arguments": {"query": "Rizu"}}, {"name": "fetch_url", "arguments": {"url": "u"}},
+           {"name": "search", "arguments": {"query": "Riti"}}]
+  actions = iter(calls + [None] * len(turns))  # the first three turns (in trajectory order) call a tool
+  web = [dataclasses.replace(t, turns=[dataclasses.replace(turn, action=next(actions)) for turn in t.turns])
+         for t in trajectories]
+  metrics = grpo_rows.rollout_metrics(web, tool_names=("search", "fetch_url", "visit"))
+  assert metrics["tool_rate/search"] == pytest.approx(2 / len(turns))
+  assert metrics["tool_rate/fetch_url"] == pytest.approx(1 / len(turns))
+  assert metrics["tool_rate/visit"] == 0.0 and metrics["tool_rate/all"] == pytest.approx(3 / len(turns))
+  # An environment without tools adds no keys.
+  assert not any(k.startswith("tool_rate/") for k in grpo_rows.rollout_metrics(trajectories))
+  env = type("Env", (), {"tools": [{"type": "function", "function": {"name": "search"}},
+                                   {"type": "function", "function": {"name": "fetch_url"}}]})()
+  assert grpo_rows.tool_names(env) == ("search", "fetch_url") and grpo_rows.tool_names(None) == ()
 
 
 def test_tokenize_pairs_appends_eos(oracle_run):

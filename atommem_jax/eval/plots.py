@@ -1,8 +1,8 @@
 """Figures from a run's `metrics.jsonl` and from evaluation results, as PNG files (matplotlib, no display needed).
 
-Training curves: reward, EM, loss, every `op_rate/*` key, mean storage size; and the paper's training-dynamics figure:
-the frequency of Read, Create, Update and Delete over optimizer steps. Evaluation: EM against the number of
-documents, one line per (method, dataset).
+Training curves: reward, EM, loss, every `op_rate/*` key (and `tool_rate/*` in web runs), mean storage size; and
+the paper's training-dynamics figure: the frequency of Read, Create, Update and Delete over optimizer steps.
+Evaluation: EM against the number of documents, one line per (method, dataset).
 
 Figures are built on `matplotlib.figure.Figure` directly (never pyplot), so there is no global figure state and no GUI
 backend; each PNG is written to a temporary name and renamed, so a failed plot leaves no half-written file.
@@ -27,6 +27,7 @@ from atommem_jax import jsonl_log, op_table, storage  # pylint: disable=g-import
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 OP_RATE_PREFIX = "op_rate/"
+TOOL_RATE_PREFIX = "tool_rate/"  # environments with tools: the calls that ran per turn, by tool name
 EVAL_FILE = "eval.jsonl"  # the trainer's held-out evaluations, one row per evaluation (step, label, em, ...)
 # The paper's training-dynamics figure: atomic storage operations in this order, with these names.
 DYNAMICS_OPS = tuple((spec.metric, spec.figure_label) for spec in op_table.OPS if spec.figure_label)
@@ -194,6 +195,12 @@ def plot_op_rates(rows: Sequence[Mapping[str, Any]], out_dir: epath.Path, smooth
   return plot_curve(rows, spec, out_dir, smoothing) if keys else None
 
 
+def plot_tool_rates(rows: Sequence[Mapping[str, Any]], out_dir: epath.Path, smoothing: float = 0.0):
+  keys = sorted({key for row in rows for key in row if key.startswith(TOOL_RATE_PREFIX)})
+  spec = CurveSpec("tool_rates.png", "Tool calls per turn", "calls per turn", tuple(keys))
+  return plot_curve(rows, spec, out_dir, smoothing) if keys else None
+
+
 def plot_training_dynamics(rows: Sequence[Mapping[str, Any]], out_dir: epath.Path,
                            smoothing: float = 0.0) -> epath.Path | None:
   """The paper's figure: how often the policy Reads, Creates, Updates and Deletes as training goes on."""
@@ -227,7 +234,8 @@ def write_training_plots(metrics_path: str | os.PathLike[str], out_dir: str | os
   written = [plot_curve(rows, spec, out_dir, smoothing, points=evaluations, points_label="held-out (greedy)")
              if spec.filename in ("reward.png", "em.png") else plot_curve(rows, spec, out_dir, smoothing)
              for spec in TRAINING_CURVES]
-  written += [plot_op_rates(rows, out_dir, smoothing), plot_training_dynamics(rows, out_dir, smoothing)]
+  written += [plot_op_rates(rows, out_dir, smoothing), plot_tool_rates(rows, out_dir, smoothing),
+              plot_training_dynamics(rows, out_dir, smoothing)]
   written = [path for path in written if path is not None]
   if not written:
     known = sorted({key for row in rows for key in row})

@@ -83,8 +83,9 @@ def minibatches(rows: TurnRows, num_updates: int, *, buckets: Sequence[int], pad
   return out, {"truncated_rows": truncated, "rows_per_update": num_rows, "microbatches": num_microbatches}
 
 
-def rollout_metrics(trajectories: Sequence[Any]) -> dict[str, float]:
-  """Reward, SQuAD EM / F1, memory-op rates per turn, storage size, lengths."""
+def rollout_metrics(trajectories: Sequence[Any], tool_names: Sequence[str] = ()) -> dict[str, float]:
+  """Reward, SQuAD EM / F1, memory-op rates per turn, storage size, lengths; with `tool_names` (an environment with
+  tools: `tool_names(env)`), the calls that ran per turn, `tool_rate/<name>` for each and `tool_rate/all`."""
   rewards = np.asarray([t.reward for t in trajectories], np.float64)
   answer_scores = [scores.score_answer("" if a is None else f"\\boxed{{{a}}}", golds)
                    for t in trajectories for a, golds in zip(t.answers, t.gold_answers)]
@@ -100,4 +101,14 @@ def rollout_metrics(trajectories: Sequence[Any]) -> dict[str, float]:
              "done_fraction": float(np.mean([t.done for t in trajectories]))}
   for name, op_type in OP_RATE_NAMES.items():
     metrics[f"op_rate/{name}"] = sum(t.op_counts.get(op_type, 0) for t in turns) / num_turns
+  if tool_names:
+    called = [t.action["name"] for t in turns if t.action is not None]
+    for name in tool_names:
+      metrics[f"tool_rate/{name}"] = called.count(name) / num_turns
+    metrics["tool_rate/all"] = len(called) / num_turns
   return metrics
+
+
+def tool_names(env: Any) -> tuple[str, ...]:
+  """The tools an environment offers the model (its chat-template schemas), in order; () for one without tools."""
+  return tuple(tool["function"]["name"] for tool in getattr(env, "tools", ()))

@@ -64,7 +64,7 @@ class GRPOStage:
     """Rollouts of `examples` under `params` (sampling with `seed`), as the mini-batches of the next updates."""
     started = time.time()
     trajectories = self.collect_rollouts(params, examples, seed)
-    metrics = grpo_rows.rollout_metrics(trajectories)
+    metrics = grpo_rows.rollout_metrics(trajectories, grpo_rows.tool_names(self.env))
     metrics["rollout_time_s"] = time.time() - started
     rows, _ = grpo_rows.turn_rows(trajectories, self.config.loss)  # each row carries its group's advantage
     host_batches, pack_stats = grpo_rows.minibatches(

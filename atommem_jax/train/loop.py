@@ -99,14 +99,15 @@ def evaluate_em(eval_sets: Sequence[tuple[int, Sequence[Episode]]], policy: Samp
                 run_rollout: rollout_engine.RolloutFn, reward_fn: rewards.RewardFn, env: Any = None
                 ) -> dict[int, dict[str, float]]:
   """Greedy episodes, every size in one rollout (split over the processes by `rollout_shared`): per size, reward,
-  EM / F1 and memory-op rates (`grpo_rows.rollout_metrics`). `env`: the run's environment (None: the one the config
-  names)."""
+  EM / F1, memory-op rates and tool-call rates (`grpo_rows.rollout_metrics`). `env`: the run's environment
+  (None: the one the config names)."""
   episodes = [e for _, size_episodes in eval_sets for e in size_episodes]
   trajectories = run_rollout(episodes, policy, tokenizer=tokenizer, embed_fn=embed_fn, config=rollout_config,
                              env=env, reward_fn=reward_fn)
   metrics, start = {}, 0
   for num_docs, size_episodes in eval_sets:
-    metrics[num_docs] = grpo_rows.rollout_metrics(trajectories[start:start + len(size_episodes)])
+    metrics[num_docs] = grpo_rows.rollout_metrics(trajectories[start:start + len(size_episodes)],
+                                                 grpo_rows.tool_names(env))
     start += len(size_episodes)
   return metrics
 
