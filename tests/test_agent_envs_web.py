@@ -271,6 +271,10 @@ def test_the_llm_judge_reward_is_chosen_by_name_and_calls_the_configured_endpoin
     trajectory = type("T", (), dict(questions=["q1", "q2"], answers=["Vorika", "Tesuna"],
                                     gold_answers=[["Vorika"], ["Kalomi"]]))
     assert reward(trajectory) == 0.5 and Judge.seen == ["grader", "grader"]
+    # A rollout's trajectories are graded in one batch (the judge's concurrent requests), one request per answer.
+    unanswered = type("T", (), dict(questions=["q3"], answers=[None], gold_answers=[["Vorika"]]))
+    assert rewards.score(reward, [trajectory, unanswered, trajectory]) == [0.5, 0.0, 0.5]
+    assert len(Judge.seen) == 6
     assert rewards.by_name("web_boxed")(trajectory) == 0.5
   finally:
     server.shutdown()

@@ -3,7 +3,8 @@
 A reward is any `reward_fn(trajectory) -> float` (the trajectory holds its questions, gold answers, accepted answers
 and every turn), so exact match, F1, a variant scored on the last response, or a judge plug in without touching an
 engine or an environment. A config names one of `REWARDS` (`AgentConfig.reward`); an engine given no `reward_fn`
-uses that one.
+uses that one. A reward may also score a whole rollout at once, `reward_fn.batch(trajectories) -> [float]` (`score`
+uses it when present): the LLM judge's reward does, so a rollout's judge requests go out together.
 """
 from __future__ import annotations
 
@@ -32,16 +33,35 @@ def per_question_boxed_em(trajectory: Any) -> float:
   return episode_reward(trajectory.answers, trajectory.gold_answers)
 
 
+def score(reward_fn: RewardFn, trajectories: Sequence[Any]) -> list[float]:
+  """`reward_fn` over a rollout's trajectories: in one call where the reward scores batches (`reward_fn.batch`)."""
+  batch = getattr(reward_fn, "batch", None)
+  scores = batch(trajectories) if batch is not None else [reward_fn(t) for t in trajectories]
+  return [float(s) for s in scores]
+
+
 def per_question_response_reward(fn: ResponseRewardFn) -> RewardFn:
   """A reward on a final response (`metrics.judge.make_reward_fn`: the released boxed window or an LLM judge) as a
   trajectory reward: each question's accepted answer is given to `fn` as the protocol boxes it, averaged over the
-  questions; an unanswered question scores 0 without calling `fn` (no judge request for an empty answer)."""
+  questions; an unanswered question scores 0 without calling `fn` (no judge request for an empty answer). Where `fn`
+  grades many answers at once (`LLMJudge.judge_batch`, concurrent requests), the reward's `batch` sends every
+  answered question of the rollout in one such call."""
 
   def reward(trajectory: Any) -> float:
-    scores = [fn(q, f"\\boxed{{{a}}}", g) if a is not None else 0.0
-              for q, a, g in zip(trajectory.questions, trajectory.answers, trajectory.gold_answers)]
-    return float(np.mean(scores))
+    return batch([trajectory])[0]
 
+  def batch(trajectories: Sequence[Any]) -> list[float]:
+    asked = [(r, i) for r, t in enumerate(trajectories) for i, a in enumerate(t.answers) if a is not None]
+    args = ([trajectories[r].questions[i] for r, i in asked],
+            [f"\\boxed{{{trajectories[r].answers[i]}}}" for r, i in asked],
+            [trajectories[r].gold_answers[i] for r, i in asked])
+    judge_batch = getattr(fn, "judge_batch", None)
+    verdicts = judge_batch(*args) if judge_batch is not None else [fn(*a) for a in zip(*args)]
+    graded = dict(zip(asked, verdicts))
+    return [float(np.mean([graded.get((r, i), 0.0) for i in range(len(t.questions))]))
+            for r, t in enumerate(trajectories)]
+
+  reward.batch = batch
   return reward
 
 

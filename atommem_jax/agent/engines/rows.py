@@ -65,12 +65,14 @@ def record_turn(trajectory: Trajectory, *, step: int, observation: Any, prompt: 
 
 def finish(trajectories: list[Trajectory], done: Sequence[bool], memory: Any, tokenizer: Any,
            reward_fn: rewards.RewardFn, storage: Callable[[int], list[str]] | None = None) -> list[Trajectory]:
-  """Final memory (a host copy) and reward of every trajectory; `storage(row)`: the row's stored entries where
-  the memory has a host tier too (default: the device store's, in creation order)."""
+  """Final memory (a host copy) and reward of every trajectory (`rewards.score`: one call for the rollout where the
+  reward scores batches); `storage(row)`: the row's stored entries where the memory has a host tier too (default:
+  the device store's, in creation order)."""
   for r, trajectory in enumerate(trajectories):
     trajectory.done = bool(done[r])
     trajectory.scratchpad, trajectory.query = memory_view.scratchpad_and_query(memory, r, tokenizer)
     trajectory.storage = (storage(r) if storage is not None else
                           memory_view.storage_in_creation_order(memory, r, tokenizer))
-    trajectory.reward = float(reward_fn(trajectory))
+  for trajectory, reward in zip(trajectories, rewards.score(reward_fn, trajectories)):
+    trajectory.reward = reward
   return trajectories
