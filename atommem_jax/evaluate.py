@@ -9,13 +9,12 @@ any device is touched; process 0 writes the files. Bad input is one line on stde
 """
 from __future__ import annotations
 
-import pathlib
 from typing import Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from atommem_jax import cli
+from atommem_jax import cli, storage
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file[:arg] with get_config(arg)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory", required=True)
@@ -41,7 +40,7 @@ def main(argv: Sequence[str]) -> None:
   from atommem_jax.eval import config as eval_config  # pylint: disable=g-import-not-at-top
   from atommem_jax.eval import runner  # pylint: disable=g-import-not-at-top
 
-  workdir = pathlib.Path(_WORKDIR.value)
+  workdir = storage.as_path(_WORKDIR.value)  # local or any filesystem etils.epath reaches (gs://...)
   if workdir.exists() and not workdir.is_dir():
     raise cli.CliError(f"--workdir {workdir} is a file, not a directory")
   existing = [name for name in OUTPUT_FILES if (workdir / name).exists()]

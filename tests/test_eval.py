@@ -81,10 +81,13 @@ def trainer_workdir(params_dir: pathlib.Path, workdir: pathlib.Path, step: int) 
   return workdir
 
 
-def test_same_results_twice_on_one_or_eight_devices_and_from_the_trainer_workdir(checkpoint_dir, tmp_path):
+def test_same_results_twice_on_one_or_eight_devices_and_from_the_trainer_workdir(checkpoint_dir, tmp_path, gs_bucket):
   one_device = tiny_eval_config(checkpoint_dir)
   runner.evaluate(one_device, tmp_path / "a", devices=jax.devices()[:1], progress=False)
-  runner.evaluate(one_device, tmp_path / "b", devices=jax.devices()[:1], progress=False)
+  # The second run writes to gs:// (fsspec's in-memory filesystem through epath): outputs go wherever epath reaches.
+  paths = runner.evaluate(one_device, gs_bucket / "b", devices=jax.devices()[:1], progress=False)
+  assert sorted(str(p) for p in paths.values()) == [f"gs://test-bucket/run/b/{name}" for name in
+                                                    ("results.json", "results.md", "trajectories.jsonl")]
   sharded = tiny_eval_config(checkpoint_dir, mesh=dict(data=2, fsdp=2, tensor=2))
   assert len(jax.devices()) == 8
   runner.evaluate(sharded, tmp_path / "c", progress=False)
@@ -92,7 +95,7 @@ def test_same_results_twice_on_one_or_eight_devices_and_from_the_trainer_workdir
   runner.evaluate(tiny_eval_config(workdir), tmp_path / "d", devices=jax.devices()[:1], progress=False)
 
   summary_a, trajectories_a = outputs(tmp_path / "a")
-  assert outputs(tmp_path / "b") == (summary_a, trajectories_a)
+  assert outputs(gs_bucket / "b") == (summary_a, trajectories_a)
   assert outputs(tmp_path / "c") == (summary_a, trajectories_a)
   assert outputs(tmp_path / "d") == (summary_a, trajectories_a)
   assert json.loads((tmp_path / "d" / "results.json").read_text())["checkpoint"] == str(workdir / "checkpoints" / "7")
@@ -313,12 +316,14 @@ def tiny_web_eval_config(checkpoint: pathlib.Path, judge_url: str = "", **datase
   return eval_config.eval_config_from_dict(config)
 
 
-def test_synthetic_websites_are_served_and_evaluated_with_web_tables(checkpoint_dir, tmp_path):
+def test_synthetic_websites_are_served_and_evaluated_with_web_tables(checkpoint_dir, gs_bucket):
+  # Written to gs:// (fsspec's in-memory filesystem): the corpus server reads local files, so the worlds' corpus is
+  # served from a local temporary directory and only the results reach the bucket.
   # The judge is asked about answered questions only: the untrained model answers none, so the dead endpoint is
   # never called and the judge column is 0.
   config = tiny_web_eval_config(checkpoint_dir, judge_url="http://127.0.0.1:9/v1")
-  runner.evaluate(config, tmp_path, devices=jax.devices()[:1], progress=False)
-  (row,), trajectories = outputs(tmp_path)
+  runner.evaluate(config, gs_bucket, devices=jax.devices()[:1], progress=False)
+  (row,), trajectories = outputs(gs_bucket)
   assert (row["dataset"], row["num_docs"], row["episodes"], row["judge"]) == ("synthetic_web", 0, 2, 0.0)
   assert "tools/all" in row and row["steps_per_episode"] <= 2
   rows = [json.loads(line) for line in trajectories.splitlines()]
@@ -327,8 +332,8 @@ def test_synthetic_websites_are_served_and_evaluated_with_web_tables(checkpoint_
   first, last = rows[0]["turns"][0]["observation"], rows[0]["turns"][-1]["observation"]
   assert "Website: https://world7.example" in first and "Step 1 of 2." in first
   assert "this is your last step. The tools are withdrawn" in last
-  assert len((tmp_path / "synthetic_web_corpus.jsonl").read_text().splitlines()) == 32  # 2 worlds x 16 pages
-  assert "## Tool calls per episode" in (tmp_path / "results.md").read_text()
+  assert "## Tool calls per episode" in (gs_bucket / "results.md").read_text()
+  assert sorted(p.name for p in gs_bucket.iterdir()) == ["results.json", "results.md", "trajectories.jsonl"]
 
 
 def test_a_native_web_dataset_without_tools_is_one_clear_error_and_writes_nothing(checkpoint_dir, tmp_path):

@@ -4,12 +4,8 @@ Metrics (appends become whole-file rewrites), eval rows, TensorBoard events, the
 plots and an export's tokenizer files all land in the bucket, and nothing is made local or absolute.
 """
 import json
-import sys
 
-import fsspec  # pylint: disable=unused-import
 import pytest
-from etils import epath
-from fsspec.implementations.memory import MemoryFileSystem
 
 from atommem_jax import atomic_files, storage
 from atommem_jax.checkpoint.tokenizer_files import copy_tokenizer_files
@@ -18,27 +14,10 @@ from atommem_jax.eval import plots
 from atommem_jax.train.metrics_log import MetricsLog
 
 
-class _GsMemory(MemoryFileSystem):
-  protocol = ("gs", "gcs")
-
-  @classmethod
-  def _strip_protocol(cls, path):
-    path = str(path)
-    for prefix in ("gs://", "gcs://"):
-      path = path.removeprefix(prefix)
-    return MemoryFileSystem._strip_protocol(path)
-
-
 @pytest.fixture
-def bucket(monkeypatch, tmp_path):
+def bucket(gs_bucket, monkeypatch, tmp_path):
   monkeypatch.chdir(tmp_path)
-  registry = sys.modules["fsspec.registry"]._registry  # pylint: disable=protected-access
-  for name in _GsMemory.protocol:
-    monkeypatch.setitem(registry, name, _GsMemory)  # restored after the test
-  yield epath.Path("gs://test-bucket/run")
-  fs = _GsMemory()
-  if fs.exists("/test-bucket"):
-    fs.rm("/test-bucket", recursive=True)
+  yield gs_bucket
   assert not list(tmp_path.iterdir())  # nothing written locally (no `gs:` directory)
 
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
 from typing import Any, Iterable, Mapping, Sequence
 
-from atommem_jax import atomic_files, op_table
+from etils import epath
+
+from atommem_jax import atomic_files, op_table, storage
 from atommem_jax.metrics import scores as scores_lib
 
 SCORE_KEYS = ("em", "f1", "sub_em", "boxed_em")
@@ -178,12 +179,12 @@ def markdown_report(rows: Sequence[Mapping[str, Any]], *, checkpoint: str, figur
 def write_results(out_dir: str | os.PathLike[str], summary: Sequence[Mapping[str, Any]],
                   trajectories: Iterable[Mapping[str, Any]], *, checkpoint: str,
                   config: Mapping[str, Any], figures: Sequence[str] = (),
-                  timing: Sequence[Mapping[str, Any]] = ()) -> dict[str, pathlib.Path]:
+                  timing: Sequence[Mapping[str, Any]] = ()) -> dict[str, epath.Path]:
   """Writes trajectories.jsonl, results.json and results.md, each atomically (temporary name, then rename).
 
   `figures` are image files already in `out_dir` that results.md links to; `timing` the rows of `timing_rows`.
   """
-  out_dir = pathlib.Path(out_dir)
+  out_dir = storage.as_path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = {name: out_dir / name for name in ("trajectories.jsonl", "results.json", "results.md")}
   atomic_files.write_text(paths["trajectories.jsonl"],

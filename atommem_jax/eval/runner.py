@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import pathlib
+import os
 import sys
 import time
 from typing import Any, Sequence
 
 import jax
 import numpy as np
+from etils import epath
 from tqdm import tqdm
 
-from atommem_jax import configlib, rollout_engine
+from atommem_jax import configlib, rollout_engine, storage
 from atommem_jax import sharding as sharding_lib
 from atommem_jax.agent.config import RolloutConfig
 from atommem_jax.agent.envs.long_context import Episode
@@ -162,9 +163,11 @@ def _run_task(variant: str, task: Task | web_tasks.WebTask, episodes: list[Any],
       bar.update(len(batch))
 
 
-def evaluate(config: EvalConfig, workdir: str | pathlib.Path, *, devices: Sequence[jax.Device] | None = None,
-             progress: bool = True) -> dict[str, pathlib.Path]:
-  """Runs the evaluation `config` describes and writes its three files under `workdir`; returns their paths."""
+def evaluate(config: EvalConfig, workdir: str | os.PathLike, *, devices: Sequence[jax.Device] | None = None,
+             progress: bool = True) -> dict[str, epath.Path]:
+  """Runs the evaluation `config` describes and writes its three files under `workdir` (a local directory or any
+  filesystem etils.epath reaches, gs:// included); returns their paths."""
+  workdir = storage.as_path(workdir)
   # ---- inputs, all checked before anything is written
   devices = list(jax.devices() if devices is None else devices)
   mesh = resolve_mesh(config.mesh, devices)
@@ -195,7 +198,7 @@ def evaluate(config: EvalConfig, workdir: str | pathlib.Path, *, devices: Sequen
     for task in tasks:
       with contextlib.ExitStack() as resources:
         web_task = isinstance(task, web_tasks.WebTask)
-        env = resources.enter_context(web_tasks.environment(agent, task, pathlib.Path(workdir))) if web_task else None
+        env = resources.enter_context(web_tasks.environment(agent, task, workdir)) if web_task else None
         episodes = list(task.episodes) if web_task else [Episode.from_example(e) for e in task.examples]
         rollout_config = RolloutConfig(agent=env.config if web_task else agent, memory=memory, num_samples=1,
                                        seed=config.seed)

@@ -12,8 +12,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import pathlib
+import tempfile
 from typing import Any, Iterator, Sequence
 
+from etils import epath
+
+from atommem_jax import storage
 from atommem_jax.agent import web_oracle
 from atommem_jax.agent.config import AgentConfig
 from atommem_jax.agent.envs import web
@@ -63,10 +67,15 @@ def web_agent(agent: AgentConfig) -> AgentConfig:
 
 
 @contextlib.contextmanager
-def environment(agent: AgentConfig, task: WebTask, workdir: pathlib.Path) -> Iterator[web.WebEnv]:
-  """The web environment for `task`'s episodes: its worlds' corpus served, or the run's server."""
+def environment(agent: AgentConfig, task: WebTask, workdir: epath.Path) -> Iterator[web.WebEnv]:
+  """The web environment for `task`'s episodes: its worlds' corpus served, or the run's server. The corpus server
+  reads local files, so with a workdir elsewhere (gs://...) the worlds' corpus and its log live in a local temporary
+  directory for the evaluation's time."""
   agent = web_agent(agent)
   log_path = ""
+  local = contextlib.ExitStack()
+  if task.worlds and not storage.is_local(workdir):
+    workdir = pathlib.Path(local.enter_context(tempfile.TemporaryDirectory(prefix="atommem_web_")))
   if task.worlds:
     corpus = workdir / f"{task.dataset}_corpus.jsonl"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +83,7 @@ def environment(agent: AgentConfig, task: WebTask, workdir: pathlib.Path) -> Ite
     agent = dataclasses.replace(agent, web=dataclasses.replace(agent.web, server_url="", server_command="",
                                                                corpus=str(corpus)))
     log_path = str(workdir / f"{task.dataset}_corpus_server.log")
-  with web.serving(agent.web, log_path=log_path) as served:
+  with local, web.serving(agent.web, log_path=log_path) as served:
     with web.make(dataclasses.replace(agent, web=served)) as env:
       yield env
 
