@@ -39,7 +39,7 @@ CONFIG = RolloutConfig(agent=AGENT, memory=MEMORY, num_samples=2)
 # The released settings: windows, middle truncation, the reward over every accepted answer, and the released
 # templates (which show the reads in a row), with the compact system prompt so prompts fit the tiny buckets.
 RELEASED = dict(chunking="released", truncation="middle", reward="released_union")
-MODEL = dataclasses.replace(PRESETS["tiny_default"], num_layers=2, tie_word_embeddings=False)
+MODEL = dataclasses.replace(PRESETS["tiny_gqa"], num_layers=2, tie_word_embeddings=False)
 # What the scripted model writes: ops in random order, so that Creates, Updates and Deletes of shown entries, Reads,
 # scratchpad writes, think blocks, mismatched tags (the Update and the Delete share "Memory 1"), ops cut off by the
 # length limit and more ops than fit a turn all occur; an answer only after a think block or a scratchpad write, so

@@ -85,7 +85,7 @@ def test_oracle_queries_storage_when_facts_are_out_of_view(tokenizer, task):
 @pytest.fixture(scope="module")
 def model_policy(tokenizer):
   # The tiny default shape (vocabulary of the tiny tokenizer) with fewer layers: a random policy needs no depth.
-  model = Qwen3(dataclasses.replace(PRESETS["tiny_default"], num_layers=1), rngs=nnx.Rngs(0))
+  model = Qwen3(dataclasses.replace(PRESETS["tiny_gqa"], num_layers=1), rngs=nnx.Rngs(0))
   config = SamplerConfig(max_new_tokens=8, temperature=1.0, prompt_buckets=(1024,), batch_buckets=(16,),
                          eos_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id)
   return SamplerPolicy(Sampler(model, config, tokenizer=tokenizer), seed=0)
