@@ -32,7 +32,8 @@ def released() -> ml_collections.ConfigDict:
                   overflow="evict_oldest", max_ops_per_turn=16, spill="none")
   c.embedder = "hashing"  # or a Qwen3-Embedding checkpoint dir of width memory.embed_dim
   c.rollout = dict(engine="host")
-  c.sft = dict(steps=0, pairs_path="", oracle_episodes=64, min_reward=0.5, recitation_pairs=0, drill="copy",
+  c.sft = dict(steps=0, pairs_path="", oracle_episodes=64, min_reward=0.5, recitation_pairs=0, oracle_extra_notes=0.0,
+               drill="copy",
                drill_steps=0, drill_every=0, drill_batch_size=32, batch_size=64, num_microbatches=8,
                max_prompt_tokens=8192, max_completion_tokens=4096,
                optimizer=dict(learning_rate=1e-5, warmup_steps=10, decay_steps=200, end_learning_rate_ratio=0.1,

@@ -65,6 +65,30 @@ def test_oracle_scores_exact_match_one_at_several_document_sizes(tokenizer, task
   assert oracle.oracle_sft_pairs(trajectories, tokenizer, min_reward=1.1) == []
 
 
+def test_oracle_extra_notes_store_one_unneeded_sentence_and_still_answer(tokenizer, task):
+  """`extra_notes=1`: every read turn that stores facts also stores one other whole sentence of its chunk; the
+  answers stay right; the notes are a function of the observation and the seed (not of the batch)."""
+  episodes = _episodes(task, 8, count=3, bundled=False)
+  config = RolloutConfig(agent=AGENT, memory=MEMORY)
+  run = lambda eps, seed: host.rollout(eps, oracle.OraclePolicy(task.questions, extra_notes=1.0, seed=seed),
+                                       tokenizer=tokenizer, embed_fn=EMBED, config=config)
+  trajectories = run(episodes, seed=0)
+  assert [t.reward for t in trajectories] == [1.0] * len(episodes)
+  sentences = {s if s.endswith(".") else s + "." for e in episodes for line in e.document.splitlines()
+               for s in line.split(". ") if " " in s}
+  for t in trajectories:
+    needed = set(_facts(task, t.questions[0]))
+    for turn in t.turns:
+      notes = [op["text"] for op in turn.ops if op["type"] == "add_memory"]
+      if turn.phase == "read" and notes:
+        extra = [n for n in notes if n not in needed]
+        assert len(extra) == 1 and extra[0] in sentences and extra[0] in turn.prompt, turn.response
+  assert [t.storage for t in run(episodes[1:2], seed=0)] == [trajectories[1].storage]
+  assert [t.storage for t in run(episodes, seed=1)] != [t.storage for t in trajectories]
+  plain = host.rollout(episodes, oracle.OraclePolicy(task.questions), tokenizer=tokenizer, embed_fn=EMBED, config=config)
+  assert all(set(t.storage) <= set(_facts(task, t.questions[0])) for t in plain)
+
+
 def _facts(task, question):
   (match,) = [q for q in task.questions if q.record.question == question]
   return [f.sentence for f in match.facts]

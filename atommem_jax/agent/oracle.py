@@ -3,8 +3,9 @@
 The oracle reads our packaged templates' observations (it finds the chunk after the `Chunk i of n:` line, the
 `Memory i:` lines and the scratchpad section), knows which sentences of the world are facts, and:
 - while reading: `<add_memory>`s each supporting fact of the listed questions that appears in the chunk and is not
-  already shown, then writes a short progress note to its scratchpad (a Create: the environment moves on); with
-  nothing to store it writes a plain-text note and no tag (no valid tag: the environment moves on);
+  already shown (and, with probability `extra_notes`, one other sentence of the chunk after them: a note the answer
+  turn must see past), then writes a short progress note to its scratchpad (a Create: the environment moves on);
+  with nothing to store it writes a plain-text note and no tag (no valid tag: the environment moves on);
 - answering: takes the supporting facts it can see (shown entries and its scratchpad); when all are visible it
   answers from them; otherwise it keeps the visible ones in its scratchpad (a memory op, which also resets the
   query counter) and `<update_query>`s the first missing fact, so retrieval brings it into view.
@@ -17,7 +18,9 @@ answer from the facts in their passages, or box "unknown" when some are missing.
 """
 from __future__ import annotations
 
+import random
 import re
+import zlib
 from typing import Any, Sequence
 
 from atommem_jax import op_table
@@ -28,13 +31,19 @@ from atommem_jax.data.synthetic import Fact, SyntheticQuestion
 _CHUNK_RE = re.compile(r"^Chunk (\d+) of \d+:\n", re.MULTILINE)
 _MEMORY_LINE_RE = re.compile(r"^Memory \d+: (.*)$", re.MULTILINE)
 _SCRATCHPAD_RE = re.compile(r"Scratchpad:\n(.*?)\n\nQuery:", re.DOTALL)
+# A document's whole sentences (titles are one word with no period; a chunk may start inside a sentence).
+_SENTENCE_RE = re.compile(r"(?<![^\n ])[A-Z][^.\n]* [^.\n]*\.")
 
 
 class OraclePolicy:
   """`policy(observations) -> responses` for episodes built from these synthetic questions."""
 
-  def __init__(self, questions: Sequence[SyntheticQuestion], method: str = "atommem"):
+  def __init__(self, questions: Sequence[SyntheticQuestion], method: str = "atommem", *, extra_notes: float = 0.0,
+               seed: int = 0):
     self.questions = {q.record.question: q for q in questions}
+    # The extra note is drawn from the observation's text and `seed` alone, so the pairs do not depend on batching.
+    self.extra_notes = extra_notes
+    self.seed = seed
     # The part it plays follows the method's memory parts (its row of `METHODS`): with storage, the CRUD ops; with
     # only a scratchpad, one memory rewritten while reading; with none, an answer from the passages shown.
     parts = long_context.METHODS[method].parts
@@ -81,8 +90,19 @@ class OraclePolicy:
       return f"Chunk {chunk_number} holds nothing for the questions; moving on."
     # Facts first, in reasoning order, so each is copied while its question is the freshest context; the
     # scratchpad then records only the progress.
-    adds = "".join(op_table.tag(op_table.ADD_MEMORY, fact.sentence) for fact in facts)
-    return adds + op_table.tag(op_table.UPDATE_MEMORY, f"Chunk {chunk_number}: stored {len(facts)} facts.")
+    notes = [fact.sentence for fact in facts] + self._extra_note(chunk_text, header, [f.sentence for f in facts])
+    adds = "".join(op_table.tag(op_table.ADD_MEMORY, note) for note in notes)
+    return adds + op_table.tag(op_table.UPDATE_MEMORY, f"Chunk {chunk_number}: stored {len(notes)} facts.")
+
+  def _extra_note(self, chunk_text: str, header: str, stored: Sequence[str]) -> list[str]:
+    """With probability `extra_notes`, one sentence of the chunk the questions do not need (else none)."""
+    if not self.extra_notes:
+      return []
+    rng = random.Random(zlib.crc32(f"{self.seed}|{header}|{chunk_text}".encode()))
+    others = [s.strip() for s in _SENTENCE_RE.findall(chunk_text) if s.strip() not in stored]
+    if not others or rng.random() >= self.extra_notes:
+      return []
+    return [rng.choice(others)]
 
   def _answer(self, question: SyntheticQuestion, shown: Sequence[str], scratchpad: str) -> str:
     visible = [f for f in question.facts if any(f.sentence in entry for entry in shown) or f.sentence in scratchpad]

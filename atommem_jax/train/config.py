@@ -74,6 +74,9 @@ class SFTStageConfig:
   oracle_episodes: int = 64  # training episodes the oracle plays to make the pairs
   min_reward: float = 0.5  # every turn of a teacher trajectory at least this good becomes a pair
   recitation_pairs: int = 0  # reading practice for a model trained from scratch (`oracle_pairs.recitation_pairs`)
+  # The oracle's read turns store one other sentence of the chunk with this probability (`oracle.OraclePolicy`), so
+  # its answer turns show notes the answer does not use.
+  oracle_extra_notes: float = 0.0
   # Drills (`drills.drill_batch`): the first `drill_steps` SFT steps (all of them if more), then every
   # `drill_every`-th (0 = none).
   drill: Literal["copy", "recite"] = "copy"
@@ -85,6 +88,10 @@ class SFTStageConfig:
   max_prompt_tokens: int = 1024
   max_completion_tokens: int = 256
   optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-5, warmup_steps=10, decay_steps=1000)
+
+  def __post_init__(self):
+    if not 0.0 <= self.oracle_extra_notes <= 1.0:
+      raise ValueError(f"SFTStageConfig.oracle_extra_notes must be in [0, 1], got {self.oracle_extra_notes}")
 
 
 @dataclasses.dataclass(frozen=True)

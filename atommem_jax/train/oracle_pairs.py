@@ -53,7 +53,8 @@ def sft_pairs(config: TrainConfig, task: TaskSplit, tokenizer: Any, embed_fn: An
     n = config.sft.oracle_episodes
     for examples, table in oracle_batches(task.train_examples[:n], task.oracle_keys[:n]):
       trajectories += host.rollout([Episode.from_example(e) for e in examples],
-                                   oracle.OraclePolicy(list(table.values())), tokenizer=tokenizer,
+                                   oracle.OraclePolicy(list(table.values()), extra_notes=config.sft.oracle_extra_notes,
+                                                       seed=config.seed), tokenizer=tokenizer,
                                    embed_fn=embed_fn, config=rollout_config)
     pairs = oracle.oracle_sft_pairs(trajectories, tokenizer, min_reward=config.sft.min_reward)
     if not pairs:
