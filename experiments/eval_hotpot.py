@@ -66,7 +66,9 @@ def tiny_config() -> ml_collections.ConfigDict:
       "synthetic": dict(num_docs=(4, 8, 16), max_examples=16, seed=10**6, synthetic_num_questions=24,
                         synthetic_num_documents=64, synthetic_question_kinds=("birth_country",), synthetic_worlds=1)})
   config.agent.context_tokens = 1024  # the full-context baseline's window, at the tiny model's scale
-  config.sampler.update(max_new_tokens=train.eval.max_new_tokens, prompt_buckets=(768, 1024, 1536))
+  # The trainer's buckets first (AtomMem's prompts at 4-16 documents fit them), then the full-context baseline's.
+  config.sampler.update(max_new_tokens=train.eval.max_new_tokens,
+                        prompt_buckets=tuple(train.grpo.sampler.prompt_buckets) + (768, 1024, 1536))
   return config
 
 
