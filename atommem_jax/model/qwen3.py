@@ -162,6 +162,14 @@ def decode_attention(q_BxKxGxH: jax.Array, k_BxKxHxS: jax.Array, v_BxKxSxH: jax.
   problems underuse the vector units).
   """
   h = q_BxKxGxH.shape[-1]
+  if q_BxKxGxH.shape[2] == 1:
+    # One query head per kv head: the same products without the unit axis, which XLA's CPU reduction handles badly
+    # (29x slower at B 64, S 448: BUILD_NOTES "Decode").
+    q_BxKxH = q_BxKxGxH[:, :, 0].astype(jnp.float32)
+    scores_BxKxS = jnp.sum(q_BxKxH[..., None] * k_BxKxHxS.astype(jnp.float32), axis=2) * (h ** -0.5)
+    scores_BxKxS = jnp.where(visible_BxS[:, None], scores_BxKxS, jnp.finfo(jnp.float32).min)
+    probs_BxKxS = jax.nn.softmax(scores_BxKxS, axis=-1)
+    return jnp.sum(probs_BxKxS[..., None] * v_BxKxSxH.astype(jnp.float32), axis=2)[:, :, None]
   scores_BxKxGxS = jnp.sum(q_BxKxGxH.astype(jnp.float32)[..., None] * k_BxKxHxS[:, :, None].astype(jnp.float32),
                            axis=3) * (h ** -0.5)
   scores_BxKxGxS = jnp.where(visible_BxS[:, None, None], scores_BxKxGxS, jnp.finfo(jnp.float32).min)
