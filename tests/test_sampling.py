@@ -90,6 +90,25 @@ def test_logprobs_are_the_tempered_untruncated_model_distribution(hf_dir_and_mod
   assert np.any(sampled_output.sampling_logprobs_RxN > sampled_output.logprobs_RxN + 1e-3)
 
 
+def test_one_query_head_per_kv_head_decodes_as_hf(tmp_path):
+  """The embedded default's layout (as many kv heads as query heads: its own decode-attention path) against HF."""
+  hf_model = make_tiny_hf_checkpoint(tmp_path, vocab_size=VOCAB, num_key_value_heads=4, seed=5)
+  output = Sampler(load_hf(tmp_path)[1], GREEDY).generate(PROMPTS)
+  width = max(map(len, PROMPTS))
+  input_ids = torch.zeros((len(PROMPTS), width), dtype=torch.long)
+  attention_mask = torch.zeros_like(input_ids)
+  for row, prompt in enumerate(PROMPTS):
+    input_ids[row, width - len(prompt):] = torch.tensor(prompt)
+    attention_mask[row, width - len(prompt):] = 1
+  with torch.no_grad():
+    hf_ids = hf_model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=NEW,
+                               min_new_tokens=NEW, eos_token_id=None, pad_token_id=0)[:, width:].numpy()
+  np.testing.assert_array_equal(output.tokens_RxN, hf_ids)
+  for row, prompt in enumerate(PROMPTS):
+    np.testing.assert_allclose(output.logprobs_RxN[row], hf_logprobs(hf_model, prompt, output.token_ids(row)),
+                               atol=1e-4)
+
+
 def test_compilations_bounded_by_buckets_and_params_are_an_argument(greedy, greedy_output):
   prefill, decode = greedy.functions(1)
   compiled = greedy.trace_count
