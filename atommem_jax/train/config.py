@@ -77,6 +77,8 @@ class SFTStageConfig:
   # The oracle's read turns store one other sentence of the chunk with this probability (`oracle.OraclePolicy`), so
   # its answer turns show notes the answer does not use.
   oracle_extra_notes: float = 0.0
+  # 0: those pairs from the first SFT step; S > 0: the plain oracle's pairs before step S, the extra-note ones after.
+  oracle_extra_notes_from: int = 0
   # Drills (`drills.drill_batch`): the first `drill_steps` SFT steps (all of them if more), then every
   # `drill_every`-th (0 = none).
   drill: Literal["copy", "recite"] = "copy"
@@ -92,6 +94,8 @@ class SFTStageConfig:
   def __post_init__(self):
     if not 0.0 <= self.oracle_extra_notes <= 1.0:
       raise ValueError(f"SFTStageConfig.oracle_extra_notes must be in [0, 1], got {self.oracle_extra_notes}")
+    if self.oracle_extra_notes_from < 0:
+      raise ValueError(f"SFTStageConfig.oracle_extra_notes_from must be >= 0, got {self.oracle_extra_notes_from}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -146,13 +146,9 @@ class HeldOutEval:
     return metrics
 
 
-def data_positions(sft_iter: Any, grpo_iter: Any) -> dict[str, Any]:
-  out = {}
-  if sft_iter is not None:
-    out["sft"] = pipeline.iterator_state(sft_iter)
-  if grpo_iter is not None:
-    out["grpo"] = pipeline.iterator_state(grpo_iter)
-  return out
+def data_positions(iterators: dict[str, Any]) -> dict[str, Any]:
+  """Each data iterator's position by name (`sft`, `sft_later`, `grpo`), for the checkpoint."""
+  return {name: pipeline.iterator_state(it) for name, it in iterators.items() if it is not None}
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *,
@@ -191,22 +187,27 @@ def _train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, reward_
     env = resources.enter_context(web_inputs.environment(config.agent, task, workdir / web_inputs.SERVER_LOG))
   else:
     task = task_split.split_task(config.task)
-  sft_iter = grpo_iter = None
+  sft_iter = sft_later_iter = grpo_iter = None
   if any(not drills.is_drill_step(config.sft, s) for s in range(config.sft.steps)):  # drills need no pairs
-    def make_pairs():
+    def make_pairs(later: bool):
       if env is not None:
         return web_inputs.sft_pairs(config, task, env, tokenizer, embed_fn, workdir)
-      return oracle_pairs.sft_pairs(config, task, tokenizer, embed_fn, workdir)
+      return oracle_pairs.sft_pairs(config, task, tokenizer, embed_fn, workdir, later=later)
 
-    # Process 0 writes the cached pairs; the others read them once written.
-    pairs = make_pairs() if is_main else None
-    distributed.barrier("sft_pairs")
-    pairs = pairs or make_pairs()
-    sft_iter = iter(pipeline.sft_dataset(
-        pairs, pipeline.PipelineConfig(batch_size=config.sft.batch_size, seed=config.seed, num_threads=0,
-                                       prefetch_buffer_size=0),
-        pipeline.SftConfig(max_prompt_tokens=config.sft.max_prompt_tokens,
-                           max_completion_tokens=config.sft.max_completion_tokens, on_overlong="drop"), tokenizer))
+    def pairs_iterator(later: bool = False):
+      # Process 0 writes the cached pairs; the others read them once written.
+      pairs = make_pairs(later) if is_main else None
+      distributed.barrier("sft_pairs_later" if later else "sft_pairs")
+      pairs = pairs or make_pairs(later)
+      return iter(pipeline.sft_dataset(
+          pairs, pipeline.PipelineConfig(batch_size=config.sft.batch_size, seed=config.seed, num_threads=0,
+                                         prefetch_buffer_size=0),
+          pipeline.SftConfig(max_prompt_tokens=config.sft.max_prompt_tokens,
+                             max_completion_tokens=config.sft.max_completion_tokens, on_overlong="drop"), tokenizer))
+
+    sft_iter = pairs_iterator()
+    if oracle_pairs.has_later_pairs(config.sft):
+      sft_later_iter = pairs_iterator(later=True)
   if config.total_steps > config.sft.steps:
     grpo_iter = iter(pipeline.rollout_dataset(
         task.rollout_examples, pipeline.PipelineConfig(batch_size=config.grpo.prompts_per_rollout, seed=config.seed + 1,
@@ -258,10 +259,9 @@ def _train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, reward_
   start_step = restored.step if restored else 0
   if restored:
     state, data_state, rng_key = restored.state, restored.data, restored.rng_key
-    if sft_iter is not None and "sft" in data_state:
-      pipeline.restore_iterator_state(sft_iter, data_state["sft"])
-    if grpo_iter is not None and "grpo" in data_state:
-      pipeline.restore_iterator_state(grpo_iter, data_state["grpo"])
+    for name, it in (("sft", sft_iter), ("sft_later", sft_later_iter), ("grpo", grpo_iter)):
+      if it is not None and name in data_state:
+        pipeline.restore_iterator_state(it, data_state[name])
     logging.info("resumed from %s at step %d", checkpoints.directory, start_step)
   else:
     state = step_lib.init_train_state(params, sft_tx, state_sharding)
@@ -288,7 +288,9 @@ def _train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, reward_
       if drills.is_drill_step(config.sft, step):
         state, device_metrics, extras = drill_update(state, sft_step, batch_sharding, config, tokenizer, task, step)
       elif step < config.sft.steps:
-        state, device_metrics, extras = sft_update(state, sft_step, batch_sharding, next(sft_iter),
+        pairs_iter = sft_later_iter if sft_later_iter is not None and step >= config.sft.oracle_extra_notes_from \
+            else sft_iter
+        state, device_metrics, extras = sft_update(state, sft_step, batch_sharding, next(pairs_iter),
                                                    config.sft.num_microbatches)
       else:
         grpo_index = step - config.sft.steps
@@ -308,7 +310,8 @@ def _train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, reward_
       metrics.push(done_step, device_metrics, extras)  # fetches step t's metrics now that step t + 1 is dispatched
       if done_step % config.checkpoint_every == 0 or done_step == config.total_steps:
         metrics.flush()  # every step up to a checkpoint is logged before the checkpoint exists
-        checkpoints.save(done_step, state, data_positions(sft_iter, grpo_iter), rng_key, log.history())
+        positions = data_positions({"sft": sft_iter, "sft_later": sft_later_iter, "grpo": grpo_iter})
+        checkpoints.save(done_step, state, positions, rng_key, log.history())
       if done_step == config.debug_kill_at_step:
         os.kill(os.getpid(), signal.SIGKILL)
     metrics.flush()

@@ -22,6 +22,13 @@ from atommem_jax.train.config import TrainConfig
 from atommem_jax.train.task_split import TaskSplit
 
 SFT_PAIRS_FILE = "sft_pairs.jsonl"
+SFT_LATER_PAIRS_FILE = "sft_pairs_extra_notes.jsonl"  # the pairs from `sft.oracle_extra_notes_from` on
+
+
+def has_later_pairs(sft_config: Any) -> bool:
+  """Whether the SFT steps from `oracle_extra_notes_from` on read other pairs (the oracle with extra notes) than the
+  steps before (the plain oracle)."""
+  return bool(sft_config.oracle_extra_notes and sft_config.oracle_extra_notes_from and not sft_config.pairs_path)
 
 
 def oracle_batches(examples: Sequence[LongContextExample], keys: Sequence[Sequence[synthetic.SyntheticQuestion]]
@@ -42,9 +49,19 @@ def oracle_batches(examples: Sequence[LongContextExample], keys: Sequence[Sequen
 
 
 def sft_pairs(config: TrainConfig, task: TaskSplit, tokenizer: Any, embed_fn: Any,
-              workdir: epath.Path) -> list[pipeline.SftPair]:
-  """The SFT data: `sft.pairs_path`, or the oracle's good trajectories on training episodes (cached)."""
-  path = storage.as_path(config.sft.pairs_path) if config.sft.pairs_path else workdir / SFT_PAIRS_FILE
+              workdir: epath.Path, *, later: bool = False) -> list[pipeline.SftPair]:
+  """The SFT data: `sft.pairs_path`, or the oracle's good trajectories on training episodes (cached).
+
+  The oracle stores extra notes (`sft.oracle_extra_notes`) in every pair when they start at step 0; with
+  `sft.oracle_extra_notes_from` > 0 these are the plain oracle's pairs and `later=True` gives the extra-note ones.
+  """
+  staged = has_later_pairs(config.sft)
+  if later and not staged:
+    raise ValueError("later SFT pairs need sft.oracle_extra_notes > 0, sft.oracle_extra_notes_from > 0 and the "
+                     "oracle (no sft.pairs_path)")
+  extra_notes = config.sft.oracle_extra_notes if later or not staged else 0.0
+  path = (storage.as_path(config.sft.pairs_path) if config.sft.pairs_path
+          else workdir / (SFT_LATER_PAIRS_FILE if later else SFT_PAIRS_FILE))
   if not config.sft.pairs_path and not path.exists():
     if not task.oracle_keys:
       raise ValueError("sft.pairs_path is required: the oracle only plays the synthetic task")
@@ -53,7 +70,7 @@ def sft_pairs(config: TrainConfig, task: TaskSplit, tokenizer: Any, embed_fn: An
     n = config.sft.oracle_episodes
     for examples, table in oracle_batches(task.train_examples[:n], task.oracle_keys[:n]):
       trajectories += host.rollout([Episode.from_example(e) for e in examples],
-                                   oracle.OraclePolicy(list(table.values()), extra_notes=config.sft.oracle_extra_notes,
+                                   oracle.OraclePolicy(list(table.values()), extra_notes=extra_notes,
                                                        seed=config.seed), tokenizer=tokenizer,
                                    embed_fn=embed_fn, config=rollout_config)
     pairs = oracle.oracle_sft_pairs(trajectories, tokenizer, min_reward=config.sft.min_reward)
