@@ -1,7 +1,8 @@
 """The main job killed with SIGKILL and rerun ends bit-identical to an uninterrupted run; config errors are clear.
 
 Runs `python -m atommem_jax.train` as a subprocess on a shrunken embedded default (3 SFT steps: a recitation drill,
-an oracle batch, a drill; then 2 GRPO steps on 8-document episodes; a checkpoint every step). One run is killed
+an oracle batch from the extra-note pairs, which start at step 1 here, a drill; then 2 GRPO steps on 8-document
+episodes; a checkpoint every step). One run is killed
 after step 2 (during SFT, its checkpoint possibly still being written) and again after step 4 (during GRPO), then
 finishes; its parameters, metrics and held-out evaluations must equal the uninterrupted run's.
 """
@@ -28,7 +29,7 @@ OVERRIDES = [
     "--config.total_steps=5", "--config.checkpoint_every=1", "--config.keep_checkpoints=2",
     "--config.sft.steps=3", "--config.sft.drill_steps=0", "--config.sft.drill_every=2",
     "--config.sft.drill_batch_size=4",
-    "--config.sft.batch_size=4", "--config.sft.oracle_episodes=4",
+    "--config.sft.batch_size=4", "--config.sft.oracle_episodes=4", "--config.sft.oracle_extra_notes_from=1",
     "--config.task.synthetic_worlds=8", "--config.task.num_eval_episodes=2", "--config.eval.num_episodes=1",
     "--config.eval.max_new_tokens=12",
     "--config.agent.max_steps=3", "--config.grpo.prompts_per_rollout=2", "--config.grpo.loss.num_generations=2",
@@ -84,6 +85,8 @@ def test_killed_and_resumed_run_is_bit_identical(runs):
       if row["phase"] == "grpo" or key in ("loss", "reward_mean"):
         assert key in row, (key, row)
   assert sorted(int(p.name) for p in (straight / "checkpoints").iterdir() if p.name.isdigit()) == [4, 5]
+  later_pairs = "sft_pairs_extra_notes.jsonl"
+  assert (killed / later_pairs).read_text() == (straight / later_pairs).read_text()
   # Held-out evaluations at SFT's size (4 documents) and GRPO's (8), each once, whatever the kills interrupted.
   evals = [json.loads(line) for line in (killed / "eval.jsonl").read_text().splitlines()]
   assert [(row["label"], row["num_docs"]) for row in evals] == [
