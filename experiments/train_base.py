@@ -27,7 +27,7 @@ def released() -> ml_collections.ConfigDict:
                 long_context=dict(num_docs=200, seed=0, single_question_fraction=0.5, gold="all_context"))
   c.agent = dict(method="atommem", chunk_tokens=4000, overlap_tokens=100, max_chunks=40, max_steps=40,
                  query_limit=3, query_limit_action="give_up", template_dir="released", chunking="released",
-                 truncation="middle", reward="per_question")
+                 truncation="middle", reward="per_question", format_penalty=0.0)
   c.memory = dict(capacity=256, entry_tokens=256, scratchpad_tokens=1024, query_tokens=128, embed_dim=256, top_k=6,
                   overflow="evict_oldest", max_ops_per_turn=16, spill="none")
   c.embedder = "hashing"  # or a Qwen3-Embedding checkpoint dir of width memory.embed_dim

@@ -2,6 +2,7 @@
 observations, step, an action run on the host between turns, and an injected reward; environments by name."""
 import dataclasses
 import re
+import types
 import typing
 
 import jax
@@ -173,6 +174,19 @@ def test_the_reward_is_injected(tokenizer):
   trajectories = _run(CountChunks(), counting_policy, tokenizer, ["a b c d"],
                       reward_fn=lambda t: float(len(t.turns)))
   assert [t.reward for t in trajectories] == [3.0, 3.0]  # two chunks read, one answer
+
+
+def test_format_penalty_lowers_the_reward_by_the_share_of_malformed_turns():
+  turn = lambda invalid: types.SimpleNamespace(invalid_ops=invalid)
+  right = types.SimpleNamespace(answers=["Nezu"], gold_answers=[["Nezu"]], turns=[turn(0), turn(2)])
+  blank = types.SimpleNamespace(answers=[None], gold_answers=[["Nezu"]], turns=[turn(0), turn(0), turn(0)])
+  broken = types.SimpleNamespace(answers=[None], gold_answers=[["Nezu"]], turns=[turn(1), turn(1), turn(0), turn(3)])
+  penalised = rewards.by_name("per_question", format_penalty=0.5)
+  assert [penalised(t) for t in (right, blank, broken)] == [0.75, 0.0, -0.375]
+  assert rewards.score(penalised, [right, blank, broken]) == [0.75, 0.0, -0.375]
+  assert rewards.by_name("per_question", format_penalty=0.0) is rewards.per_question_boxed_em
+  with pytest.raises(ValueError, match="format_penalty"):
+    AgentConfig(format_penalty=-0.1)
 
 
 def test_environments_and_methods_are_chosen_by_name():

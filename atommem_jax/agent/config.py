@@ -98,6 +98,8 @@ class AgentConfig:
   chunking: Literal["released", "stride"] = "stride"
   truncation: Literal["middle", "tail"] = "tail"
   reward: Reward = "per_question"
+  # Subtracted from the reward times the share of the trajectory's turns holding an invalid op (`rewards.by_name`).
+  format_penalty: float = 0.0
   judge: JudgeConfig = JudgeConfig()
   web: WebConfig = WebConfig()
 
@@ -112,6 +114,8 @@ class AgentConfig:
         raise ValueError(f"AgentConfig.{name} must be >= 1, got {getattr(self, name)}")
     if self.reward == "llm_judge" and not (self.judge.url and self.judge.model):
       raise ValueError("AgentConfig.reward llm_judge needs judge.url and judge.model (an OpenAI-compatible endpoint)")
+    if self.format_penalty < 0:
+      raise ValueError(f"AgentConfig.format_penalty must be >= 0, got {self.format_penalty}")
 
 
 @dataclasses.dataclass(frozen=True)

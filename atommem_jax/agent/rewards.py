@@ -89,12 +89,35 @@ REWARDS: dict[str, RewardFn | None] = {
 }
 
 
-def by_name(name: str, judge: JudgeConfig | None = None) -> RewardFn:
-  """The reward `name` names; "llm_judge" calls the endpoint `judge` names (`AgentConfig.judge`)."""
+def by_name(name: str, judge: JudgeConfig | None = None, format_penalty: float = 0.0) -> RewardFn:
+  """The reward `name` names; "llm_judge" calls the endpoint `judge` names (`AgentConfig.judge`). With
+  `format_penalty` > 0 it is `with_format_penalty` of that reward."""
   if name not in REWARDS:
     raise ValueError(f"unknown reward {name!r}; known: {sorted(REWARDS)}")
   if name == "llm_judge":
     if judge is None or not (judge.url and judge.model):
       raise ValueError("reward llm_judge needs a judge endpoint: set agent.judge.url and agent.judge.model")
-    return per_question_response_reward(LLMJudge(judge))
-  return REWARDS[name]
+    return with_format_penalty(per_question_response_reward(LLMJudge(judge)), format_penalty)
+  return with_format_penalty(REWARDS[name], format_penalty)
+
+
+def malformed_turn_share(trajectory: Any) -> float:
+  """The share of the trajectory's turns that hold at least one invalid op (malformed or refused)."""
+  return sum(turn.invalid_ops > 0 for turn in trajectory.turns) / max(len(trajectory.turns), 1)
+
+
+def with_format_penalty(reward_fn: RewardFn, coef: float) -> RewardFn:
+  """`reward_fn` minus `coef` x `malformed_turn_share`: within a GRPO group, samples that break the tag format
+  score below those that do not even when none answers right, so a climbing malformed-op rate is pushed back.
+  `reward_fn` itself when `coef` is 0."""
+  if not coef:
+    return reward_fn
+
+  def reward(trajectory: Any) -> float:
+    return batch([trajectory])[0]
+
+  def batch(trajectories: Sequence[Any]) -> list[float]:
+    return [s - coef * malformed_turn_share(t) for s, t in zip(score(reward_fn, trajectories), trajectories)]
+
+  reward.batch = batch
+  return reward

@@ -177,7 +177,8 @@ def _train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, reward_
   tokenizer = loader.load_tokenizer(config.model.tokenizer, start, field="model.tokenizer")
   embed_fn = loader.load_embedder(config.embedder, embed_dim=config.memory.embed_dim, tokenizer=tokenizer, mesh=mesh)
   run_rollout = rollout_shared(rollout_engine.rollout_fn(config.rollout))
-  reward_fn = reward_fn if reward_fn is not None else rewards.by_name(config.agent.reward, config.agent.judge)
+  reward_fn = reward_fn if reward_fn is not None else rewards.by_name(config.agent.reward, config.agent.judge,
+                                                                     config.agent.format_penalty)
   env = None  # the long-context reader: made by the engine for each rollout; the web environment: once per run
   if config.agent.env == "web":
     # Refused before the corpus server starts (the full check, with the sampler, follows once it exists).
