@@ -59,17 +59,22 @@ def hf_logprobs(hf_model, prompt, generated, temperature=1.0):
   return logprobs[len(prompt) - 1:-1].gather(-1, ids[0, len(prompt):, None])[:, 0].numpy()
 
 
-def test_greedy_equals_hf_generate_on_left_padded_batch(hf_dir_and_model, greedy_output):
-  hf_model = hf_dir_and_model[1]
-  width = max(map(len, PROMPTS))
-  input_ids = torch.zeros((len(PROMPTS), width), dtype=torch.long)
+def hf_greedy(hf_model, prompts):
+  """HF `generate`'s NEW greedy tokens for the prompts, left-padded into one batch."""
+  width = max(map(len, prompts))
+  input_ids = torch.zeros((len(prompts), width), dtype=torch.long)
   attention_mask = torch.zeros_like(input_ids)
-  for row, prompt in enumerate(PROMPTS):
+  for row, prompt in enumerate(prompts):
     input_ids[row, width - len(prompt):] = torch.tensor(prompt)
     attention_mask[row, width - len(prompt):] = 1
   with torch.no_grad():
-    hf_ids = hf_model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=NEW,
-                               min_new_tokens=NEW, eos_token_id=None, pad_token_id=0)[:, width:].numpy()
+    return hf_model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=NEW,
+                             min_new_tokens=NEW, eos_token_id=None, pad_token_id=0)[:, width:].numpy()
+
+
+def test_greedy_equals_hf_generate_on_left_padded_batch(hf_dir_and_model, greedy_output):
+  hf_model = hf_dir_and_model[1]
+  hf_ids = hf_greedy(hf_model, PROMPTS)
   np.testing.assert_array_equal(greedy_output.tokens_RxN, hf_ids)
   assert greedy_output.lengths_R.tolist() == [NEW] * len(PROMPTS)
   assert greedy_output.stop_reasons_R.tolist() == [StopReason.LENGTH] * len(PROMPTS)
@@ -94,15 +99,7 @@ def test_one_query_head_per_kv_head_decodes_as_hf(tmp_path):
   """The embedded default's layout (as many kv heads as query heads: its own decode-attention path) against HF."""
   hf_model = make_tiny_hf_checkpoint(tmp_path, vocab_size=VOCAB, num_key_value_heads=4, seed=5)
   output = Sampler(load_hf(tmp_path)[1], GREEDY).generate(PROMPTS)
-  width = max(map(len, PROMPTS))
-  input_ids = torch.zeros((len(PROMPTS), width), dtype=torch.long)
-  attention_mask = torch.zeros_like(input_ids)
-  for row, prompt in enumerate(PROMPTS):
-    input_ids[row, width - len(prompt):] = torch.tensor(prompt)
-    attention_mask[row, width - len(prompt):] = 1
-  with torch.no_grad():
-    hf_ids = hf_model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=NEW,
-                               min_new_tokens=NEW, eos_token_id=None, pad_token_id=0)[:, width:].numpy()
+  hf_ids = hf_greedy(hf_model, PROMPTS)
   np.testing.assert_array_equal(output.tokens_RxN, hf_ids)
   for row, prompt in enumerate(PROMPTS):
     np.testing.assert_allclose(output.logprobs_RxN[row], hf_logprobs(hf_model, prompt, output.token_ids(row)),
