@@ -38,7 +38,6 @@ def tiny(base):
   c.agent.web = dict(RELEASED_WEB, max_steps=6, tool_response_tokens=160)
   c.total_steps = 315  # 300 SFT (the first 100 copy drills, then every fourth step one) + 15 GRPO
   c.checkpoint_every = 50
-  c.sft.update(oracle_extra_notes=0.0, oracle_extra_notes_from=0)  # the long-context oracle's, not the web one's
   c.sft.update(steps=300, oracle_episodes=1200, drill="copy", drill_steps=100, drill_every=4, drill_batch_size=32,
                batch_size=16, max_prompt_tokens=448, max_completion_tokens=48)
   c.sft.optimizer.update(learning_rate=1e-3, warmup_steps=20, decay_steps=300)

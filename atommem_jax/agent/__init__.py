@@ -17,7 +17,7 @@ Public API:
   transition.transition_with_tier         -- the same, returning what the host storage tier needs (spill="scann")
   memory_tiers.TieredMemory               -- the host side of a spilling memory: merged views, "Memory i" routing
   policy.SamplerPolicy(sampler)           -- the model as policy; any `policy(list[str]) -> list[str]` also works
-  rewards.REWARDS, rewards.by_name        -- injected `reward_fn(trajectory) -> float`s by name: "per_question"
+  rewards.REWARDS, by_name, for_agent     -- injected `reward_fn(trajectory) -> float`s by name: "per_question"
                                              (the default), "released_union" (every answer against all golds)
   trajectory.Turn, Trajectory, write_jsonl  -- what an engine returns; trajectories a person can read
   memory_view                             -- the memory state as the text an observation shows

@@ -101,6 +101,12 @@ def by_name(name: str, judge: JudgeConfig | None = None, format_penalty: float =
   return with_format_penalty(REWARDS[name], format_penalty)
 
 
+def for_agent(agent: Any) -> RewardFn:
+  """The reward an `AgentConfig` names (`reward`, `judge`, `format_penalty`): what an engine or the trainer uses when
+  given no `reward_fn`."""
+  return by_name(agent.reward, agent.judge, agent.format_penalty)
+
+
 def malformed_turn_share(trajectory: Any) -> float:
   """The share of the trajectory's turns that hold at least one invalid op (malformed or refused)."""
   return sum(turn.invalid_ops > 0 for turn in trajectory.turns) / max(len(trajectory.turns), 1)

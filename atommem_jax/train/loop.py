@@ -177,8 +177,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, reward_
   tokenizer = loader.load_tokenizer(config.model.tokenizer, start, field="model.tokenizer")
   embed_fn = loader.load_embedder(config.embedder, embed_dim=config.memory.embed_dim, tokenizer=tokenizer, mesh=mesh)
   run_rollout = rollout_shared(rollout_engine.rollout_fn(config.rollout))
-  reward_fn = reward_fn if reward_fn is not None else rewards.by_name(config.agent.reward, config.agent.judge,
-                                                                     config.agent.format_penalty)
+  reward_fn = reward_fn if reward_fn is not None else rewards.for_agent(config.agent)
   env = None  # the long-context reader: made by the engine for each rollout; the web environment: once per run
   if config.agent.env == "web":
     # Refused before the corpus server starts (the full check, with the sampler, follows once it exists).
@@ -207,7 +206,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, reward_
                              max_completion_tokens=config.sft.max_completion_tokens, on_overlong="drop"), tokenizer))
 
     sft_iter = pairs_iterator()
-    if oracle_pairs.has_later_pairs(config.sft):
+    if env is None and oracle_pairs.has_later_pairs(config.sft):  # the long-context oracle's extra notes
       sft_later_iter = pairs_iterator(later=True)
   if config.total_steps > config.sft.steps:
     grpo_iter = iter(pipeline.rollout_dataset(

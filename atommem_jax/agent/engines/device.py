@@ -238,8 +238,7 @@ def rollout(episodes: Sequence[Any], policy: SamplerPolicy, *, tokenizer: Any, e
   if not isinstance(policy, SamplerPolicy):
     raise ValueError(f"the device engine samples from the model (a SamplerPolicy), got {type(policy).__name__}")
   sampler = policy.sampler
-  reward_fn = reward_fn if reward_fn is not None else rewards.by_name(
-      config.agent.reward, config.agent.judge, config.agent.format_penalty)
+  reward_fn = reward_fn if reward_fn is not None else rewards.for_agent(config.agent)
   reasons = unsupported_reasons(tokenizer, env, sampler, config.memory)
   if reasons:
     raise ValueError("the device engine cannot reproduce the host engine here: " + "; ".join(reasons))

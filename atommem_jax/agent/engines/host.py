@@ -45,8 +45,7 @@ def rollout(episodes: Sequence[Any], policy: TextPolicy | SamplerPolicy, *, toke
   every turn (for checks).
   """
   env = env if env is not None else envs.make(config.agent, templates)
-  reward_fn = reward_fn if reward_fn is not None else rewards.by_name(
-      config.agent.reward, config.agent.judge, config.agent.format_penalty)
+  reward_fn = reward_fn if reward_fn is not None else rewards.for_agent(config.agent)
   memory_config = config.memory
   start = rows_lib.prepare(episodes, env, tokenizer, embed_fn, config)
   row_episodes, row_contexts, memory, state = start.episodes, start.contexts, start.memory, start.state
