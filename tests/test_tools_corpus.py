@@ -151,6 +151,32 @@ def test_bm25_ranking_is_bm25s_own(world_corpus, tmp_path):
     assert len(row) == len(expected)
 
 
+def test_pruned_bm25_gives_the_exhaustive_ranking(world_corpus, tmp_path):
+  # A corpus large enough for the pruning to start by itself takes minutes to index, so the threshold comes down:
+  # a word on more than 4 of the 96 passages is "common".
+  from atommem_jax.tools.corpus_index import words
+
+  corpus, questions = world_corpus
+  index = CorpusIndex.open(corpus, index_dir=tmp_path / "idx")
+  index.prune_min_postings = 4
+  vocab = index.bm25.vocab_dict
+  queries = ([json.loads(line)["question"] for line in open(questions)] + [f"born in {t}" for t in index.titles]
+             + [f"{a} {b} born city" for a, b in zip(index.titles, index.titles[1:])])
+  query_words = [words(q) for q in queries]
+  for n in (1, 3, 10):
+    pruned = index.bm25_top(query_words, n)
+    exhaustive = [index._bm25_top_exhaustive([vocab[w] for w in q if w in vocab], n)  # pylint: disable=protected-access
+                  if any(w in vocab for w in q) else [] for q in query_words]
+    assert pruned == exhaustive
+  assert index.bm25_counts["pruned"] > len(queries)  # the bound held for most queries ...
+  assert index.bm25_counts["exhaustive"] > 0  # ... and some fell back (only common words, or too few candidates)
+  # bm25s's own scores rank the pruned rows.
+  for query, row in zip(queries[:20], index.bm25_top(query_words[:20], 5)):
+    full = index.bm25.get_scores([w for w in words(query) if w in vocab])
+    assert row == sorted(np.flatnonzero(full > 0), key=lambda p: (-full[p], p))[:5] or \
+        np.allclose(full[row], np.sort(full)[::-1][:len(row)], atol=1e-5)
+
+
 def test_index_rebuilds_when_corpus_changes_and_for_another_config_only_when_asked(tmp_path):
   corpus = tmp_path / "c.jsonl"
   write_rows(corpus, [{"url": f"u{i}", "title": f"T{i}", "text": f"page number {i} about topic{i}"}
