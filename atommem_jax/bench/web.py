@@ -9,7 +9,8 @@ The corpus is `passages / 30000` synthetic worlds of 30,000 entity pages (one pa
   and `index_cpu_p50_ms` their CPU time (what a quiet core would take; the wall times grow with the machine's
   load, `load_average_at_start` / `_at_end`).
 - `search_qps`: queries per second through MCP with 64 calls in flight (the server batches them);
-  `index_batch_qps`: `search_batch` of 64 queries in-process.
+  `index_batch_qps`: `search_batch` of 64 queries in-process; `bm25_pruned_fraction`: the share of BM25 rankings
+  answered from the rare words' passages (`CorpusIndex._bm25_top_pruned`) rather than scored exhaustively.
 - `dense_recall_at_10`: the ScaNN top-10 against exact search over the same embeddings (tie-aware: a hit counts
   when its exact score reaches the exact 10th score) and `dense_recall_at_10_ids` (plain id overlap).
 - `turn_concurrent_ms` / `turn_sequential_ms` / `turn_speedup`: one turn's 64 tool calls (48 searches, 16 page
@@ -114,6 +115,7 @@ def _in_process(index: CorpusIndex, queries: list[str], flags) -> dict:
     by_id.append(len(set(rows) & set(exact_row.tolist())) / 10)
   return {"index_p50_ms": p50, "index_p99_ms": p99, "index_cpu_p50_ms": cpu_p50,
           "index_batch_qps": round(batch_qps, 1),
+          "bm25_pruned_fraction": round(index.bm25_counts["pruned"] / max(1, sum(index.bm25_counts.values())), 4),
           "dense_recall_at_10": round(float(np.mean(tie_aware)), 4),
           "dense_recall_at_10_ids": round(float(np.mean(by_id)), 4), "dense_settings": index.dense.stats()}
 
