@@ -33,7 +33,7 @@ def released() -> ml_collections.ConfigDict:
   c.embedder = "hashing"  # or a Qwen3-Embedding checkpoint dir of width memory.embed_dim
   c.rollout = dict(engine="host")
   c.sft = dict(steps=0, pairs_path="", oracle_episodes=64, min_reward=0.5, recitation_pairs=0, oracle_extra_notes=0.0,
-               oracle_extra_notes_from=0, drill="copy",
+               oracle_extra_notes_from=0, drill="copy", recite_layout="inline",
                drill_steps=0, drill_every=0, drill_batch_size=32, batch_size=64, num_microbatches=8,
                max_prompt_tokens=8192, max_completion_tokens=4096,
                optimizer=dict(learning_rate=1e-5, warmup_steps=10, decay_steps=200, end_learning_rate_ratio=0.1,
@@ -79,9 +79,11 @@ def tiny() -> ml_collections.ConfigDict:
   # From step 700 the oracle's pairs change: half of its read turns also store one sentence the question does not
   # need, so its answer turns show notes to look past (as at 8 documents, where the notes of two chunks meet).
   # From the start, the extra notes slow the oracle's format down (EM after SFT 0.672 on seed 0, BUILD_NOTES).
+  # The recitation drills write chains one fact per line and end them in `\boxed{answer}`, so the bare name tokens the
+  # oracle's turns copy are drilled too (without them seed 2 never learned those copies: BUILD_NOTES).
   c.sft.update(steps=850, oracle_episodes=1500, oracle_extra_notes=0.5, oracle_extra_notes_from=700, drill="recite",
-               drill_steps=250, drill_every=3, batch_size=16, num_microbatches=1, max_prompt_tokens=216,
-               max_completion_tokens=40)
+               recite_layout="lines", drill_steps=250, drill_every=3, batch_size=16, num_microbatches=1,
+               max_prompt_tokens=216, max_completion_tokens=40)
   c.sft.optimizer.update(learning_rate=1e-3, warmup_steps=20, decay_steps=850)
   c.grpo.loss.num_generations = 4
   c.grpo.update(prompts_per_rollout=4, microbatch_rows=16, length_buckets=(384, 512))

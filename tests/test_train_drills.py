@@ -56,6 +56,34 @@ def test_recitation_drills_target_the_evidence_chain_and_the_objects_and_depend_
     assert not any(o.isdigit() for o in objects) and all(o in example.context for o in objects)
 
 
+
+def test_line_recitation_drills_target_the_bare_name_forms_the_oracle_copies():
+  task = task_split.split_task(TaskConfig(synthetic=SMALL_WORLD, synthetic_worlds=6, num_eval_episodes=4,
+                                      long_context=LongContextConfig(num_docs=4, seed=0)))
+  tokenizer = load_tiny_tokenizer()
+  config = SFTStageConfig(steps=10, drill="recite", drill_steps=2, recite_layout="lines", drill_batch_size=8)
+  batch = drills.drill_batch(config, tokenizer, task.train_examples, seed=0, step=7)
+  inline = drills.drill_batch(dataclasses.replace(config, recite_layout="inline"), tokenizer, task.train_examples,
+                              seed=0, step=7)
+  contexts = {e.context: e for e in task.train_examples}
+  for row in range(8):
+    text = tokenizer.decode(batch.tokens_NxT[row][batch.mask_NxT[row]])
+    example = next(e for c, e in contexts.items() if text.startswith(c))  # the same examples as "inline" picks
+    assert tokenizer.decode(inline.tokens_NxT[row][inline.mask_NxT[row]]).startswith(example.context)
+    facts, answer = example.supporting_facts[0], example.answers[0][0]
+    block = example.questions[0] + "".join("\n" + f for f in facts) + "\n\\boxed{" + answer + "}\n"
+    assert block in text
+    targets = batch.tokens_NxT[row][batch.loss_mask_NxT[row]].tolist()
+    expected = [t for f in facts for t in tokenizer.encode(f, add_special_tokens=False)]
+    expected += tokenizer.encode(answer, add_special_tokens=False)
+    assert targets[:len(expected)] == expected
+    # The chain's subjects and the boxed answer are the bare name tokens, not the in-sentence ones.
+    subject = facts[0].split(" ", 1)[0]
+    bare, spaced = (tokenizer.encode(n, add_special_tokens=False) for n in (subject, " " + subject))
+    assert bare != spaced and targets[:len(bare)] == bare
+  with pytest.raises(ValueError, match="recitation layout"):
+    drills.recite_drill_batch(tokenizer, task.train_examples, 0, 0, 8, layout="table")
+
 def test_drill_settings_are_checked():
   with pytest.raises(ValueError, match="sft.drill_every"):
     TrainConfig(sft=SFTStageConfig(steps=4, drill_every=-1))

@@ -82,6 +82,10 @@ class SFTStageConfig:
   # Drills (`drills.drill_batch`): the first `drill_steps` SFT steps (all of them if more), then every
   # `drill_every`-th (0 = none).
   drill: Literal["copy", "recite"] = "copy"
+  # How a recitation drill writes each question's chain (`drills.recite_drill_batch`): "inline" after the question
+  # on its line (every name space-prefixed), "lines" one fact per line and then `\boxed{answer}` (names also in the
+  # bare, line-initial token form that the oracle's notes and answers begin with).
+  recite_layout: Literal["inline", "lines"] = "inline"
   drill_steps: int = 0
   drill_every: int = 0
   drill_batch_size: int = 32

@@ -40,7 +40,7 @@ def drill_batch(config: SFTStageConfig, tokenizer: Any, examples: Sequence[LongC
   """
   if config.drill == "copy":
     return copy_drill_batch(tokenizer, seed, step, config.drill_batch_size)
-  return recite_drill_batch(tokenizer, examples, seed, step, config.drill_batch_size)
+  return recite_drill_batch(tokenizer, examples, seed, step, config.drill_batch_size, config.recite_layout)
 
 
 def copy_pairs(count: int, tokenizer: Any, seed: int | str) -> list[dict[str, str]]:
@@ -67,9 +67,19 @@ def copy_drill_batch(tokenizer: Any, seed: int, step: int, batch_size: int) -> b
 
 
 def recite_drill_batch(tokenizer: Any, examples: Sequence[LongContextExample], seed: int, step: int,
-                       batch_size: int) -> batching.TrainBatch:
+                       batch_size: int, layout: str = "inline") -> batching.TrainBatch:
   """Recitation drills: the loss is on the supporting facts and on each restated fact's object (its subject and
-  relation are the cue)."""
+  relation are the cue).
+
+  `layout` "inline" writes a question's chain after it on its line (` Bafo was born in Kaka. Kaka is ...`), so every
+  name there is the space-prefixed token. "lines" writes each fact on its own line and then `\boxed{answer}`, also a
+  target: a byte-level tokenizer gives a name at a line start or after `{` a different token (`Bafo`) from the one
+  inside a sentence (` Bafo`), and those bare forms are what the oracle's turns copy (`<add_memory>Bafo was born in
+  Kaka.</add_memory><add_memory>Kaka ...`, `\boxed{Nezu}`): with only "inline" rows a model can learn every lookup
+  and still have no copy into the bare form (seed 2 of the tiny default, BUILD_NOTES).
+  """
+  if layout not in ("inline", "lines"):
+    raise ValueError(f"unknown recitation layout {layout!r}; use 'inline' or 'lines'")
   if not examples:
     raise ValueError("recitation drills need training examples")
   rng = random.Random(f"recite-{seed}-{step}")
@@ -85,9 +95,17 @@ def recite_drill_batch(tokenizer: Any, examples: Sequence[LongContextExample], s
       targets.extend([is_target] * len(piece))
 
     add(example.context + "\n", False)
-    for question, evidence in zip(example.questions, example.supporting_facts):
+    for question, evidence, answers in zip(example.questions, example.supporting_facts, example.answers):
       add(question, False)
-      add(" " + " ".join(evidence), True)
+      if layout == "inline":
+        add(" " + " ".join(evidence), True)
+      else:
+        for fact in evidence:
+          add("\n", False)
+          add(fact, True)
+        add("\n\\boxed{", False)
+        add(answers[0], True)
+        add("}", False)
       add("\n", False)
     stated = {s.removesuffix(".") for evidence in example.supporting_facts for s in evidence}
     sentences = [s.removesuffix(".") for d in example.documents for s in d.text.split(". ")
