@@ -56,7 +56,6 @@ def test_recitation_drills_target_the_evidence_chain_and_the_objects_and_depend_
     assert not any(o.isdigit() for o in objects) and all(o in example.context for o in objects)
 
 
-
 def test_line_recitation_drills_target_the_bare_name_forms_the_oracle_copies():
   task = task_split.split_task(TaskConfig(synthetic=SMALL_WORLD, synthetic_worlds=6, num_eval_episodes=4,
                                       long_context=LongContextConfig(num_docs=4, seed=0)))
@@ -83,6 +82,7 @@ def test_line_recitation_drills_target_the_bare_name_forms_the_oracle_copies():
     assert bare != spaced and targets[:len(bare)] == bare
   with pytest.raises(ValueError, match="recitation layout"):
     drills.recite_drill_batch(tokenizer, task.train_examples, 0, 0, 8, layout="table")
+
 
 def test_drill_settings_are_checked():
   with pytest.raises(ValueError, match="sft.drill_every"):
